@@ -1,0 +1,1 @@
+"""Catalogue validation, WebDataset shards, interaction splits and shard readers."""
