@@ -1,0 +1,248 @@
+"""Read item shards back as decoded items, correctly across DataLoader workers and Accelerate ranks.
+
+Two modes (DESIGN.md "Training data flow"):
+
+- train: an endless stream of shards, reshuffled each pass with a seed shared by all ranks, cut to a
+  fixed number of batches per rank, so every rank runs the same number of steps and nothing hangs
+  waiting for a rank that ran dry. Within one pass the ranks and workers read disjoint shards.
+- eval: every item exactly once across all ranks and workers (rank r reads shards r, r+W, ...;
+  then each DataLoader worker a disjoint slice of those), in order, no shuffling.
+
+Ranks are assigned here, not by `accelerator.prepare` (which cannot split an IterableDataset of
+unknown length without duplicating or hanging: accelerate issues #3547, #4199).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from mmrec.data import schema
+from mmrec.data.media import decode_audio_bytes
+
+
+@dataclass
+class DecodedItem:
+    """One catalogue item as the encoders' preprocessing receives it."""
+
+    index: int  # row of the item in item_ids.json and in exported embeddings
+    item_id: str
+    text: str | None
+    image: Image.Image | None  # RGB
+    waveform: torch.Tensor | None  # float32 (channels, frames)
+    sample_rate: int | None
+    attributes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def present(self) -> dict[str, bool]:
+        return {"text": self.text is not None, "image": self.image is not None, "audio": self.waveform is not None}
+
+
+def load_manifest(data_dir: str | Path) -> dict:
+    """Read DATA/manifest.json; `data_dir` may be a local folder or a URL prefix webdataset can open."""
+    location = f"{str(data_dir).rstrip('/')}/{schema.MANIFEST}"
+    try:
+        if "://" in str(data_dir):
+            with wds.gopen(location) as f:  # http(s), object storage through fsspec, ...
+                manifest = json.load(f)
+        else:
+            with open(location, encoding="utf-8") as f:
+                manifest = json.load(f)
+    except (FileNotFoundError, OSError) as e:
+        raise ValueError(f"{data_dir} is not an mmrec dataset folder (cannot read {location}: {e}); "
+                         "create one with `mmrec shard`") from e
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise ValueError(f"{location}: schema version {manifest.get('schema_version')} is not "
+                         f"{schema.SCHEMA_VERSION}; re-run `mmrec shard` with this mmrec version")
+    return manifest
+
+
+def shard_urls(data_dir: str | Path, manifest: dict | None = None) -> list[str]:
+    """Shard locations in manifest order. `data_dir` may be a local folder or any URL prefix webdataset opens."""
+    manifest = manifest or load_manifest(data_dir)
+    base = str(data_dir).rstrip("/")
+    return [f"{base}/{sh['path']}" for sh in manifest["shards"]]
+
+
+def decode_sample(sample: dict[str, Any]) -> DecodedItem:
+    """Turn raw tar members into a `DecodedItem` (runs in DataLoader workers)."""
+    meta = json.loads(sample["json"])
+    text = sample["txt"].decode("utf-8") if "txt" in sample else None
+    image = None
+    for ext in schema.IMAGE_EXTS:
+        if ext in sample:
+            with Image.open(io.BytesIO(sample[ext])) as im:
+                image = im.convert("RGB")
+            break
+    waveform, rate = None, None
+    for ext in schema.AUDIO_EXTS:
+        if ext in sample:
+            wave, rate = decode_audio_bytes(sample[ext])
+            waveform = torch.from_numpy(wave)
+            break
+    return DecodedItem(meta["index"], meta["item_id"], text, image, waveform, rate,
+                       meta.get("attributes", []), meta.get("metadata", {}))
+
+
+def _worker_info() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else from RANK/WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class EvalShards(torch.utils.data.IterableDataset):
+    """Shards of this rank, then of this DataLoader worker: each shard is read by exactly one worker."""
+
+    def __init__(self, urls: list[str], rank: int, world_size: int):
+        super().__init__()
+        self.urls, self.rank, self.world_size = urls, rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker_info()
+        for url in self.urls[self.rank :: self.world_size][worker::num_workers]:
+            yield {"url": url}
+
+
+class TrainItems(torch.utils.data.IterableDataset):
+    """Endless item stream for training: pass p reads a permutation of the shards seeded by (seed, p).
+
+    The permutation is the same on every rank; rank r takes every world_size-th shard of the pass and
+    worker w every num_workers-th of those, so within a pass all readers see disjoint shards. Items
+    are shuffled in a buffer that is flushed at the end of each pass (so no item of pass p+1 leaks
+    into pass p), seeded by (seed, pass, rank, worker): a seeded run is reproducible. `set_epoch`
+    moves the starting pass so each training epoch begins on a fresh permutation.
+    """
+
+    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shuffle_buffer: int):
+        super().__init__()
+        self.urls, self.rank, self.world_size, self.seed = urls, rank, world_size, seed
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = _worker_info()
+        if len(self.urls) < self.world_size * num_workers:  # also checked when the loader is built
+            raise ValueError(f"{len(self.urls)} shards cannot feed {self.world_size} ranks x {num_workers} workers")
+        pass_number = self.epoch
+        while True:
+            order = np.random.default_rng((self.seed, pass_number)).permutation(len(self.urls))
+            mine = [{"url": self.urls[i]} for i in order[self.rank :: self.world_size][worker::num_workers]]
+            samples = wds.tarfile_to_samples()(iter(mine))
+            rng = random.Random(f"{self.seed}/{pass_number}/{self.rank}/{worker}")  # str seeds hash stably
+            yield from wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng)(samples)
+            pass_number += 1
+
+
+class ItemLoader(wds.WebLoader):
+    """A WebLoader that can move its training stream to a new epoch (`set_epoch`)."""
+
+    def __init__(self, pipeline: wds.DataPipeline, source: TrainItems | EvalShards, **kwargs: Any):
+        super().__init__(pipeline, **kwargs)
+        self.source = source
+
+    def set_epoch(self, epoch: int) -> None:
+        if isinstance(self.source, TrainItems):
+            self.source.set_epoch(epoch)
+
+
+@dataclass
+class ReaderConfig:
+    """How items are streamed from shards."""
+
+    batch_size: int = 32  # items per batch
+    num_workers: int = 0  # DataLoader worker processes decoding media
+    shuffle_buffer: int = 500  # training: items shuffled across shards in a buffer of this size
+    seed: int = 0  # training: shard order and shuffle buffer
+    steps_per_epoch: int | None = None  # training: batches per rank per epoch (None: items / (ranks x batch))
+
+
+def steps_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank so that one epoch visits about every item once."""
+    return max(1, math.ceil(num_items / (batch_size * world_size)))
+
+
+def _collate_list(items: list) -> list:
+    return items
+
+
+def item_loader(
+    data_dir: str | Path,
+    mode: str,
+    cfg: ReaderConfig | None = None,
+    transform: Callable[[DecodedItem], Any] | None = None,
+    collate: Callable[[list], Any] = _collate_list,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> ItemLoader:
+    """A DataLoader over the item shards.
+
+    Args:
+        data_dir: dataset folder written by `mmrec shard` (or a URL prefix with the same layout).
+        mode: "train" (endless, shuffled, fixed steps per epoch) or "eval" (each item exactly once).
+        cfg: batch size, workers, shuffling; defaults to `ReaderConfig()`.
+        transform: per-item preprocessing run in the workers (tokenise, image transform, fbank).
+        collate: turns a list of transformed items into a batch (default: keep the list).
+        rank, world_size: default to the current process group (see `dist_info`).
+
+    Returns:
+        An `ItemLoader` (a `webdataset.WebLoader`); in train mode `len(loader)` is the number of batches per epoch on
+        this rank, the same on every rank.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"unknown reader mode {mode!r}; expected 'train' or 'eval'")
+    cfg = cfg or ReaderConfig()
+    if rank is None or world_size is None:
+        rank, world_size = dist_info()
+    manifest = load_manifest(data_dir)
+    urls = shard_urls(data_dir, manifest)
+    readers = world_size * max(1, cfg.num_workers)
+
+    if mode == "train":
+        if len(urls) < readers:
+            raise ValueError(
+                f"{len(urls)} shards cannot feed {world_size} ranks x {max(1, cfg.num_workers)} workers = {readers} "
+                f"readers: re-shard with `mmrec shard --items-per-shard` <= "
+                f"{max(1, manifest['num_items'] // readers)} or use fewer workers")
+        source = TrainItems(urls, rank, world_size, cfg.seed, cfg.shuffle_buffer)
+        stages: list = [source]  # endless, shuffled, disjoint shards within a pass
+    else:
+        source = EvalShards(urls, rank, world_size)
+        stages = [
+            source,  # each shard read by exactly one worker of one rank
+            wds.tarfile_to_samples(),  # tar members -> one sample per item
+        ]
+    stages += [
+        wds.map(decode_sample),  # bytes -> text / PIL image / waveform
+    ]
+    if transform is not None:
+        stages.append(wds.map(transform))  # encoder preprocessing, still in the worker
+    stages.append(wds.batched(cfg.batch_size, collation_fn=collate, partial=True))
+    pipeline = wds.DataPipeline(*stages)
+
+    # Workers are not persistent: each epoch re-sends the pipeline, so set_epoch reaches them.
+    loader = ItemLoader(pipeline, source, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False)
+    if mode == "train":
+        steps = cfg.steps_per_epoch or steps_per_epoch(manifest["num_items"], cfg.batch_size, world_size)
+        loader = loader.with_epoch(steps).with_length(steps, silent=True)
+    return loader
