@@ -28,7 +28,7 @@ from mmrec import __version__
 from mmrec.data import schema
 from mmrec.data.interactions import Interaction, InteractionLog, read_interactions
 from mmrec.data.items import ItemRecord, parse_items
-from mmrec.data.media import MediaError, audio_member, image_member
+from mmrec.data.media import EncodedItem, encode_item_media
 from mmrec.data.quarantine import QuarantineEntry, summarize_reasons, write_quarantine
 from mmrec.data.splits import SplitConfig, split_interactions
 
@@ -86,42 +86,14 @@ class ShardReport:
         return "\n".join(lines)
 
 
-@dataclass
-class _EncodedItem:
-    record: ItemRecord
-    members: dict[str, bytes]  # member extension -> bytes
-    dropped: list[tuple[str, str]]  # (modality, reason)
-
-
-def _encode_media(args: tuple[ItemRecord, int | None, int | None]) -> _EncodedItem:
-    """Decode an item's media and return its shard members (runs in a worker process)."""
-    record, image_max_side, audio_rate = args
-    members: dict[str, bytes] = {}
-    dropped: list[tuple[str, str]] = []
-    if record.text is not None:
-        members[schema.TEXT_EXT] = record.text.encode("utf-8")
-    for modality, path, encode, option in (
-        ("image", record.image_path, image_member, image_max_side),
-        ("audio", record.audio_path, audio_member, audio_rate),
-    ):
-        if path is None:
-            continue
-        try:
-            ext, data = encode(path, option)
-            members[ext] = data
-        except MediaError as e:
-            dropped.append((modality, str(e)))
-    return _EncodedItem(record, members, dropped)
-
-
-def _encoded_items(records: list[ItemRecord], options: ShardOptions) -> Iterator[_EncodedItem]:
+def _encoded_items(records: list[ItemRecord], options: ShardOptions) -> Iterator[EncodedItem]:
     jobs = ((r, options.image_max_side, options.audio_rate) for r in records)
     if options.workers == 1:
-        yield from map(_encode_media, jobs)
+        yield from map(encode_item_media, jobs)
         return
     # imap keeps file order, so item indices do not depend on the number of workers.
     with multiprocessing.get_context("spawn").Pool(options.workers) as pool:
-        yield from pool.imap(_encode_media, jobs, chunksize=8)
+        yield from pool.imap(encode_item_media, jobs, chunksize=8)
 
 
 def _modalities_of(members: dict[str, bytes]) -> list[str]:

@@ -1,0 +1,67 @@
+"""The synthetic tri-modal demo catalogue -> an mmrec catalogue -> shards.
+
+Builds, under --out DIR:
+
+    DIR/catalogue/items.jsonl, interactions.csv, users.jsonl, media/   (see mmrec.synthetic)
+    DIR/data/                                                          `mmrec shard` output
+
+Usage (from the repository root):
+
+    python datasets/synthetic.py --out /tmp/synth                 # cold-items split, seed 0
+    python datasets/synthetic.py --out /tmp/synth --no-shard --num-items 200
+
+The generator lives in `mmrec.synthetic` (the demo and the tests use it too); this script is only
+its command line. `datasets/` is not a package: see DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+try:
+    import mmrec  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: the package sits next to this folder
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmrec.data.catalogue_io import add_shard_arguments, parse_recipe_args, run_shard, shard_argv  # noqa: E402
+from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; sizes default to SyntheticCatalogueConfig's."""
+    defaults = SyntheticCatalogueConfig()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--out", required=True, type=Path, help="output folder: OUT/catalogue and OUT/data")
+    p.add_argument("--num-items", type=int, default=defaults.num_items)
+    p.add_argument("--num-users", type=int, default=defaults.num_users)
+    p.add_argument("--num-ratings", type=int, default=defaults.num_ratings,
+                   help="target number of ratings (approximate)")
+    p.add_argument("--num-styles", type=int, default=defaults.num_styles)
+    add_shard_arguments(p, default_split="cold-items")
+    return parse_recipe_args(p, argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Write the catalogue (and shard it unless --no-shard); returns the generator's summary."""
+    args = parse_args(argv)
+    config = SyntheticCatalogueConfig(seed=args.seed, num_items=args.num_items, num_users=args.num_users,
+                                      num_ratings=args.num_ratings, num_styles=args.num_styles)
+    start = time.perf_counter()
+    catalogue = args.out.resolve() / "catalogue"
+    summary = write_synthetic_catalogue(catalogue, config)
+    print(f"catalogue: {catalogue}: {summary['num_items']} items, {summary['num_users']} users, "
+          f"{summary['num_ratings']} ratings, present {summary['present']} "
+          f"({time.perf_counter() - start:.1f} s)")
+    argv_shard = shard_argv(args, Path(summary["items"]), Path(summary["interactions"]), args.out.resolve() / "data")
+    if args.no_shard:
+        print("--no-shard: shard later with: mmrec " + " ".join(argv_shard))
+    else:
+        run_shard(argv_shard)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# Read-only public data next to the repository (../shared/data); absent on a user's machine.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The ../shared/data folder; skips the test where it is absent.
+
+    Tests that use it should also carry `@pytest.mark.shared_data`, so `-m "not shared_data"`
+    deselects them.
+    """
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder {SHARED_DATA} not found (only present on dev machines)")
+    return SHARED_DATA
+
+
+def write_png(path: Path, size: tuple[int, int] = (16, 12), color: tuple[int, int, int] = (200, 30, 30)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(path, format="PNG")
+    return path
+
+
+def write_jpeg(path: Path, size: tuple[int, int] = (16, 12), color: tuple[int, int, int] = (30, 200, 30)) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", size, color).save(path, format="JPEG", quality=90)
+    return path
+
+
+def write_tone(path: Path, freq: float = 440.0, rate: int = 8000, seconds: float = 0.25, fmt: str | None = None) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(rate * seconds)) / rate
+    sf.write(path, 0.3 * np.sin(2 * np.pi * freq * t), rate, format=fmt)
+    return path
+
+
+@pytest.fixture
+def small_catalogue(tmp_path: Path):
+    """A hand-built catalogue: 12 items cycling through modality combinations, 8 users, timestamps.
+
+    Returns (items.jsonl path, interactions.csv path, list of item dicts as written).
+    """
+    import csv
+    import json
+
+    root = tmp_path / "catalogue"
+    media = root / "media"
+    media.mkdir(parents=True)
+    combos = [("text", "image", "audio"), ("text",), ("image",), ("audio",), ("text", "image"), ("image", "audio")]
+    items = []
+    for i in range(12):
+        item = {"item_id": f"it{i:02d}", "attributes": [f"tag{i % 3}"], "title": f"Item {i}"}
+        mods = combos[i % len(combos)]
+        if "text" in mods:
+            item["text"] = f"item number {i} with words w{i % 4}"
+        if "image" in mods:
+            name = f"img{i}.png" if i % 2 else f"img{i}.jpg"
+            (write_png if i % 2 else write_jpeg)(media / name, color=(20 * i, 100, 255 - 20 * i))
+            item["image"] = f"media/{name}"
+        if "audio" in mods:
+            name = f"aud{i}.flac" if i % 2 else f"aud{i}.wav"
+            write_tone(media / name, freq=200 + 50 * i)
+            item["audio"] = f"media/{name}"
+        items.append(item)
+    items_path = root / "items.jsonl"
+    items_path.write_text("".join(json.dumps(it) + "\n" for it in items), encoding="utf-8")
+    inter_path = root / "interactions.csv"
+    with open(inter_path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user_id", "item_id", "rating", "timestamp"])
+        t = 1_000_000
+        for u in range(8):
+            for k in range(6):
+                t += 17
+                w.writerow([f"u{u}", f"it{(u * 5 + k * 7) % 12:02d}", 1 + (u + k) % 5, t])
+    return items_path, inter_path, items
