@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,13 +87,20 @@ class ShardReport:
         return "\n".join(lines)
 
 
+def _single_threaded() -> None:
+    # A forked child must not use the parent's intra-op thread pool (resampling runs torch ops).
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 def _encoded_items(records: list[ItemRecord], options: ShardOptions) -> Iterator[EncodedItem]:
     jobs = ((r, options.image_max_side, options.audio_rate) for r in records)
     if options.workers == 1:
         yield from map(encode_item_media, jobs)
         return
+    # fork, not spawn: spawn re-imports the caller's __main__ (often torch-heavy) in every worker.
     # imap keeps file order, so item indices do not depend on the number of workers.
-    with multiprocessing.get_context("spawn").Pool(options.workers) as pool:
+    with multiprocessing.get_context("fork").Pool(options.workers, initializer=_single_threaded) as pool:
         yield from pool.imap(encode_item_media, jobs, chunksize=8)
 
 
