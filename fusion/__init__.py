@@ -1,0 +1,52 @@
+"""Cross-modal fusion: encoder outputs of the present modalities -> one item embedding.
+
+`create_fusion(cfg)` builds a fusion model from a `FusionConfig` (or a dict of its fields, as read
+from YAML); `list_fusions()` names the registered families. This package never imports `mmrec` or
+`encoders`: it takes encoder outputs as tensors and knows nothing of users, ratings or losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from fusion.transformer import FusionConfig, FusionOutput, FusionTransformer, drop_modalities
+
+# name -> (config class, model class)
+_FUSIONS: dict[str, tuple[type, type]] = {"transformer": (FusionConfig, FusionTransformer)}
+
+
+def list_fusions() -> list[str]:
+    """Names accepted by `create_fusion` (the config's `name` field)."""
+    return sorted(_FUSIONS)
+
+
+def create_fusion(cfg: FusionConfig | Mapping[str, Any], input_dims: Mapping[str, int] | None = None) -> FusionTransformer:
+    """Build a fusion model.
+
+    Args:
+        cfg: a `FusionConfig`, or a dict of its fields (unknown keys are errors).
+        input_dims: encoder output width per modality (`encoder.output_dim`), for widths the config
+            does not already give.
+
+    Example:
+        fusion = create_fusion({"width": 32, "layers": 2, "heads": 2, "modalities": ["text", "image"]},
+                               input_dims={"text": 384, "image": 192})
+    """
+    name = cfg.get("name", "transformer") if isinstance(cfg, Mapping) else getattr(cfg, "name", None)
+    if name not in _FUSIONS:
+        raise ValueError(f"fusion {name!r} not found. Available: {list_fusions()}")
+    config_cls, model_cls = _FUSIONS[name]
+    if isinstance(cfg, Mapping):
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(cfg) - fields)
+        if unknown:
+            raise ValueError(f"unknown fusion config keys {unknown}; valid keys: {sorted(fields)}")
+        cfg = config_cls(**cfg)
+    elif not isinstance(cfg, config_cls):
+        raise TypeError(f"fusion {name!r} needs a {config_cls.__name__} or a dict, got {type(cfg).__name__}")
+    return model_cls(cfg, input_dims=input_dims)
+
+
+__all__ = ["FusionConfig", "FusionOutput", "FusionTransformer", "create_fusion", "drop_modalities", "list_fusions"]

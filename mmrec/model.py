@@ -1,0 +1,183 @@
+"""The multimodal recommender: item tower (encoders -> fusion), user tower, and the scoring contract.
+
+Item tower: each present modality goes through its encoder (only the items that have it), the
+outputs are scattered back to batch positions, and the fusion transformer turns whatever an item
+has into one state h_i (B, D). From h_i: q_i (B, E) and a content bias b_i; items seen in training
+can add learned ID terms (`item_id_embeddings`), cold items never have them.
+User tower: a user ID embedding p_u (E) and bias b_u; users unseen in training map to a zero row.
+
+Rating: r_hat(u, i) = mu + b_u + b_i + <p_u, q_i>  (Koren et al. 2009, "Matrix factorization
+techniques for recommender systems"). The exported vectors fold the biases into two extra
+dimensions, user = [p_u, 1, mu + b_u] and item = [q_i, b_i, 1], so the ranking score used
+everywhere is exactly their dot product (DESIGN.md "Ranking score contract").
+
+Shape legend: B items in the batch, P (item, user) pairs, E embedding width, D fusion width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from encoders import EncoderConfig, EncoderOutput, ModalityEncoder
+from fusion import FusionConfig, FusionTransformer
+from mmrec.batch import ItemBatch
+
+MODALITY_ORDER = ("text", "image", "audio")
+
+
+@dataclass
+class ModelConfig:
+    """The whole model. `fusion.modalities` always follows `encoders` (in text, image, audio order)."""
+
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality -> encoder; empty = ID-only MF
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # cross-modal fusion transformer
+    embedding_dim: int = 32  # E: width of p_u and q_i
+    item_id_embeddings: bool = False  # add learned per-item q/b terms for items seen in training
+    init_std: float = 0.01  # std of the ID embeddings at initialisation
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.encoders) - set(MODALITY_ORDER))
+        if unknown:
+            raise ValueError(f"unknown modality {unknown} in model.encoders; expected any of {list(MODALITY_ORDER)}")
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if not self.encoders and not self.item_id_embeddings:
+            raise ValueError("the model has no item representation: configure model.encoders or set "
+                             "model.item_id_embeddings=true (ID-only matrix factorisation)")
+        if self.encoders:
+            self.fusion.modalities = self.modalities
+            self.fusion.input_dims = {m: d for m, d in self.fusion.input_dims.items() if m in self.encoders}
+            if isinstance(self.fusion.token_budget, dict):
+                self.fusion.token_budget = {m: n for m, n in self.fusion.token_budget.items() if m in self.encoders}
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITY_ORDER if m in self.encoders)
+
+
+@dataclass
+class ItemOutput:
+    """Item-tower outputs for a batch."""
+
+    state: torch.Tensor | None  # (B, D) fused state; None for an ID-only model
+    q: torch.Tensor  # (B, E)
+    bias: torch.Tensor  # (B,)
+
+
+class RecModel(nn.Module):
+    """Encoders + fusion + ID embeddings; the tasks (`mmrec.tasks`) own the heads and losses."""
+
+    def __init__(self, config: ModelConfig, encoders: dict[str, ModalityEncoder], fusion: FusionTransformer | None,
+                 num_users: int, num_items: int, global_mean: float = 0.0, item_seen: torch.Tensor | None = None):
+        super().__init__()
+        if set(encoders) != set(config.encoders):
+            raise ValueError(f"built encoders {sorted(encoders)} do not match model.encoders {sorted(config.encoders)}")
+        self.config = config
+        self.num_users, self.num_items = num_users, num_items
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        E = config.embedding_dim
+        if fusion is not None:
+            self.item_q = nn.Linear(fusion.output_dim, E)  # h_i -> q_i
+            self.item_b = nn.Linear(fusion.output_dim, 1)  # h_i -> content bias b_i
+        if config.item_id_embeddings:
+            self.item_id_q = nn.Embedding(num_items, E)
+            self.item_id_b = nn.Embedding(num_items, 1)
+            nn.init.normal_(self.item_id_q.weight, std=config.init_std)
+            nn.init.zeros_(self.item_id_b.weight)
+        # Row num_users is the unknown user: never trained, zero, so r_hat = mu + b_i for cold users.
+        self.user_p = nn.Embedding(num_users + 1, E)
+        self.user_b = nn.Embedding(num_users + 1, 1)
+        nn.init.normal_(self.user_p.weight, std=config.init_std)
+        nn.init.zeros_(self.user_b.weight)
+        with torch.no_grad():
+            self.user_p.weight[num_users].zero_()
+        self.register_buffer("global_mean", torch.tensor(float(global_mean)))
+        # Items with training interactions: only they use ID terms (a cold item's would be untrained noise).
+        seen = torch.ones(num_items, dtype=torch.bool) if item_seen is None else item_seen.to(torch.bool)
+        self.register_buffer("item_seen", seen)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    @property
+    def export_dim(self) -> int:
+        return self.config.embedding_dim + 2
+
+    # ----------------------------------------------------------------------------------- item tower
+
+    def encode(self, batch: ItemBatch) -> dict[str, EncoderOutput]:
+        """Run each encoder on the items that have its modality; scatter back to (B, ...) with zeros."""
+        B = batch.size
+        out = {}
+        for m, encoder in self.encoders.items():
+            if m not in batch.inputs:
+                continue  # no item of the batch has it: fusion treats the modality as absent
+            enc = encoder(**batch.inputs[m])  # tokens (B_m, T, D_m), mask (B_m, T), pooled (B_m, D_m)
+            rows = batch.rows[m]
+            tokens = enc.tokens.new_zeros((B, *enc.tokens.shape[1:]))  # (B, T, D_m)
+            mask = enc.mask.new_zeros((B, enc.mask.shape[1]))  # (B, T)
+            pooled = enc.pooled.new_zeros((B, enc.pooled.shape[1]))  # (B, D_m)
+            out[m] = EncoderOutput(tokens.index_copy(0, rows, enc.tokens), mask.index_copy(0, rows, enc.mask),
+                                   pooled.index_copy(0, rows, enc.pooled))
+        return out
+
+    def fuse(self, encoded: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D) fused item states from the encoder outputs of the present modalities."""
+        inputs = {m: (e.tokens, e.mask, e.pooled) for m, e in encoded.items()}
+        return self.fusion(inputs, {m: present[m] for m in inputs}).item
+
+    def item_output(self, state: torch.Tensor | None, item_index: torch.Tensor) -> ItemOutput:
+        """q_i and b_i from the fused state plus, where enabled, the ID terms of items seen in training.
+
+        Args:
+            state: (B, D) fused states, or None for an ID-only model.
+            item_index: (B,) item indices.
+        """
+        B = item_index.shape[0]
+        device = self.user_p.weight.device
+        q = torch.zeros(B, self.config.embedding_dim, device=device)
+        b = torch.zeros(B, device=device)
+        if state is not None:
+            q = q + self.item_q(state)  # (B, E)
+            b = b + self.item_b(state).squeeze(-1)  # (B,)
+        if self.config.item_id_embeddings:
+            warm = self.item_seen[item_index]  # (B,)
+            q = q + self.item_id_q(item_index) * warm[:, None]
+            b = b + self.item_id_b(item_index).squeeze(-1) * warm
+        return ItemOutput(state, q, b)
+
+    def items(self, batch: ItemBatch) -> tuple[ItemOutput, dict[str, EncoderOutput]]:
+        """The item tower for a batch: (outputs, encoder outputs for the tasks that need them)."""
+        encoded = self.encode(batch) if self.encoders else {}
+        state = self.fuse(encoded, batch.present) if self.fusion is not None else None
+        return self.item_output(state, batch.item_index), encoded
+
+    # ----------------------------------------------------------------------------------- user tower
+
+    def user_index(self, users: torch.Tensor) -> torch.Tensor:
+        """Map out-of-range indices (users unseen in training, given as -1) to the zero row."""
+        return torch.where((users >= 0) & (users < self.num_users), users, self.num_users)
+
+    def predict_rating(self, users: torch.Tensor, q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """r_hat (P,) for users (P,) and their items' q (P, E), b (P,)."""
+        u = self.user_index(users)
+        return self.global_mean + self.user_b(u).squeeze(-1) + b + (self.user_p(u) * q).sum(-1)
+
+    # ----------------------------------------------------------------------------------- export
+
+    @staticmethod
+    def item_export(item: ItemOutput) -> torch.Tensor:
+        """(B, E + 2) = [q_i, b_i, 1]."""
+        ones = torch.ones_like(item.bias)
+        return torch.cat([item.q, item.bias[:, None], ones[:, None]], dim=-1)
+
+    def user_export(self, users: torch.Tensor) -> torch.Tensor:
+        """(U, E + 2) = [p_u, 1, mu + b_u], so <user, item> == r_hat(u, i)."""
+        u = self.user_index(users)
+        p, b = self.user_p(u), self.user_b(u).squeeze(-1)
+        return torch.cat([p, torch.ones_like(b)[:, None], (self.global_mean + b)[:, None]], dim=-1)
