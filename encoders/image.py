@@ -1,0 +1,160 @@
+"""`timm-vit`: a timm Vision Transformer ("An Image is Worth 16x16 Words", https://arxiv.org/abs/2010.11929).
+
+`arch` = {"model_name": <timm model, default vit_base_patch16_224>, **model kwargs}; the model is
+built with `num_classes=0` (no classifier). Weights: `pretrained` = a checkpoint file (safetensors,
+or a torch state dict read with `weights_only=True`) loaded through timm's offline path
+`pretrained_cfg_overlay=dict(file=...)`, or a folder in timm's `local-dir:` layout (config.json +
+model.safetensors, as saved by `timm.models.save_for_hf`), whose config.json names the model.
+
+Tokens are `forward_features` (class/register tokens first, then patches), pooled is the model's own
+pre-logits head (`forward_head(..., pre_logits=True)`: the class token or the average, by model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from PIL import Image
+from torch import nn
+
+from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
+from encoders.registry import register_encoder
+
+FAMILY = "timm-vit"
+DEFAULT_MODEL = "vit_base_patch16_224"
+TINY_ARCH = {"model_name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
+             "num_heads": 2}
+
+
+class ImagePreprocessor(Preprocessor):
+    """PIL image -> resized, centre-cropped, normalised (3, H, W) tensor (a picklable torchvision transform)."""
+
+    modality = "image"
+
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]):
+        self.transform = transform
+
+    def __call__(self, raw: Image.Image) -> dict[str, torch.Tensor]:
+        if not isinstance(raw, Image.Image):
+            raise TypeError(f"image preprocessing takes a PIL image, got {type(raw).__name__}")
+        return {"pixel_values": self.transform(raw.convert("RGB"))}  # (3, H, W)
+
+
+class TimmViTEncoder(ModalityEncoder):
+    """Wraps a timm ViT built with `num_classes=0`."""
+
+    modality = "image"
+
+    def __init__(self, config: EncoderConfig, model: nn.Module):
+        super().__init__(config)
+        if not isinstance(getattr(model, "blocks", None), nn.Sequential | nn.ModuleList):
+            raise ValueError(f"{FAMILY}: {type(model).__name__} has no `blocks`; use a ViT-style timm model")
+        self.model = model
+
+    @property
+    def output_dim(self) -> int:
+        return self.model.num_features
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def head_modules(self) -> list[nn.Module]:
+        names = ("norm", "fc_norm", "attn_pool", "head")  # everything forward_features/forward_head run after blocks
+        return [m for n in names if (m := getattr(self.model, n, None)) is not None]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
+        tokens = self.model.forward_features(pixel_values)  # (B, T, D), prefix tokens included
+        pooled = self.model.forward_head(tokens, pre_logits=True)  # (B, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, T) every patch is real
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+
+class _KeyReport(logging.Handler):
+    """Collects timm's missing/unexpected-key report for one pretrained load."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.problems: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("Missing keys", "Unexpected keys")):
+            self.problems.append(message)
+        elif record.levelno >= logging.WARNING:
+            logging.getLogger("timm.models").handle(record)  # not ours to swallow
+
+
+@contextlib.contextmanager
+def _strict_load() -> Iterator[_KeyReport]:
+    # timm loads non-strictly whenever the checkpoint's classifier is dropped (num_classes=0), and only
+    # logs missing/unexpected keys, so a checkpoint that does not fit the model would leave layers
+    # silently random. Its report is on the `timm.models._builder` logger (missing keys at INFO).
+    logger = logging.getLogger("timm.models._builder")
+    report = _KeyReport()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(report)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield report
+    finally:
+        logger.removeHandler(report)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _create_model(cfg: EncoderConfig) -> nn.Module:
+    arch: dict[str, Any] = dict(cfg.arch)
+    model_name = arch.pop("model_name", DEFAULT_MODEL)
+    if cfg.pretrained is None:
+        return timm.create_model(model_name, pretrained=False, num_classes=0, **arch)
+    path = Path(cfg.pretrained).expanduser()
+    with _strict_load() as report:
+        if path.is_dir():
+            # timm's own folder layout: its config.json names the architecture
+            model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0, **arch)
+        elif path.is_file():
+            # custom_load=False: older timm keeps the tag's JAX .npz loader for a file overlay
+            overlay = {"file": str(path), "custom_load": False}
+            model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0,
+                                      **arch)
+        else:
+            raise ValueError(f"{FAMILY}: pretrained={cfg.pretrained!r} is neither a checkpoint file nor a timm "
+                             "folder; weights are never downloaded")
+    if report.problems:
+        raise ValueError(f"{FAMILY}: {path} does not fit the model built from arch={cfg.arch}: "
+                         + " ".join(report.problems) + " Set arch (model_name and kwargs) to the checkpoint's model.")
+    return model
+
+
+@register_encoder(FAMILY, tiny_arch=TINY_ARCH)
+def create_timm_vit(cfg: EncoderConfig) -> tuple[TimmViTEncoder, ImagePreprocessor]:
+    """Build a timm ViT (random init, or a local checkpoint file/folder) and its eval transform."""
+    if cfg.max_tokens is not None:
+        raise ValueError(f"{FAMILY}: max_tokens does not apply to images (the token count follows img_size)")
+    try:
+        model = _create_model(cfg)
+    except TypeError as e:  # an unknown model kwarg
+        raise ValueError(f"{FAMILY}: bad arch {cfg.arch}: {e}") from e
+    encoder = TimmViTEncoder(cfg, model)
+    if getattr(model, "head_hidden_size", model.num_features) != model.num_features:
+        raise ValueError(f"{FAMILY}: {type(model).__name__} pools to {model.head_hidden_size} but its tokens are "
+                         f"{model.num_features} wide; EncoderOutput needs one width")
+    # The registry's pretrained_cfg keeps the variant's default 224 px even when img_size is overridden,
+    # so the input size comes from the built model.
+    args = {}
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        args["input_size"] = (3, *img_size)
+    data_cfg = timm.data.resolve_model_data_config(model, args=args)
+    transform = timm.data.create_transform(**data_cfg, is_training=False)
+    return encoder, ImagePreprocessor(transform)

