@@ -1,0 +1,168 @@
+"""Item-centric batches: decoded items -> encoder inputs per modality + sampled training interactions.
+
+DESIGN.md "Training data flow": each item is encoded once per visit and paired with up to k of its
+training interactions from an in-memory item -> (user, rating) index. `ExampleBuilder` runs per item
+in DataLoader workers (preprocessing included); `collate_examples` builds an `ItemBatch`, in which
+each modality's encoder inputs cover only the items that have that modality (`rows`), so absent
+modalities cost no encoder work.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from encoders import Preprocessor
+from mmrec.data.reader import DecodedItem
+
+
+@dataclass
+class ItemBatch:
+    """B items and P (item, user, rating) pairs drawn for them.
+
+    `present[m][b]` is True iff item b has modality m; then `rows[m]` lists those b in order and
+    `inputs[m]` holds the collated encoder inputs for exactly those items.
+    """
+
+    item_index: torch.Tensor  # (B,) long: rows of item_ids.json
+    inputs: dict[str, dict[str, torch.Tensor]]  # modality -> encoder inputs for its B_m items
+    rows: dict[str, torch.Tensor]  # modality -> (B_m,) long positions in the batch
+    present: dict[str, torch.Tensor]  # modality -> (B,) bool
+    attributes: torch.Tensor  # (B, A) float multi-hot over the attribute vocabulary
+    pair_item: torch.Tensor  # (P,) long: position in the batch
+    pair_user: torch.Tensor  # (P,) long: user index
+    pair_rating: torch.Tensor  # (P,) float
+
+    @property
+    def size(self) -> int:
+        return int(self.item_index.shape[0])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ItemBatch":
+        def move(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return x.to(device, non_blocking=non_blocking)
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            return x
+
+        return ItemBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+
+class InteractionIndex:
+    """item index -> the (user index, rating) pairs of a split, held as flat numpy arrays."""
+
+    def __init__(self, item_of_row: np.ndarray, users: np.ndarray, ratings: np.ndarray, num_items: int):
+        order = np.argsort(item_of_row, kind="stable")
+        self.users = users[order].astype(np.int64)
+        self.ratings = ratings[order].astype(np.float32)
+        counts = np.bincount(item_of_row, minlength=num_items)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+
+    @classmethod
+    def from_csv(cls, path: str | Path, item_to_index: Mapping[str, int], user_to_index: Mapping[str, int]) -> "InteractionIndex":
+        """Read a split file; rows whose user is not in `user_to_index` are skipped (unknown users)."""
+        items, users, ratings = [], [], []
+        with open(path, newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                u = user_to_index.get(row["user_id"])
+                if u is None:
+                    continue
+                items.append(item_to_index[row["item_id"]])
+                users.append(u)
+                ratings.append(float(row["rating"]))
+        return cls(np.asarray(items, dtype=np.int64), np.asarray(users), np.asarray(ratings), len(item_to_index))
+
+    def pairs(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.offsets[item], self.offsets[item + 1]
+        return self.users[lo:hi], self.ratings[lo:hi]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+
+class ExampleBuilder:
+    """Per item, in DataLoader workers: preprocess each present modality and draw up to k pairs.
+
+    Pairs are drawn with a generator seeded by (seed, epoch, item), so a seeded run is reproducible
+    whichever worker sees the item; call `set_epoch` to draw new pairs each epoch.
+    """
+
+    def __init__(self, preprocessors: Mapping[str, Preprocessor], attributes: list[str],
+                 interactions: InteractionIndex | None = None, pairs_per_item: int = 8, seed: int = 0):
+        self.preprocessors = dict(preprocessors)
+        self.attribute_index = {a: i for i, a in enumerate(attributes)}
+        self.interactions = interactions
+        self.pairs_per_item = pairs_per_item
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @staticmethod
+    def raw_input(item: DecodedItem, modality: str) -> Any:
+        """What a modality's preprocessor receives, or None when the item lacks it."""
+        if modality == "text":
+            return item.text
+        if modality == "image":
+            return item.image
+        if modality == "audio":
+            return None if item.waveform is None else (item.waveform, item.sample_rate)
+        raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
+
+    def __call__(self, item: DecodedItem) -> dict[str, Any]:
+        inputs = {}
+        for modality, pre in self.preprocessors.items():
+            raw = self.raw_input(item, modality)
+            if raw is not None:
+                inputs[modality] = pre(raw)
+        attrs = np.zeros(len(self.attribute_index), dtype=np.float32)
+        for a in item.attributes:
+            if a in self.attribute_index:
+                attrs[self.attribute_index[a]] = 1.0
+        users = ratings = np.zeros(0)
+        if self.interactions is not None and self.pairs_per_item > 0:
+            users, ratings = self.interactions.pairs(item.index)
+            if len(users) > self.pairs_per_item:
+                rng = np.random.default_rng((self.seed, self.epoch, item.index))
+                pick = rng.choice(len(users), self.pairs_per_item, replace=False)
+                users, ratings = users[pick], ratings[pick]
+        return {"index": item.index, "inputs": inputs, "attributes": attrs, "users": users, "ratings": ratings}
+
+
+def collate_examples(examples: list[dict[str, Any]], preprocessors: Mapping[str, Preprocessor]) -> ItemBatch:
+    """Stack `ExampleBuilder` outputs into an `ItemBatch`."""
+    inputs, rows, present = {}, {}, {}
+    for modality, pre in preprocessors.items():
+        have = [b for b, ex in enumerate(examples) if modality in ex["inputs"]]
+        present[modality] = torch.zeros(len(examples), dtype=torch.bool)
+        present[modality][have] = True
+        rows[modality] = torch.tensor(have, dtype=torch.long)
+        if have:
+            inputs[modality] = pre.collate([examples[b]["inputs"][modality] for b in have])
+    pair_item = np.concatenate([np.full(len(ex["users"]), b) for b, ex in enumerate(examples)] or [np.zeros(0)])
+    return ItemBatch(
+        item_index=torch.tensor([ex["index"] for ex in examples], dtype=torch.long),
+        inputs=inputs,
+        rows=rows,
+        present=present,
+        attributes=torch.from_numpy(np.stack([ex["attributes"] for ex in examples])),
+        pair_item=torch.from_numpy(pair_item.astype(np.int64)),
+        pair_user=torch.from_numpy(np.concatenate([ex["users"] for ex in examples]).astype(np.int64)),
+        pair_rating=torch.from_numpy(np.concatenate([ex["ratings"] for ex in examples]).astype(np.float32)),
+    )
+
+
+class BatchCollator:
+    """Picklable `collate=` for `item_loader`: a list of examples -> ItemBatch."""
+
+    def __init__(self, preprocessors: Mapping[str, Preprocessor]):
+        self.preprocessors = dict(preprocessors)
+
+    def __call__(self, examples: list[dict[str, Any]]) -> ItemBatch:
+        return collate_examples(examples, self.preprocessors)

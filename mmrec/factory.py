@@ -1,0 +1,79 @@
+"""`create_model`: wire built encoders and fusion into a `RecModel`; save and load whole models.
+
+A model folder holds `config.yaml` (the resolved `ModelConfig`), `model.json` (the sizes the model
+was built for: users, items, attributes, global mean) and `model.safetensors` (every parameter and
+buffer). Loading rebuilds the architecture from the config, with no download, and loads the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from encoders import Preprocessor, create_encoder
+from fusion import create_fusion
+from mmrec.config_io import from_dict, save_config, to_dict
+from mmrec.model import ModelConfig, RecModel
+
+CONFIG_FILE, META_FILE, WEIGHTS_FILE = "config.yaml", "model.json", "model.safetensors"
+
+
+@dataclass
+class ModelSizes:
+    """What the model was built for, beyond its config."""
+
+    num_users: int
+    num_items: int
+    attributes: list[str] = field(default_factory=list)  # attribute vocabulary, in head order
+    global_mean: float = 0.0  # mu: mean training rating
+
+
+def create_model(cfg: ModelConfig, sizes: ModelSizes, item_seen: torch.Tensor | None = None) -> tuple[RecModel, dict[str, Preprocessor]]:
+    """Build encoders (from their configs: local weights or random init), fusion and the model.
+
+    Returns:
+        (model, preprocessors): the preprocessors run in DataLoader workers, one per modality.
+    """
+    encoders, preprocessors = {}, {}
+    for m in cfg.modalities:
+        encoders[m], preprocessors[m] = create_encoder(cfg.encoders[m])
+    fusion = None
+    if encoders:
+        fusion = create_fusion(cfg.fusion, input_dims={m: e.output_dim for m, e in encoders.items()})
+    model = RecModel(cfg, encoders, fusion, sizes.num_users, sizes.num_items, sizes.global_mean, item_seen)
+    return model, preprocessors
+
+
+def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path) -> Path:
+    """Write config.yaml, model.json and model.safetensors into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(model.config, folder / CONFIG_FILE)
+    (folder / META_FILE).write_text(json.dumps(asdict(sizes), indent=2))
+    # contiguous copies: safetensors refuses views and shared storage
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, folder / WEIGHTS_FILE)
+    return folder
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
+    """Rebuild a model saved by `save_model` and load its weights (safetensors only)."""
+    import yaml
+
+    folder = Path(folder)
+    for name in (CONFIG_FILE, META_FILE, WEIGHTS_FILE):
+        if not (folder / name).is_file():
+            raise ValueError(f"{folder} is not a saved mmrec model: {name} is missing")
+    with open(folder / CONFIG_FILE, encoding="utf-8") as f:
+        cfg = from_dict(ModelConfig, yaml.safe_load(f), str(folder / CONFIG_FILE))
+    sizes = ModelSizes(**json.loads((folder / META_FILE).read_text()))
+    model, preprocessors = create_model(cfg, sizes)
+    model.load_state_dict(load_file(folder / WEIGHTS_FILE, device=str(device)), strict=True)
+    return model.to(device), preprocessors, sizes
+
+
+__all__ = ["ModelSizes", "create_model", "load_model", "save_model", "to_dict"]

@@ -1,0 +1,158 @@
+"""Training tasks: each owns its heads and its loss, and reports it on its own (DESIGN.md "Tasks").
+
+- rating: MSE between r_hat(u, i) = mu + b_u + b_i + <p_u, q_i> and explicit ratings;
+- feature generation: mask one present modality of each item that has at least two, fuse the rest,
+  and generate the masked modality's pooled encoder feature (stop-gradient target; cosine or MSE)
+  and the item's attributes (multi-label BCE). It needs no ratings, so unrated catalogue items train
+  it too, and it teaches the fused state to stand in for a missing modality;
+- retrieval (optional): in-batch sampled softmax between the exported user and item vectors, with a
+  temperature, other positives of the same user masked out.
+
+Shape legend: B items, P pairs, E embedding width, D fusion width, A attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoders import EncoderOutput
+from mmrec.batch import ItemBatch
+from mmrec.model import ItemOutput, RecModel
+
+
+@dataclass
+class TaskConfig:
+    """Which tasks train, and their weights in the total loss."""
+
+    rating_weight: float = 1.0  # rating MSE
+    feature_weight: float = 1.0  # generation of a masked modality's pooled feature
+    feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
+    attribute_weight: float = 0.5  # multi-label attributes from the masked remainder
+    retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
+    retrieval_temperature: float = 0.1  # softmax temperature for retrieval
+
+    def __post_init__(self) -> None:
+        if self.feature_loss not in ("cosine", "mse"):
+            raise ValueError(f"feature_loss must be 'cosine' or 'mse', got {self.feature_loss!r}")
+        for name in ("rating_weight", "feature_weight", "attribute_weight", "retrieval_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.retrieval_temperature <= 0:
+            raise ValueError(f"retrieval_temperature must be > 0, got {self.retrieval_temperature}")
+
+
+class RatingTask(nn.Module):
+    """MSE of r_hat on the batch's (item, user, rating) pairs."""
+
+    def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput) -> torch.Tensor | None:
+        if batch.pair_item.numel() == 0:
+            return None
+        q, b = items.q[batch.pair_item], items.bias[batch.pair_item]  # (P, E), (P,)
+        return F.mse_loss(model.predict_rating(batch.pair_user, q, b), batch.pair_rating)
+
+
+class FeatureGenerationTask(nn.Module):
+    """From the fused remainder of an item, generate a masked modality's feature and its attributes."""
+
+    def __init__(self, fusion_dim: int, feature_dims: dict[str, int], num_attributes: int, loss: str = "cosine"):
+        super().__init__()
+        self.loss_kind = loss
+        self.feature_heads = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(fusion_dim, fusion_dim), nn.GELU(), nn.Linear(fusion_dim, dim))
+            for m, dim in feature_dims.items()
+        })
+        self.attribute_head = nn.Linear(fusion_dim, num_attributes) if num_attributes else None
+
+    def choose_masked(self, present: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) index into `present`'s modalities of the one to mask, or -1 for items with < 2 present."""
+        names = list(present)
+        has = torch.stack([present[m] for m in names], dim=1)  # (B, M)
+        u = torch.rand(has.shape, generator=generator, device=has.device if generator is None else generator.device)
+        pick = torch.where(has, u.to(has.device), -1.0).argmax(dim=1)  # uniform among the present ones
+        return torch.where(has.sum(1) >= 2, pick, -1)
+
+    def losses(self, model: RecModel, batch: ItemBatch, encoded: dict[str, EncoderOutput],
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        names = [m for m in model.modalities if m in encoded]
+        if len(names) < 2:
+            return {}
+        present = {m: batch.present[m] for m in names}
+        masked = self.choose_masked(present, generator)  # (B,)
+        rows = (masked >= 0).nonzero().squeeze(-1)  # items that take part
+        if rows.numel() == 0:
+            return {}
+        remainder = {m: present[m] & (masked != i) for i, m in enumerate(names)}
+        state = model.fuse(encoded, remainder)[rows]  # (B', D) fused without the masked modality
+        out: dict[str, torch.Tensor] = {}
+        feature_losses = []
+        for i, m in enumerate(names):
+            sel = (masked[rows] == i).nonzero().squeeze(-1)
+            if sel.numel() == 0:
+                continue
+            pred = self.feature_heads[m](state[sel])  # (n, D_m)
+            target = encoded[m].pooled[rows[sel]].detach()  # stop-gradient: the encoder is not pulled to the guess
+            if self.loss_kind == "cosine":
+                per_item = 1 - F.cosine_similarity(pred, target, dim=-1)
+            else:
+                per_item = F.mse_loss(pred, target, reduction="none").mean(-1)
+            feature_losses.append(per_item)
+        out["feature"] = torch.cat(feature_losses).mean()
+        if self.attribute_head is not None:
+            logits = self.attribute_head(state)  # (B', A)
+            out["attributes"] = F.binary_cross_entropy_with_logits(logits, batch.attributes[rows])
+        return out
+
+
+class RetrievalTask(nn.Module):
+    """In-batch sampled softmax over the batch's items for each (user, item) pair."""
+
+    def __init__(self, temperature: float):
+        super().__init__()
+        self.temperature = temperature
+
+    def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput) -> torch.Tensor | None:
+        if batch.pair_item.numel() == 0 or batch.size < 2:
+            return None
+        users = model.user_export(batch.pair_user)  # (P, E + 2)
+        item_vecs = model.item_export(items)  # (B, E + 2)
+        logits = users @ item_vecs.T / self.temperature  # (P, B)
+        # other items of the batch this user also interacted with are not negatives
+        own = F.one_hot(batch.pair_item, batch.size).float()  # (P, B)
+        same_user = (batch.pair_user[:, None] == batch.pair_user[None, :]).float()  # (P, P)
+        positives = (same_user @ own) > 0  # (P, B)
+        logits = logits.masked_fill(positives & ~own.bool(), float("-inf"))
+        return F.cross_entropy(logits, batch.pair_item)
+
+
+class MultiTaskLoss(nn.Module):
+    """All configured tasks; returns each loss on its own plus the weighted total."""
+
+    def __init__(self, config: TaskConfig, model: RecModel, num_attributes: int):
+        super().__init__()
+        self.config = config
+        self.rating = RatingTask()
+        self.feature = None
+        if model.fusion is not None and len(model.modalities) >= 2 and (config.feature_weight or config.attribute_weight):
+            dims = {m: model.encoders[m].output_dim for m in model.modalities}
+            self.feature = FeatureGenerationTask(model.fusion.output_dim, dims, num_attributes, config.feature_loss)
+        self.retrieval = RetrievalTask(config.retrieval_temperature) if config.retrieval_weight > 0 else None
+
+    def forward(self, model: RecModel, batch: ItemBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        items, encoded = model.items(batch)
+        losses: dict[str, torch.Tensor] = {}
+        weights = {"rating": self.config.rating_weight, "feature": self.config.feature_weight,
+                   "attributes": self.config.attribute_weight, "retrieval": self.config.retrieval_weight}
+        if self.config.rating_weight > 0 and (loss := self.rating.loss(model, batch, items)) is not None:
+            losses["rating"] = loss
+        if self.feature is not None:
+            losses.update(self.feature.losses(model, batch, encoded, generator))
+        if self.retrieval is not None and (loss := self.retrieval.loss(model, batch, items)) is not None:
+            losses["retrieval"] = loss
+        terms = [weights[k] * v for k, v in losses.items() if weights[k] > 0]
+        # A batch with no pairs and no multi-modal item still returns a differentiable zero.
+        losses["total"] = torch.stack(terms).sum() if terms else items.q.sum() * 0.0
+        return losses

@@ -1,0 +1,180 @@
+"""The multitask model on real item batches: shapes, the dot-product contract, missing-modality
+invariance, every loss falling on an overfit batch, save -> load, configs."""
+
+import json
+
+import pytest
+import torch
+
+from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
+from mmrec.config import load_run_config
+from mmrec.config_io import apply_overrides
+from mmrec.data.reader import ReaderConfig, item_loader
+from mmrec.data.sharding import ShardOptions, shard_catalogue
+from mmrec.factory import ModelSizes, create_model, load_model, save_model
+from mmrec.model import ModelConfig
+from mmrec.tasks import MultiTaskLoss, TaskConfig
+
+TINY = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+
+
+@pytest.fixture
+def dataset(small_catalogue, tmp_path):
+    items_path, inter_path, _ = small_catalogue
+    m = shard_catalogue(items_path, inter_path, tmp_path / "data", options=ShardOptions(items_per_shard=4, progress=False)).manifest
+    return tmp_path / "data", m
+
+
+def build(data, manifest, overrides=(), seed=0):
+    torch.manual_seed(seed)
+    cfg = load_run_config(TINY, list(overrides))
+    item_ids = json.loads((data / "item_ids.json").read_text())
+    train = (data / "interactions" / "train.csv").read_text().splitlines()[1:]
+    users = sorted({line.split(",")[0] for line in train})
+    ratings = [float(line.split(",")[2]) for line in train]
+    sizes = ModelSizes(len(users), len(item_ids), manifest["attributes"], sum(ratings) / len(ratings))
+    model, pre = create_model(cfg.model, sizes)
+    index = InteractionIndex.from_csv(data / "interactions" / "train.csv", {i: k for k, i in enumerate(item_ids)},
+                                      {u: k for k, u in enumerate(users)})
+    return cfg, model, pre, sizes, index
+
+
+def one_batch(data, pre, attributes, index) -> ItemBatch:
+    builder = ExampleBuilder(pre, attributes, index, pairs_per_item=4)
+    loader = item_loader(data, "eval", ReaderConfig(batch_size=12), transform=builder,
+                         collate=BatchCollator(pre), rank=0, world_size=1)
+    return next(iter(loader))
+
+
+def test_batch_layout_and_dot_product_contract(dataset):
+    data, manifest = dataset
+    cfg, model, pre, sizes, index = build(data, manifest)
+    builder = ExampleBuilder(pre, manifest["attributes"], index, pairs_per_item=4)
+    in_workers = item_loader(data, "eval", ReaderConfig(batch_size=12, num_workers=2), transform=builder,
+                             collate=BatchCollator(pre), rank=0, world_size=1)
+    assert sorted(i for b in in_workers for i in b.item_index.tolist()) == list(range(12))  # pickles and runs in workers
+    batch = one_batch(data, pre, manifest["attributes"], index)
+    assert batch.size == 12
+    for m in ("text", "image", "audio"):
+        assert batch.rows[m].tolist() == batch.present[m].nonzero().squeeze(-1).tolist()
+    assert batch.pair_item.shape == batch.pair_user.shape == batch.pair_rating.shape
+    assert batch.pair_item.numel() > 0 and (batch.attributes.sum(1) == 1).all()
+
+    model.eval()
+    with torch.no_grad():
+        items, _ = model.items(batch)
+        assert items.q.shape == (12, 32) and items.bias.shape == (12,)
+        export = model.item_export(items)  # (B, E + 2)
+        users = torch.arange(sizes.num_users + 1)  # the last one is unseen: index num_users
+        user_vecs = model.user_export(users)
+        for b in range(12):
+            r_hat = model.predict_rating(users, items.q[b].expand(len(users), -1), items.bias[b].expand(len(users)))
+            assert torch.allclose(user_vecs @ export[b], r_hat, atol=1e-5)
+
+
+def test_absent_modality_has_no_influence(dataset):
+    data, manifest = dataset
+    _, model, pre, _, index = build(data, manifest)
+    batch = one_batch(data, pre, manifest["attributes"], index)
+    model.eval()
+    with torch.no_grad():
+        encoded = model.encode(batch)
+        clean = model.fuse(encoded, batch.present)
+        for m, e in encoded.items():
+            absent = ~batch.present[m]
+            assert absent.any()
+            e.tokens[absent] = torch.randn_like(e.tokens[absent]) * 100
+            e.pooled[absent] = torch.randn_like(e.pooled[absent]) * 100
+            e.mask[absent] = True  # even a mask claiming real tokens cannot bring an absent modality in
+        assert torch.equal(model.fuse(encoded, batch.present), clean)
+
+
+@pytest.mark.parametrize("task", ["rating", "feature", "attributes", "retrieval"])
+def test_each_loss_falls_when_overfitting_one_batch(dataset, task):
+    data, manifest = dataset
+    overrides = ["model.fusion.modality_dropout=0.0", "tasks.retrieval_weight=1.0"]
+    cfg, model, pre, _, index = build(data, manifest, overrides)
+    batch = one_batch(data, pre, manifest["attributes"], index)
+    tasks = MultiTaskLoss(cfg.tasks, model, len(manifest["attributes"]))
+    params = list(model.parameters()) + list(tasks.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    model.train()
+    history = []
+    for step in range(60):
+        losses = tasks(model, batch, generator=torch.Generator().manual_seed(0))  # same masking each step
+        history.append(losses[task].item())
+        opt.zero_grad()
+        losses[task].backward()
+        opt.step()
+    assert history[-1] < 0.5 * history[0], (task, history[0], history[-1])
+
+
+def test_total_loss_combines_weighted_terms(dataset):
+    data, manifest = dataset
+    cfg, model, pre, _, index = build(data, manifest, ["tasks.retrieval_weight=0.5", "model.fusion.modality_dropout=0.0"])
+    batch = one_batch(data, pre, manifest["attributes"], index)
+    tasks = MultiTaskLoss(cfg.tasks, model, len(manifest["attributes"]))
+    losses = tasks(model, batch, generator=torch.Generator().manual_seed(1))
+    assert set(losses) == {"rating", "feature", "attributes", "retrieval", "total"}
+    expected = losses["rating"] + losses["feature"] + 0.5 * losses["attributes"] + 0.5 * losses["retrieval"]
+    assert torch.allclose(losses["total"], expected)
+
+
+def test_save_then_load_gives_identical_outputs(dataset, tmp_path):
+    data, manifest = dataset
+    cfg, model, pre, sizes, index = build(data, manifest)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)  # not just the initialisation
+    batch = one_batch(data, pre, manifest["attributes"], index)
+    model.eval()
+    save_model(model, sizes, tmp_path / "model")
+    loaded, pre2, sizes2 = load_model(tmp_path / "model")
+    loaded.eval()
+    assert sizes2 == sizes
+    batch2 = one_batch(data, pre2, manifest["attributes"], index)  # the reloaded preprocessing
+    with torch.no_grad():
+        a = model.item_export(model.items(batch)[0])
+        b = loaded.item_export(loaded.items(batch2)[0])
+        assert torch.equal(a, b)
+        users = torch.arange(sizes.num_users)
+        assert torch.equal(model.user_export(users), loaded.user_export(users))
+
+
+def test_id_only_model_is_matrix_factorisation(dataset):
+    data, manifest = dataset
+    cfg = ModelConfig(encoders={}, item_id_embeddings=True, embedding_dim=8)
+    model, pre = create_model(cfg, ModelSizes(num_users=8, num_items=12))
+    assert pre == {} and model.fusion is None
+    batch = one_batch(data, {}, manifest["attributes"], build(data, manifest)[4])
+    items, encoded = model.items(batch)
+    assert encoded == {} and items.q.shape == (12, 8)
+    with pytest.raises(ValueError, match="no item representation"):
+        ModelConfig(encoders={}, item_id_embeddings=False)
+
+
+def test_pairs_are_sampled_per_item_reproducibly(dataset):
+    data, manifest = dataset
+    _, _, pre, _, index = build(data, manifest)
+    builder = ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=5)
+    items = [it for b in item_loader(data, "eval", rank=0, world_size=1) for it in b]
+    for it in items:
+        users, _ = index.pairs(it.index)
+        ex = builder(it)
+        assert len(ex["users"]) == min(2, len(users)) and set(ex["users"]) <= set(users)
+        assert list(builder(it)["users"]) == list(ex["users"])  # same seed and epoch: same draw
+    assert sum(len(index.pairs(i)[0]) for i in range(12)) == len(index)
+
+
+def test_configs_load_with_overrides_and_reject_unknown_keys():
+    cfg = load_run_config(TINY, ["model.fusion.layers=4", "tasks.retrieval_weight=0.25"])
+    assert cfg.model.fusion.layers == 4 and cfg.tasks.retrieval_weight == 0.25
+    assert cfg.model.fusion.modalities == ("text", "image", "audio")
+    base = load_run_config(TINY.replace("tiny.yaml", "base.yaml"))
+    assert base.model.encoders["text"].arch["num_hidden_layers"] == 12 and base.model.fusion.width == 768
+    with pytest.raises(ValueError, match="unknown key"):
+        load_run_config(TINY, ["model.fusion.depth=4"])
+    with pytest.raises(ValueError, match="unknown key"):
+        load_run_config(TINY, ["model.encoders.text.trainable=all"])
+    with pytest.raises(ValueError, match="key=value"):
+        apply_overrides({}, ["model.fusion.layers"])
