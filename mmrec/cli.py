@@ -63,6 +63,30 @@ def cmd_shard(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="YAML config, e.g. configs/tiny.yaml")
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: data.path in the config)")
+    p.add_argument("--out", type=Path, default=Path("run"), help="run folder (default: run)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmrec.config import load_run_config
+    from mmrec.training import train
+
+    cfg = load_run_config(args.config, args.overrides)
+    data = args.data or (Path(cfg.data.path) if cfg.data.path else None)
+    if data is None:
+        raise ValueError("no dataset: pass --data DATA or set data.path in the config")
+    cfg.data.path = str(data)
+    state = train(cfg, data, args.out, resume=args.resume)
+    metric = cfg.train.selection_metric
+    print(f"trained {state.step} steps; best valid {metric} = {state.best_metric} at step {state.best_step}; "
+          f"model in {args.out / 'model'}, metrics in {args.out / 'metrics.jsonl'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmrec.data.sharding import ShardOptions, shard_catalogue
     from mmrec.data.splits import SplitConfig
@@ -93,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train on a dataset folder (same as `accelerate launch train.py ...`)")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("shard", help="items.jsonl + interactions.csv -> WebDataset shards, splits, manifest")
     p.add_argument("--items", required=True, type=Path, help="items.jsonl")

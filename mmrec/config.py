@@ -2,8 +2,9 @@
 
     cfg = load_run_config("configs/tiny.yaml", ["model.fusion.layers=4"])
 
-Sections: `model` (encoders, fusion, embedding width) and `tasks` (loss weights). Unknown keys are
-errors that name the valid ones; the resolved config is written into every run and model folder.
+Sections: `model` (encoders, fusion, embedding width), `tasks` (loss weights), `data` (what is
+read and how it is batched) and `train` (optimisation, validation, checkpoints). Unknown keys are
+errors that name the valid ones; the resolved config is written into every run folder.
 """
 
 from __future__ import annotations
@@ -17,11 +18,65 @@ from mmrec.tasks import TaskConfig
 
 
 @dataclass
+class DataConfig:
+    """What training reads and how it is batched (per process)."""
+
+    path: str | None = None  # dataset folder written by `mmrec shard` (`--data` on the command line)
+    features: str | None = None  # feature cache written by `mmrec cache`: read it instead of media
+    batch_size: int = 64  # items per batch per process
+    pairs_per_item: int = 8  # k: training interactions drawn per item visit
+    num_workers: int = 0  # DataLoader worker processes (decode + preprocessing)
+    shuffle_buffer: int = 500  # items shuffled across shards
+    steps_per_epoch: int | None = None  # batches per process per epoch (None: one pass over the items)
+    eval_batch_size: int = 128  # items per batch when embedding for validation
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.pairs_per_item < 0 or self.num_workers < 0:
+            raise ValueError("data.pairs_per_item and data.num_workers must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, validation and checkpoints."""
+
+    seed: int = 0  # model init, data order, pair sampling, modality dropout
+    epochs: int = 10  # upper bound; early stopping may end sooner
+    lr: float = 1e-3  # fusion, heads, ID embeddings
+    encoder_lr: float = 1e-4  # trainable encoder layers
+    weight_decay: float = 0.01  # AdamW, on weight matrices only (not biases, norms, embeddings)
+    warmup_steps: int = 50  # linear warm-up, then cosine decay to 0 over the run
+    grad_accum: int = 1  # optimizer step every N batches
+    max_grad_norm: float = 1.0  # gradient clipping (0: off)
+    mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else none), "no", "bf16", "fp16"
+    eval_every: int = 0  # validate every N optimizer steps (0: at the end of each epoch)
+    checkpoint_every: int = 0  # save Accelerate state every N optimizer steps (0: each epoch)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    selection_metric: str = "ndcg@10"  # validation metric that picks the best model ("rmse": lower is better)
+    early_stopping_patience: int = 3  # validations without improvement before stopping (0: never stop)
+    log_every: int = 10  # write metrics.jsonl every N optimizer steps
+    audit_data: bool = False  # record which items each rank trained on per epoch (RUN/audit/)
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.epochs < 1 or self.grad_accum < 1 or self.log_every < 1:
+            raise ValueError("train.epochs, train.grad_accum and train.log_every must be >= 1")
+        if self.selection_metric != "rmse" and not self.selection_metric.startswith(("ndcg@", "recall@", "hit@", "mrr@")):
+            raise ValueError(f"train.selection_metric must be rmse or ndcg@K / recall@K / hit@K / mrr@K, "
+                             f"got {self.selection_metric!r}")
+
+
+@dataclass
 class RunConfig:
-    """Everything a run needs to rebuild its model and losses."""
+    """Everything a run needs: the model, its losses, its data and how it trains."""
 
     model: ModelConfig = field(default_factory=ModelConfig)  # encoders + fusion + embeddings
     tasks: TaskConfig = field(default_factory=TaskConfig)  # which losses, with which weights
+    data: DataConfig = field(default_factory=DataConfig)  # shards, batching
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, validation, checkpoints
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
@@ -29,4 +84,4 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     return load_config(RunConfig, path, overrides)
 
 
-__all__ = ["RunConfig", "load_run_config", "save_config"]
+__all__ = ["DataConfig", "RunConfig", "TrainConfig", "load_run_config", "save_config"]

@@ -36,12 +36,16 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)  # cross-modal fusion transformer
     embedding_dim: int = 32  # E: width of p_u and q_i
     item_id_embeddings: bool = False  # add learned per-item q/b terms for items seen in training
+    item_id_dropout: float = 0.0  # training: hide an item's ID terms with this probability, so the content
+    #                               path must predict its ratings alone (cold start; DropoutNet, Volkovs et al. 2017)
     init_std: float = 0.01  # std of the ID embeddings at initialisation
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoders) - set(MODALITY_ORDER))
         if unknown:
             raise ValueError(f"unknown modality {unknown} in model.encoders; expected any of {list(MODALITY_ORDER)}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if not self.encoders and not self.item_id_embeddings:
@@ -147,6 +151,8 @@ class RecModel(nn.Module):
             b = b + self.item_b(state).squeeze(-1)  # (B,)
         if self.config.item_id_embeddings:
             warm = self.item_seen[item_index]  # (B,)
+            if self.training and self.config.item_id_dropout > 0 and state is not None:
+                warm = warm & (torch.rand(warm.shape, device=warm.device) >= self.config.item_id_dropout)
             q = q + self.item_id_q(item_index) * warm[:, None]
             b = b + self.item_id_b(item_index).squeeze(-1) * warm
         return ItemOutput(state, q, b)

@@ -31,7 +31,7 @@ class TaskConfig:
     rating_weight: float = 1.0  # rating MSE
     feature_weight: float = 1.0  # generation of a masked modality's pooled feature
     feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
-    attribute_weight: float = 0.5  # multi-label attributes from the masked remainder
+    attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
     retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
     retrieval_temperature: float = 0.1  # softmax temperature for retrieval
 
@@ -78,31 +78,31 @@ class FeatureGenerationTask(nn.Module):
     def losses(self, model: RecModel, batch: ItemBatch, encoded: dict[str, EncoderOutput],
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         names = [m for m in model.modalities if m in encoded]
-        if len(names) < 2:
+        if not names:
             return {}
         present = {m: batch.present[m] for m in names}
-        masked = self.choose_masked(present, generator)  # (B,)
-        rows = (masked >= 0).nonzero().squeeze(-1)  # items that take part
-        if rows.numel() == 0:
-            return {}
+        masked = self.choose_masked(present, generator)  # (B,) -1: fewer than two modalities, nothing masked
         remainder = {m: present[m] & (masked != i) for i, m in enumerate(names)}
-        state = model.fuse(encoded, remainder)[rows]  # (B', D) fused without the masked modality
+        state = model.fuse(encoded, remainder)  # (B, D) fused without the masked modality
         out: dict[str, torch.Tensor] = {}
         feature_losses = []
         for i, m in enumerate(names):
-            sel = (masked[rows] == i).nonzero().squeeze(-1)
-            if sel.numel() == 0:
+            sel = (masked == i).nonzero().squeeze(-1)
+            if sel.numel() == 0 or m not in self.feature_heads:
                 continue
             pred = self.feature_heads[m](state[sel])  # (n, D_m)
-            target = encoded[m].pooled[rows[sel]].detach()  # stop-gradient: the encoder is not pulled to the guess
+            target = encoded[m].pooled[sel].detach()  # stop-gradient: the encoder is not pulled to the guess
             if self.loss_kind == "cosine":
                 per_item = 1 - F.cosine_similarity(pred, target, dim=-1)
             else:
                 per_item = F.mse_loss(pred, target, reduction="none").mean(-1)
             feature_losses.append(per_item)
-        out["feature"] = torch.cat(feature_losses).mean()
+        if feature_losses:
+            out["feature"] = torch.cat(feature_losses).mean()
         if self.attribute_head is not None:
-            logits = self.attribute_head(state)  # (B', A)
+            # every item with content: single-modality items predict their attributes from what they have
+            rows = torch.stack(list(remainder.values()), 1).any(1).nonzero().squeeze(-1)
+            logits = self.attribute_head(state[rows])  # (B', A)
             out["attributes"] = F.binary_cross_entropy_with_logits(logits, batch.attributes[rows])
         return out
 
@@ -136,8 +136,9 @@ class MultiTaskLoss(nn.Module):
         self.config = config
         self.rating = RatingTask()
         self.feature = None
-        if model.fusion is not None and len(model.modalities) >= 2 and (config.feature_weight or config.attribute_weight):
-            dims = {m: model.encoders[m].output_dim for m in model.modalities}
+        if model.fusion is not None and (config.feature_weight or config.attribute_weight):
+            # feature generation needs a second modality to generate from; attributes do not
+            dims = {m: model.encoders[m].output_dim for m in model.modalities} if len(model.modalities) >= 2 else {}
             self.feature = FeatureGenerationTask(model.fusion.output_dim, dims, num_attributes, config.feature_loss)
         self.retrieval = RetrievalTask(config.retrieval_temperature) if config.retrieval_weight > 0 else None
 

@@ -85,3 +85,18 @@ def test_too_few_shards_for_training_is_a_clear_error(small_catalogue, tmp_path)
 def test_not_a_dataset_folder(tmp_path):
     with pytest.raises(ValueError, match="mmrec shard"):
         item_loader(tmp_path, "eval")
+
+
+@pytest.mark.parametrize("num_workers,done", [(0, 3), (2, 2), (2, 3)])
+def test_resume_mid_epoch_continues_the_same_stream(one_item_shards, num_workers, done):
+    # 12 one-item shards, 2 workers x 2 ranks; 4 batches per epoch of 2 items
+    cfg = ReaderConfig(batch_size=2, num_workers=num_workers, seed=11, steps_per_epoch=6, shuffle_buffer=4)
+    full = item_loader(one_item_shards, "train", cfg, rank=1, world_size=2)
+    full.set_epoch(2)
+    want = [[it.item_id for it in b] for b in full]
+    resumed = item_loader(one_item_shards, "train", cfg, rank=1, world_size=2)
+    resumed.resume_at(2, done)
+    got = [[it.item_id for it in b] for b in resumed]
+    assert got == want[done:]
+    resumed.set_epoch(3)  # the next epoch is whole again
+    assert len(list(resumed)) == 6

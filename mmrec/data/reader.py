@@ -129,21 +129,39 @@ class TrainItems(torch.utils.data.IterableDataset):
     are shuffled in a buffer that is flushed at the end of each pass (so no item of pass p+1 leaks
     into pass p), seeded by (seed, pass, rank, worker): a seeded run is reproducible. `set_epoch`
     moves the starting pass so each training epoch begins on a fresh permutation.
+
+    Resuming mid-epoch (`resume_at`): the DataLoader takes full batches from its workers in turn
+    (batch j from worker j mod W), so after j0 batches worker w continues as original worker
+    (w + j0) mod W, skipping the raw samples that worker had already batched. The resumed stream is
+    then batch for batch the one an uninterrupted run would have seen, without decoding the skipped
+    items.
     """
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shuffle_buffer: int):
+    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shuffle_buffer: int, batch_size: int):
         super().__init__()
         self.urls, self.rank, self.world_size, self.seed = urls, rank, world_size, seed
-        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_buffer, self.batch_size = shuffle_buffer, batch_size
         self.epoch = 0
+        self.start_batch = 0  # batches of this epoch already consumed (resume)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self.start_batch = epoch, 0
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self.epoch, self.start_batch = epoch, batches_done
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = _worker_info()
         if len(self.urls) < self.world_size * num_workers:  # also checked when the loader is built
             raise ValueError(f"{len(self.urls)} shards cannot feed {self.world_size} ranks x {num_workers} workers")
+        original = (worker + self.start_batch) % num_workers  # the worker whose stream this one continues
+        done = (self.start_batch - original + num_workers - 1) // num_workers  # its batches already consumed
+        stream = self._stream(original, num_workers)
+        for _ in range(done * self.batch_size):
+            next(stream)
+        yield from stream
+
+    def _stream(self, worker: int, num_workers: int) -> Iterator[dict]:
         pass_number = self.epoch
         while True:
             order = np.random.default_rng((self.seed, pass_number)).permutation(len(self.urls))
@@ -155,15 +173,25 @@ class TrainItems(torch.utils.data.IterableDataset):
 
 
 class ItemLoader(wds.WebLoader):
-    """A WebLoader that can move its training stream to a new epoch (`set_epoch`)."""
+    """A WebLoader that can move its training stream to a new epoch or resume inside one."""
 
     def __init__(self, pipeline: wds.DataPipeline, source: TrainItems | EvalShards, **kwargs: Any):
         super().__init__(pipeline, **kwargs)
         self.source = source
+        self.steps_per_epoch: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` from its beginning (train mode; a no-op for eval)."""
         if isinstance(self.source, TrainItems):
             self.source.set_epoch(epoch)
+            self.with_epoch(self.steps_per_epoch)
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue epoch `epoch` after `batches_done` batches, yielding exactly the remaining ones."""
+        if not isinstance(self.source, TrainItems):
+            raise ValueError("only a training loader can resume")
+        self.source.resume_at(epoch, batches_done)
+        self.with_epoch(self.steps_per_epoch - batches_done)
 
 
 @dataclass
@@ -224,7 +252,7 @@ def item_loader(
                 f"{len(urls)} shards cannot feed {world_size} ranks x {max(1, cfg.num_workers)} workers = {readers} "
                 f"readers: re-shard with `mmrec shard --items-per-shard` <= "
                 f"{max(1, manifest['num_items'] // readers)} or use fewer workers")
-        source = TrainItems(urls, rank, world_size, cfg.seed, cfg.shuffle_buffer)
+        source = TrainItems(urls, rank, world_size, cfg.seed, cfg.shuffle_buffer, cfg.batch_size)
         stages: list = [source]  # endless, shuffled, disjoint shards within a pass
     else:
         source = EvalShards(urls, rank, world_size)
@@ -241,8 +269,11 @@ def item_loader(
     pipeline = wds.DataPipeline(*stages)
 
     # Workers are not persistent: each epoch re-sends the pipeline, so set_epoch reaches them.
-    loader = ItemLoader(pipeline, source, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False)
+    # A private generator: DataLoader draws its worker base seed at every new iterator, which would
+    # otherwise shift the global RNG (model dropout, masking) differently in a resumed run.
+    loader = ItemLoader(pipeline, source, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     if mode == "train":
-        steps = cfg.steps_per_epoch or steps_per_epoch(manifest["num_items"], cfg.batch_size, world_size)
-        loader = loader.with_epoch(steps).with_length(steps, silent=True)
+        loader.steps_per_epoch = cfg.steps_per_epoch or steps_per_epoch(manifest["num_items"], cfg.batch_size, world_size)
+        loader = loader.with_epoch(loader.steps_per_epoch).with_length(loader.steps_per_epoch, silent=True)
     return loader

@@ -1,0 +1,175 @@
+"""What training, validation, `mmrec embed` and `mmrec eval` share: the run's id vocabulary, item
+embedding over the shards, split files as index arrays, and scoring a split.
+
+The vocabulary is fixed when training starts and stored in the run folder: item index = row of
+DATA/item_ids.json (every catalogue item, rated or not), user index = position in the sorted list of
+users with training interactions. Users who appear only in valid/test map to -1 (the model's zero
+"unknown user" row).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmrec.batch import BatchCollator, ExampleBuilder
+from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.data.schema import INTERACTIONS_DIR, ITEM_IDS
+from mmrec.metrics import UserItems, rating_metrics, ranking_metrics, top_k
+from mmrec.model import RecModel
+
+VOCAB_FILE = "vocabulary.json"
+
+
+@dataclass
+class RunVocabulary:
+    """The ids a model was trained with."""
+
+    item_ids: list[str]  # item index -> item_id (DATA/item_ids.json)
+    user_ids: list[str]  # user index -> user_id (users with training interactions, sorted)
+    attributes: list[str]  # attribute head order (the manifest's vocabulary)
+    global_mean: float  # mean training rating (mu)
+
+    @classmethod
+    def from_data(cls, data_dir: str | Path) -> "RunVocabulary":
+        data_dir = Path(data_dir)
+        manifest = load_manifest(data_dir)
+        item_ids = json.loads((data_dir / ITEM_IDS).read_text(encoding="utf-8"))
+        users, total, n = set(), 0.0, 0
+        with open(data_dir / INTERACTIONS_DIR / "train.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                users.add(row["user_id"])
+                total += float(row["rating"])
+                n += 1
+        if n == 0:
+            raise ValueError(f"{data_dir}: the train split is empty; nothing to train on")
+        return cls(item_ids, sorted(users), list(manifest["attributes"]), total / n)
+
+    def save(self, run_dir: str | Path) -> None:
+        (Path(run_dir) / VOCAB_FILE).write_text(json.dumps(asdict(self), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunVocabulary":
+        return cls(**json.loads((Path(run_dir) / VOCAB_FILE).read_text(encoding="utf-8")))
+
+    def item_index(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.item_ids)}
+
+    def user_index(self) -> dict[str, int]:
+        return {u: i for i, u in enumerate(self.user_ids)}
+
+
+@dataclass
+class SplitArrays:
+    """One split file as index arrays (user -1 = not in the training vocabulary)."""
+
+    users: np.ndarray  # (R,) int64
+    items: np.ndarray  # (R,) int64
+    ratings: np.ndarray  # (R,) float32
+
+
+def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary) -> SplitArrays:
+    items_of, users_of = vocab.item_index(), vocab.user_index()
+    users, items, ratings = [], [], []
+    with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            users.append(users_of.get(row["user_id"], -1))
+            items.append(items_of[row["item_id"]])
+            ratings.append(float(row["rating"]))
+    return SplitArrays(np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64),
+                       np.asarray(ratings, dtype=np.float32))
+
+
+@torch.no_grad()
+def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attributes: list[str], *,
+                batch_size: int = 128, num_workers: int = 0, device: torch.device | str = "cpu",
+                rank: int = 0, world_size: int = 1, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of the items, each exactly once: (item indices (n,), export vectors (n, E + 2)).
+
+    `autocast` runs the encoders in bf16 on CUDA; the vectors are returned in float32 on the CPU.
+    """
+    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
+                         transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
+                         rank=rank, world_size=world_size)
+    was_training = model.training
+    model.eval()
+    indices, vectors = [], []
+    device = torch.device(device)
+    for batch in loader:
+        batch = batch.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            items, _ = model.items(batch)
+            vecs = model.item_export(items)
+        indices.append(batch.item_index.cpu())
+        vectors.append(vecs.float().cpu())
+    model.train(was_training)
+    if not indices:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, model.export_dim)
+    return torch.cat(indices), torch.cat(vectors)
+
+
+def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], num_items: int) -> torch.Tensor:
+    """Merge per-rank (indices, vectors) into one (num_items, d) matrix; every item exactly once."""
+    idx = torch.cat([p[0] for p in parts])
+    vecs = torch.cat([p[1] for p in parts])
+    if idx.numel() != num_items or torch.unique(idx).numel() != num_items:
+        raise RuntimeError(f"embedding covered {torch.unique(idx).numel()} distinct of {num_items} items "
+                           f"({idx.numel()} rows): the shards and the vocabulary disagree")
+    out = torch.empty(num_items, vecs.shape[1])
+    out[idx] = vecs
+    return out
+
+
+@torch.no_grad()
+def evaluate_split(model: RecModel, item_vecs: torch.Tensor, vocab: RunVocabulary, data_dir: str | Path,
+                   split: str = "valid", masked: tuple[str, ...] = ("train",), ks: tuple[int, ...] = (10,),
+                   candidates: np.ndarray | None = None) -> dict:
+    """Rating error on every row of `split`, and full ranking for known users with `masked` items excluded.
+
+    Args:
+        candidates: item indices to rank among (None: every item). The cold-start track ranks among
+            the items that have no training interaction, so that a cold item competes with cold
+            items, never with warm ones whose popularity alone would push every cold item down.
+
+    Returns:
+        {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
+    """
+    held = read_split(data_dir, split, vocab)
+    users = model.user_export(torch.arange(model.num_users + 1, device=model.user_p.weight.device)).float().cpu()
+    u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, model.num_users))
+    predicted = (users[u_rows] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
+    result = {"rating": rating_metrics(predicted.numpy(), held.ratings)}
+
+    n_items = item_vecs.shape[0]
+    cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    col_of = np.full(n_items, -1, dtype=np.int64)
+    col_of[cand] = np.arange(len(cand))
+    # ranking needs a user vector of its own, and a relevant item among the candidates
+    known = (held.users >= 0) & (col_of[held.items] >= 0)
+    eval_users = np.unique(held.users[known])  # rank only for users with something held out
+    row_of = np.full(model.num_users, -1, dtype=np.int64)
+    row_of[eval_users] = np.arange(len(eval_users))
+    exclude_u, exclude_i = [], []
+    for name in masked:
+        s = read_split(data_dir, name, vocab)
+        keep = (s.users >= 0) & (row_of[np.maximum(s.users, 0)] >= 0) & (col_of[s.items] >= 0)
+        exclude_u.append(row_of[s.users[keep]])
+        exclude_i.append(col_of[s.items[keep]])
+    exclude = UserItems.from_pairs(np.concatenate(exclude_u), np.concatenate(exclude_i), len(eval_users))
+    relevant = UserItems.from_pairs(row_of[held.users[known]], col_of[held.items[known]], len(eval_users))
+    top = top_k(users[torch.from_numpy(eval_users)], item_vecs[torch.from_numpy(cand)], max(ks), exclude=exclude)
+    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": float(len(cand))}
+    return result
+
+
+def cold_items(data_dir: str | Path, vocab: RunVocabulary) -> np.ndarray:
+    """Indices of the items with no training interaction (the cold-start candidates)."""
+    train = read_split(data_dir, "train", vocab)
+    seen = np.zeros(len(vocab.item_ids), dtype=bool)
+    seen[train.items] = True
+    return np.nonzero(~seen)[0]

@@ -1,0 +1,323 @@
+"""The training loop, on `accelerate.Accelerator`: the same code on one CPU and on many GPUs.
+
+    mmrec train --config configs/tiny.yaml --data DATA --out RUN [--resume] [key=value ...]
+    accelerate launch train.py --config configs/tiny.yaml --data DATA --out RUN
+
+One base loop (as in accelerate's `examples/by_feature`), each feature a marked addition:
+- item-centric batches streamed from the shards (`mmrec.data.reader`), split across ranks by the
+  reader itself (never `accelerator.prepare` on the WebDataset loader), the same number of steps on
+  every rank, moved to the device here;
+- DDP through `accelerator.prepare` on one module that returns all losses (`TrainingStep`);
+- mixed precision (bf16 on GPU, none on CPU), gradient accumulation, clipping, AdamW with separate
+  learning rates for encoders and for everything else, linear warm-up + cosine decay;
+- validation on the valid split (RMSE and NDCG@K), best model kept by validation only, early
+  stopping decided on the main process and broadcast so all ranks stop together;
+- atomic checkpoints (`save_state` into a temporary folder, renamed when complete) and `--resume`
+  from the newest: step, optimizer, scheduler, RNG and data position;
+- `metrics.jsonl`, Accelerate trackers (TensorBoard when installed), a progress bar on the main process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
+from torch import nn
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
+from mmrec.config import RunConfig, save_config
+from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.factory import ModelSizes, create_model, save_model
+from mmrec.inference import RunVocabulary, assemble, cold_items, embed_items, evaluate_split
+from mmrec.model import RecModel
+from mmrec.tasks import MultiTaskLoss
+
+CHECKPOINTS, BEST_MODEL, METRICS, STATE = "checkpoints", "model", "metrics.jsonl", "trainer_state.json"
+
+
+class TrainingStep(nn.Module):
+    """Model + tasks as one module whose forward returns every loss, so DDP syncs all of it."""
+
+    def __init__(self, model: RecModel, tasks: MultiTaskLoss):
+        super().__init__()
+        self.model, self.tasks = model, tasks
+
+    def forward(self, batch: ItemBatch) -> dict[str, torch.Tensor]:
+        return self.tasks(self.model, batch)
+
+
+@dataclass
+class TrainerState:
+    """What a checkpoint needs beyond Accelerate's state to continue exactly where it stopped."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)  # validation results
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _param_groups(model: RecModel, tasks: MultiTaskLoss, lr: float, encoder_lr: float, weight_decay: float) -> list[dict]:
+    """Encoders at their own rate; no weight decay on biases, norms and embeddings."""
+    groups = {(e, d): [] for e in (True, False) for d in (True, False)}
+    encoder_params = {id(p) for p in model.encoders.parameters()}
+    for module in (model, tasks):
+        for name, p in module.named_parameters():
+            if not p.requires_grad:
+                continue
+            decay = p.ndim >= 2 and "embed" not in name and "user_p" not in name and "item_id" not in name
+            groups[(id(p) in encoder_params, decay)].append(p)
+    out = []
+    for (is_encoder, decay), params in groups.items():
+        if params:
+            out.append({"params": params, "lr": encoder_lr if is_encoder else lr,
+                        "weight_decay": weight_decay if decay else 0.0})
+    return out
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    folder = run_dir / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / STATE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None or math.isnan(best):
+        return not math.isnan(value)
+    return value < best if metric == "rmse" else value > best
+
+
+class Trainer:
+    """Owns the Accelerator, model, optimizer, data and run folder of one training run."""
+
+    def __init__(self, cfg: RunConfig, data_dir: str | Path, run_dir: str | Path):
+        self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
+        t = cfg.train
+        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(t.mixed_precision),
+            gradient_accumulation_steps=t.grad_accum,
+            log_with=log_with,
+            project_dir=str(self.run_dir),
+            # feature generation masks a different modality each step: some heads sit out a step
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        acc = self.accelerator
+        set_seed(t.seed)
+        self.manifest = load_manifest(self.data_dir)
+        self.vocab = RunVocabulary.from_data(self.data_dir)
+        self.sizes = ModelSizes(len(self.vocab.user_ids), len(self.vocab.item_ids), self.vocab.attributes,
+                                self.vocab.global_mean)
+        index = InteractionIndex.from_csv(self.data_dir / "interactions" / "train.csv", self.vocab.item_index(),
+                                          self.vocab.user_index())
+        item_seen = torch.from_numpy(index.offsets[1:] > index.offsets[:-1])
+        self.model, self.preprocessors = create_model(cfg.model, self.sizes, item_seen)
+        self.tasks = MultiTaskLoss(cfg.tasks, self.model, len(self.vocab.attributes))
+
+        self.builder = ExampleBuilder(self.preprocessors, self.vocab.attributes, index, cfg.data.pairs_per_item, t.seed)
+        self.loader = item_loader(
+            self.data_dir, "train",
+            ReaderConfig(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                         shuffle_buffer=cfg.data.shuffle_buffer, seed=t.seed, steps_per_epoch=cfg.data.steps_per_epoch),
+            transform=self.builder, collate=BatchCollator(self.preprocessors),
+            rank=acc.process_index, world_size=acc.num_processes)
+        self.steps_per_epoch = self.loader.steps_per_epoch  # batches per rank, equal on every rank
+        total_steps = max(1, t.epochs * self.steps_per_epoch // t.grad_accum)
+
+        optimizer = torch.optim.AdamW(_param_groups(self.model, self.tasks, t.lr, t.encoder_lr, t.weight_decay))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, min(t.warmup_steps, total_steps // 2), total_steps)
+        self.step_module, self.optimizer = acc.prepare(TrainingStep(self.model, self.tasks), optimizer)
+        # Not prepared: accelerate would step it once per process per call; the step counts here are
+        # already per rank. Registered so that save_state/load_state still carry it.
+        self.scheduler = scheduler
+        acc.register_for_checkpointing(self.scheduler)
+        self.total_steps = total_steps
+        self.state = TrainerState()
+
+    # ------------------------------------------------------------------------------------ run folder
+
+    def _prepare_run_dir(self, resume: bool) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            if self.run_dir.exists() and not resume and any(self.run_dir.iterdir()):
+                raise ValueError(f"{self.run_dir} is not empty; pass --resume to continue it or choose another --out")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+            self.vocab.save(self.run_dir)
+        acc.wait_for_everyone()
+
+    def _log(self, record: dict) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.state.step)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Accelerate state + trainer state into step-N.tmp, then an atomic rename to step-N."""
+        acc = self.accelerator
+        final = self.run_dir / CHECKPOINTS / f"step-{self.state.step:08d}"
+        tmp = final.with_name(final.name + ".tmp")
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            (tmp / STATE).write_text(json.dumps(asdict(self.state)))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # a reader sees either no checkpoint or a whole one
+            for old in _checkpoints(self.run_dir)[: -self.cfg.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    def load_latest_checkpoint(self) -> bool:
+        found = _checkpoints(self.run_dir)
+        if not found:
+            return False
+        self.accelerator.load_state(str(found[-1]))
+        self.state = TrainerState(**json.loads((found[-1] / STATE).read_text()))
+        return True
+
+    # ------------------------------------------------------------------------------------ validation
+
+    def validate(self) -> dict:
+        """Embed every item (each rank its shards), then rating + ranking metrics on the main process."""
+        acc = self.accelerator
+        d = self.cfg.data
+        part = embed_items(self.model, self.data_dir, self.preprocessors, self.vocab.attributes,
+                           batch_size=d.eval_batch_size, num_workers=d.num_workers, device=acc.device,
+                           rank=acc.process_index, world_size=acc.num_processes,
+                           autocast=acc.mixed_precision == "bf16")
+        parts = gather_object([part])
+        result: list = [None]
+        if acc.is_main_process:
+            k = int(self.cfg.train.selection_metric.split("@")[1]) if "@" in self.cfg.train.selection_metric else 10
+            item_vecs = assemble(parts, len(self.vocab.item_ids))
+            # cold-items protocol: valid holds only cold items, ranked among the cold items
+            cand = cold_items(self.data_dir, self.vocab) if self.manifest["split"]["protocol"] == "cold-items" else None
+            metrics = evaluate_split(self.model, item_vecs, self.vocab, self.data_dir, "valid", ("train",), (k,), cand)
+            result = [{**{f"valid/{m}": v for m, v in metrics["rating"].items()},
+                       **{f"valid/{m}": v for m, v in metrics["ranking"].items()}}]
+        broadcast_object_list(result)  # every rank takes the same early-stopping decision
+        return result[0]
+
+    def _after_validation(self, metrics: dict) -> bool:
+        """Record, keep the best model, decide early stopping. Returns True to stop."""
+        t = self.cfg.train
+        value = metrics[f"valid/{t.selection_metric}"]
+        record = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
+        self.state.history.append(record)
+        if _better(t.selection_metric, value, self.state.best_metric):
+            self.state.best_metric, self.state.best_step = value, self.state.step
+            self.state.evals_without_improvement = 0
+            if self.accelerator.is_main_process:
+                tmp = self.run_dir / (BEST_MODEL + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(self.accelerator.unwrap_model(self.step_module).model, self.sizes, tmp)
+                shutil.rmtree(self.run_dir / BEST_MODEL, ignore_errors=True)
+                os.replace(tmp, self.run_dir / BEST_MODEL)
+        else:
+            self.state.evals_without_improvement += 1
+        self._log({**record, "best_step": self.state.best_step})
+        return 0 < t.early_stopping_patience <= self.state.evals_without_improvement
+
+    # ------------------------------------------------------------------------------------ the loop
+
+    def fit(self, resume: bool = False) -> TrainerState:
+        acc, t = self.accelerator, self.cfg.train
+        self._prepare_run_dir(resume)
+        if resume and self.load_latest_checkpoint():
+            acc.print(f"resumed from step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
+        acc.init_trackers("mmrec")
+        audit: dict[int, list[int]] = {}
+        bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.state.epoch * self.steps_per_epoch + self.state.batch_in_epoch,
+                   desc="train", unit="batch", disable=not acc.is_local_main_process)
+        stop, started = False, time.perf_counter()
+        model = self.step_module
+        while self.state.epoch < t.epochs and not stop:
+            epoch = self.state.epoch
+            self.builder.set_epoch(epoch)
+            if self.state.batch_in_epoch:
+                self.loader.resume_at(epoch, self.state.batch_in_epoch)
+            else:
+                self.loader.set_epoch(epoch)
+            model.train()
+            for batch in self.loader:
+                batch = batch.to(acc.device, non_blocking=True)
+                if t.audit_data:
+                    audit.setdefault(epoch, []).extend(batch.item_index.tolist())
+                with acc.accumulate(model):
+                    losses = model(batch)
+                    acc.backward(losses["total"])
+                    if acc.sync_gradients and t.max_grad_norm > 0:
+                        acc.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    self.optimizer.step()  # a no-op on accumulation steps
+                    if acc.sync_gradients:
+                        self.scheduler.step()
+                    self.optimizer.zero_grad()
+                self.state.batch_in_epoch += 1
+                bar.update(1)
+                if not acc.sync_gradients:
+                    continue
+                self.state.step += 1
+                if self.state.step % t.log_every == 0 or self.state.step == 1:
+                    # this process's losses: no collective here, ranks may have different loss terms
+                    logged = {k: v.detach().float().item() for k, v in losses.items()}
+                    self._log({"step": self.state.step, "epoch": epoch, **{f"loss/{k}": v for k, v in logged.items()},
+                               "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
+                    bar.set_postfix(loss=f"{logged['total']:.4f}")
+                if t.eval_every and self.state.step % t.eval_every == 0:
+                    stop = self._after_validation(self.validate())
+                if t.checkpoint_every and self.state.step % t.checkpoint_every == 0:
+                    self.save_checkpoint()
+                if stop:
+                    break
+            if stop:
+                break
+            self.state.epoch += 1
+            self.state.batch_in_epoch = 0
+            if not t.eval_every:
+                stop = self._after_validation(self.validate())
+            if not t.checkpoint_every:
+                self.save_checkpoint()
+        bar.close()
+        latest = _checkpoints(self.run_dir)
+        if not latest or int(latest[-1].name.split("-")[1]) != self.state.step:
+            self.save_checkpoint()  # the end of the run is always resumable and inspectable
+        if t.audit_data:
+            folder = self.run_dir / "audit"
+            folder.mkdir(exist_ok=True)
+            (folder / f"rank-{acc.process_index}.json").write_text(json.dumps(
+                {"rank": acc.process_index, "world_size": acc.num_processes, "steps": self.state.step,
+                 "items_per_epoch": {str(e): v for e, v in audit.items()}}))
+        acc.end_training()
+        return self.state
+
+
+def train(cfg: RunConfig, data_dir: str | Path, run_dir: str | Path, resume: bool = False) -> TrainerState:
+    """Train a model; the best one (by validation) is saved to RUN/model."""
+    return Trainer(cfg, data_dir, run_dir).fit(resume)
