@@ -7,6 +7,7 @@ status 2 and one clear line, never a traceback from deep inside.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,6 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg.data.path = str(data)
     state = train(cfg, data, args.out, resume=args.resume)
     metric = cfg.train.selection_metric
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # one summary per run, not one per process
     print(f"trained {state.step} steps; best valid {metric} = {state.best_metric} at step {state.best_step}; "
           f"model in {args.out / 'model'}, metrics in {args.out / 'metrics.jsonl'}")
     return 0

@@ -126,12 +126,16 @@ def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], num_items: int) -> 
 
 
 @torch.no_grad()
-def evaluate_split(model: RecModel, item_vecs: torch.Tensor, vocab: RunVocabulary, data_dir: str | Path,
+def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunVocabulary, data_dir: str | Path,
                    split: str = "valid", masked: tuple[str, ...] = ("train",), ks: tuple[int, ...] = (10,),
                    candidates: np.ndarray | None = None) -> dict:
     """Rating error on every row of `split`, and full ranking for known users with `masked` items excluded.
 
+    Any scorer fits: the score of (u, i) is `user_vecs[u] @ item_vecs[i]` (DESIGN.md ranking contract).
+
     Args:
+        user_vecs: (U + 1, d): one row per vocabulary user, the last for users unseen in training.
+        item_vecs: (N, d) in item-index order.
         candidates: item indices to rank among (None: every item). The cold-start track ranks among
             the items that have no training interaction, so that a cold item competes with cold
             items, never with warm ones whose popularity alone would push every cold item down.
@@ -140,8 +144,9 @@ def evaluate_split(model: RecModel, item_vecs: torch.Tensor, vocab: RunVocabular
         {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
     """
     held = read_split(data_dir, split, vocab)
-    users = model.user_export(torch.arange(model.num_users + 1, device=model.user_p.weight.device)).float().cpu()
-    u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, model.num_users))
+    num_users = len(vocab.user_ids)
+    users = user_vecs.float().cpu()
+    u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, num_users))
     predicted = (users[u_rows] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
     result = {"rating": rating_metrics(predicted.numpy(), held.ratings)}
 
@@ -152,7 +157,7 @@ def evaluate_split(model: RecModel, item_vecs: torch.Tensor, vocab: RunVocabular
     # ranking needs a user vector of its own, and a relevant item among the candidates
     known = (held.users >= 0) & (col_of[held.items] >= 0)
     eval_users = np.unique(held.users[known])  # rank only for users with something held out
-    row_of = np.full(model.num_users, -1, dtype=np.int64)
+    row_of = np.full(num_users, -1, dtype=np.int64)
     row_of[eval_users] = np.arange(len(eval_users))
     exclude_u, exclude_i = [], []
     for name in masked:
@@ -165,6 +170,12 @@ def evaluate_split(model: RecModel, item_vecs: torch.Tensor, vocab: RunVocabular
     top = top_k(users[torch.from_numpy(eval_users)], item_vecs[torch.from_numpy(cand)], max(ks), exclude=exclude)
     result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": float(len(cand))}
     return result
+
+
+def user_vectors(model: RecModel) -> torch.Tensor:
+    """(U + 1, E + 2) exported user vectors, the last row for users unseen in training."""
+    with torch.no_grad():
+        return model.user_export(torch.arange(model.num_users + 1, device=model.user_p.weight.device)).float().cpu()
 
 
 def cold_items(data_dir: str | Path, vocab: RunVocabulary) -> np.ndarray:

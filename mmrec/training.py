@@ -39,7 +39,7 @@ from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBat
 from mmrec.config import RunConfig, save_config
 from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
 from mmrec.factory import ModelSizes, create_model, save_model
-from mmrec.inference import RunVocabulary, assemble, cold_items, embed_items, evaluate_split
+from mmrec.inference import RunVocabulary, assemble, cold_items, embed_items, evaluate_split, user_vectors
 from mmrec.model import RecModel
 from mmrec.tasks import MultiTaskLoss
 
@@ -116,6 +116,9 @@ class Trainer:
         t = cfg.train
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         self.accelerator = Accelerator(
+            # without a GPU, processes started by torchrun (`accelerate launch --multi_gpu`) must
+            # still form a process group: cpu=True makes it a gloo MULTI_CPU run
+            cpu=not torch.cuda.is_available(),
             mixed_precision=_mixed_precision(t.mixed_precision),
             gradient_accumulation_steps=t.grad_accum,
             log_with=log_with,
@@ -219,7 +222,7 @@ class Trainer:
             item_vecs = assemble(parts, len(self.vocab.item_ids))
             # cold-items protocol: valid holds only cold items, ranked among the cold items
             cand = cold_items(self.data_dir, self.vocab) if self.manifest["split"]["protocol"] == "cold-items" else None
-            metrics = evaluate_split(self.model, item_vecs, self.vocab, self.data_dir, "valid", ("train",), (k,), cand)
+            metrics = evaluate_split(user_vectors(self.model), item_vecs, self.vocab, self.data_dir, "valid", ("train",), (k,), cand)
             result = [{**{f"valid/{m}": v for m, v in metrics["rating"].items()},
                        **{f"valid/{m}": v for m, v in metrics["ranking"].items()}}]
         broadcast_object_list(result)  # every rank takes the same early-stopping decision
