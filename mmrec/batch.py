@@ -10,14 +10,14 @@ modalities cost no encoder work.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from encoders import Preprocessor
+from encoders import EncoderOutput, Preprocessor
 from mmrec.data.reader import DecodedItem
 
 
@@ -37,6 +37,7 @@ class ItemBatch:
     pair_item: torch.Tensor  # (P,) long: position in the batch
     pair_user: torch.Tensor  # (P,) long: user index
     pair_rating: torch.Tensor  # (P,) float
+    features: dict[str, EncoderOutput] = field(default_factory=dict)  # cached encoder outputs (feature cache)
 
     @property
     def size(self) -> int:
@@ -48,6 +49,8 @@ class ItemBatch:
                 return x.to(device, non_blocking=non_blocking)
             if isinstance(x, dict):
                 return {k: move(v) for k, v in x.items()}
+            if isinstance(x, EncoderOutput):
+                return EncoderOutput(move(x.tokens), move(x.mask), move(x.pooled))
             return x
 
         return ItemBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
@@ -106,7 +109,12 @@ class ExampleBuilder:
 
     @staticmethod
     def raw_input(item: DecodedItem, modality: str) -> Any:
-        """What a modality's preprocessor receives, or None when the item lacks it."""
+        """What a modality's preprocessor receives, or None when the item lacks it.
+
+        A cached item (feature cache) hands over its stored encoder outputs instead of media.
+        """
+        if hasattr(item, "features"):
+            return item.features.get(modality)
         if modality == "text":
             return item.text
         if modality == "image":
@@ -120,7 +128,7 @@ class ExampleBuilder:
         for modality, pre in self.preprocessors.items():
             raw = self.raw_input(item, modality)
             if raw is not None:
-                inputs[modality] = pre(raw)
+                inputs[modality] = raw if hasattr(item, "features") else pre(raw)
         attrs = np.zeros(len(self.attribute_index), dtype=np.float32)
         for a in item.attributes:
             if a in self.attribute_index:
@@ -135,16 +143,36 @@ class ExampleBuilder:
         return {"index": item.index, "inputs": inputs, "attributes": attrs, "users": users, "ratings": ratings}
 
 
+def collate_features(examples: list[dict[str, torch.Tensor]]) -> EncoderOutput:
+    """Cached features of B_m items -> an EncoderOutput; token lists are right-padded and masked."""
+    pooled = torch.stack([e["pooled"] for e in examples])  # (B_m, D)
+    if "tokens" not in examples[0]:
+        B, D = pooled.shape
+        return EncoderOutput(pooled[:, None, :], torch.ones(B, 1, dtype=torch.bool), pooled)
+    T = max(e["tokens"].shape[0] for e in examples)
+    tokens = pooled.new_zeros(len(examples), T, pooled.shape[1])  # (B_m, T, D)
+    mask = torch.zeros(len(examples), T, dtype=torch.bool)  # (B_m, T)
+    for b, e in enumerate(examples):
+        n = e["tokens"].shape[0]
+        tokens[b, :n], mask[b, :n] = e["tokens"], e["mask"]
+    return EncoderOutput(tokens, mask, pooled)
+
+
 def collate_examples(examples: list[dict[str, Any]], preprocessors: Mapping[str, Preprocessor]) -> ItemBatch:
     """Stack `ExampleBuilder` outputs into an `ItemBatch`."""
-    inputs, rows, present = {}, {}, {}
+    inputs, rows, present, features = {}, {}, {}, {}
     for modality, pre in preprocessors.items():
         have = [b for b, ex in enumerate(examples) if modality in ex["inputs"]]
         present[modality] = torch.zeros(len(examples), dtype=torch.bool)
         present[modality][have] = True
         rows[modality] = torch.tensor(have, dtype=torch.long)
-        if have:
-            inputs[modality] = pre.collate([examples[b]["inputs"][modality] for b in have])
+        if not have:
+            continue
+        chosen = [examples[b]["inputs"][modality] for b in have]
+        if "pooled" in chosen[0]:  # precomputed encoder outputs
+            features[modality] = collate_features(chosen)
+        else:
+            inputs[modality] = pre.collate(chosen)
     pair_item = np.concatenate([np.full(len(ex["users"]), b) for b, ex in enumerate(examples)] or [np.zeros(0)])
     return ItemBatch(
         item_index=torch.tensor([ex["index"] for ex in examples], dtype=torch.long),
@@ -155,6 +183,7 @@ def collate_examples(examples: list[dict[str, Any]], preprocessors: Mapping[str,
         pair_item=torch.from_numpy(pair_item.astype(np.int64)),
         pair_user=torch.from_numpy(np.concatenate([ex["users"] for ex in examples]).astype(np.int64)),
         pair_rating=torch.from_numpy(np.concatenate([ex["ratings"] for ex in examples]).astype(np.float32)),
+        features=features,
     )
 
 

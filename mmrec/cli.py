@@ -90,6 +90,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from mmrec.cache import build_frozen_model, cache_features
+    from mmrec.config import load_run_config
+    from mmrec.factory import load_model
+
+    if (args.run is None) == (args.config is None):
+        raise ValueError("pass exactly one of --run RUN (a run folder) or --config CONFIG")
+    if args.run is not None and (args.run / "model" / "model.safetensors").is_file():
+        model, preprocessors, _ = load_model(args.run / "model")  # the trained run's own encoders
+    else:
+        config = args.run / "config.yaml" if args.run is not None else args.config
+        model, preprocessors = build_frozen_model(load_run_config(config, args.overrides), args.data)
+    manifest = cache_features(model, preprocessors, args.data, args.out, batch_size=args.batch_size,
+                              num_workers=args.workers, device="cuda" if torch_cuda() else "cpu")
+    print(f"cached {manifest['num_items']} items in {len(manifest['shards'])} feature shards -> {args.out}; "
+          f"train on them with data.features={args.out}")
+    return 0
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mmrec.data.sharding import ShardOptions, shard_catalogue
     from mmrec.data.splits import SplitConfig
@@ -124,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train on a dataset folder (same as `accelerate launch train.py ...`)")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="run frozen encoders once over the shards -> feature shards for training")
+    p.add_argument("--run", type=Path, default=None, help="run folder (its trained model, or its config.yaml)")
+    p.add_argument("--config", type=Path, default=None, help="or a YAML config (the run's seed builds the encoders)")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder")
+    p.add_argument("--out", required=True, type=Path, help="feature cache folder to write")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("shard", help="items.jsonl + interactions.csv -> WebDataset shards, splits, manifest")
     p.add_argument("--items", required=True, type=Path, help="items.jsonl")

@@ -13,12 +13,13 @@ import csv
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from mmrec.batch import BatchCollator, ExampleBuilder
-from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.schema import INTERACTIONS_DIR, ITEM_IDS
 from mmrec.metrics import UserItems, rating_metrics, ranking_metrics, top_k
 from mmrec.model import RecModel
@@ -88,14 +89,16 @@ def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary) -> SplitA
 @torch.no_grad()
 def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attributes: list[str], *,
                 batch_size: int = 128, num_workers: int = 0, device: torch.device | str = "cpu",
-                rank: int = 0, world_size: int = 1, autocast: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                rank: int = 0, world_size: int = 1, autocast: bool = False,
+                decode: Callable[[dict], Any] = decode_sample) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of the items, each exactly once: (item indices (n,), export vectors (n, E + 2)).
 
     `autocast` runs the encoders in bf16 on CUDA; the vectors are returned in float32 on the CPU.
+    `data_dir` may be a feature cache with `decode=mmrec.cache.decode_features`.
     """
     loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
                          transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
-                         rank=rank, world_size=world_size)
+                         rank=rank, world_size=world_size, decode=decode)
     was_training = model.training
     model.eval()
     indices, vectors = [], []

@@ -118,10 +118,15 @@ class RecModel(nn.Module):
         """Run each encoder on the items that have its modality; scatter back to (B, ...) with zeros."""
         B = batch.size
         out = {}
+        dtype = self.user_p.weight.dtype
         for m, encoder in self.encoders.items():
-            if m not in batch.inputs:
+            if m in batch.features:  # precomputed by `mmrec cache` (fp16 on disk)
+                f = batch.features[m]
+                enc = EncoderOutput(f.tokens.to(dtype), f.mask, f.pooled.to(dtype))
+            elif m in batch.inputs:
+                enc = encoder(**batch.inputs[m])  # tokens (B_m, T, D_m), mask (B_m, T), pooled (B_m, D_m)
+            else:
                 continue  # no item of the batch has it: fusion treats the modality as absent
-            enc = encoder(**batch.inputs[m])  # tokens (B_m, T, D_m), mask (B_m, T), pooled (B_m, D_m)
             rows = batch.rows[m]
             tokens = enc.tokens.new_zeros((B, *enc.tokens.shape[1:]))  # (B, T, D_m)
             mask = enc.mask.new_zeros((B, enc.mask.shape[1]))  # (B, T)

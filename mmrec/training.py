@@ -37,7 +37,8 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
 from mmrec.config import RunConfig, save_config
-from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.cache import check_cache, decode_features
+from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.factory import ModelSizes, create_model, save_model
 from mmrec.inference import RunVocabulary, assemble, cold_items, embed_items, evaluate_split, user_vectors
 from mmrec.model import RecModel
@@ -138,13 +139,18 @@ class Trainer:
         self.model, self.preprocessors = create_model(cfg.model, self.sizes, item_seen)
         self.tasks = MultiTaskLoss(cfg.tasks, self.model, len(self.vocab.attributes))
 
+        # items come from the media shards, or from a feature cache of these (frozen) encoders
+        self.item_source, self.decode = self.data_dir, decode_sample
+        if cfg.data.features:
+            check_cache(self.model, cfg.data.features)
+            self.item_source, self.decode = Path(cfg.data.features), decode_features
         self.builder = ExampleBuilder(self.preprocessors, self.vocab.attributes, index, cfg.data.pairs_per_item, t.seed)
         self.loader = item_loader(
-            self.data_dir, "train",
+            self.item_source, "train",
             ReaderConfig(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, seed=t.seed, steps_per_epoch=cfg.data.steps_per_epoch),
             transform=self.builder, collate=BatchCollator(self.preprocessors),
-            rank=acc.process_index, world_size=acc.num_processes)
+            rank=acc.process_index, world_size=acc.num_processes, decode=self.decode)
         self.steps_per_epoch = self.loader.steps_per_epoch  # batches per rank, equal on every rank
         total_steps = max(1, t.epochs * self.steps_per_epoch // t.grad_accum)
 
@@ -211,7 +217,7 @@ class Trainer:
         """Embed every item (each rank its shards), then rating + ranking metrics on the main process."""
         acc = self.accelerator
         d = self.cfg.data
-        part = embed_items(self.model, self.data_dir, self.preprocessors, self.vocab.attributes,
+        part = embed_items(self.model, self.item_source, self.preprocessors, self.vocab.attributes, decode=self.decode,
                            batch_size=d.eval_batch_size, num_workers=d.num_workers, device=acc.device,
                            rank=acc.process_index, world_size=acc.num_processes,
                            autocast=acc.mixed_precision == "bf16")

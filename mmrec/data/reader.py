@@ -222,6 +222,7 @@ def item_loader(
     collate: Callable[[list], Any] = _collate_list,
     rank: int | None = None,
     world_size: int | None = None,
+    decode: Callable[[dict[str, Any]], Any] = decode_sample,
 ) -> ItemLoader:
     """A DataLoader over the item shards.
 
@@ -232,6 +233,8 @@ def item_loader(
         transform: per-item preprocessing run in the workers (tokenise, image transform, fbank).
         collate: turns a list of transformed items into a batch (default: keep the list).
         rank, world_size: default to the current process group (see `dist_info`).
+        decode: raw tar members -> item (default: media -> `DecodedItem`; the feature cache passes
+            `mmrec.cache.decode_features`).
 
     Returns:
         An `ItemLoader` (a `webdataset.WebLoader`); in train mode `len(loader)` is the number of batches per epoch on
@@ -261,7 +264,7 @@ def item_loader(
             wds.tarfile_to_samples(),  # tar members -> one sample per item
         ]
     stages += [
-        wds.map(decode_sample),  # bytes -> text / PIL image / waveform
+        wds.map(decode),  # bytes -> text / PIL image / waveform (or cached features)
     ]
     if transform is not None:
         stages.append(wds.map(transform))  # encoder preprocessing, still in the worker

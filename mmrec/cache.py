@@ -1,0 +1,194 @@
+"""`mmrec cache`: run frozen encoders once over the item shards and store their outputs as feature shards.
+
+With frozen encoders every epoch would recompute the same encoder outputs, and decoding plus
+encoding media dominate the cost. The cache stores, per item and present modality, the pooled
+vector and (where the fusion's token budget asks for tokens) the first `budget` tokens with their
+mask, in fp16, as WebDataset shards laid out like the item shards (one sample per item, same keys):
+
+    FEATS/manifest.json            kind "features", encoder fingerprint, dims, budgets, shards
+    FEATS/features-000000.tar ...  json (index, item_id, attributes, metadata) +
+                                   {m}.pooled.npy, {m}.tokens.npy, {m}.mask.npy per present modality
+
+Training reads them with `data.features=FEATS`; the encoders are then never run, and the fingerprint
+(a hash of the encoder weights) guarantees that the cache belongs to the encoders of the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from tqdm import tqdm
+
+from mmrec import __version__
+from mmrec.batch import BatchCollator, ExampleBuilder, collate_features  # noqa: F401 (re-exported)
+from mmrec.data import schema
+from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.data.sharding import sha256_of
+from mmrec.model import RecModel
+
+FEATURE_PATTERN = "features-%06d.tar"
+
+
+@dataclass
+class CachedItem:
+    """An item whose encoder outputs were precomputed: modality -> {"pooled", "tokens", "mask"}."""
+
+    index: int
+    item_id: str
+    features: dict[str, dict[str, torch.Tensor]]
+    attributes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def encoder_fingerprint(model: RecModel) -> str:
+    """sha256 over every encoder parameter and buffer, in name order."""
+    h = hashlib.sha256()
+    for m in sorted(model.encoders):
+        for name, t in sorted(model.encoders[m].state_dict().items()):
+            h.update(f"{m}.{name}".encode())
+            h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _load_npy(data: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
+
+
+def decode_features(sample: dict[str, Any]) -> CachedItem:
+    """Raw feature-shard members -> `CachedItem` (runs in DataLoader workers)."""
+    meta = json.loads(sample["json"])
+    features = {}
+    for m in meta["modalities"]:
+        f = {"pooled": _load_npy(sample[f"{m}.pooled.npy"])}
+        if f"{m}.tokens.npy" in sample:
+            f["tokens"] = _load_npy(sample[f"{m}.tokens.npy"])
+            f["mask"] = _load_npy(sample[f"{m}.mask.npy"]).bool()
+        features[m] = f
+    return CachedItem(meta["index"], meta["item_id"], features, meta.get("attributes", []), meta.get("metadata", {}))
+
+
+def _check_frozen(model: RecModel) -> None:
+    trainable = [m for m, e in model.encoders.items() if e.config.trainable_layers != 0]
+    if trainable:
+        raise ValueError(f"the encoders {trainable} are trainable (trainable_layers != 0): their outputs change "
+                         "during training, so they cannot be cached. Set model.encoders.<m>.trainable_layers=0")
+
+
+class _WithMeta:
+    """Picklable transform/collate pair that carries each item's json metadata next to its example."""
+
+    def __init__(self, builder: ExampleBuilder, collator: BatchCollator):
+        self.builder, self.collator = builder, collator
+
+    def transform(self, item):
+        meta = {"item_id": item.item_id, "attributes": item.attributes, "metadata": item.metadata}
+        return self.builder(item), meta
+
+    def collate(self, pairs):
+        return self.collator([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+@torch.no_grad()
+def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, out: str | Path, *,
+                   batch_size: int = 64, num_workers: int = 0, items_per_shard: int | None = None,
+                   device: str | torch.device = "cpu", progress: bool = True) -> dict:
+    """Encode every item once and stream feature shards (into OUT.partial, renamed at the end)."""
+    _check_frozen(model)
+    data_dir, out = Path(data_dir), Path(out)
+    source = load_manifest(data_dir)
+    per_shard = items_per_shard or max(s["num_items"] for s in source["shards"])
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    budgets = {m: model.fusion.config.budget(m) for m in model.modalities}
+    pair = _WithMeta(ExampleBuilder(preprocessors, []), BatchCollator(preprocessors))
+    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
+                         transform=pair.transform, collate=pair.collate, rank=0, world_size=1)
+    device = torch.device(device)
+    model.to(device).eval()
+    per_file: dict[str, int] = {}
+    bar = tqdm(total=source["num_items"], desc="cache", unit="item", disable=not progress)
+    with wds.ShardWriter(str(tmp / FEATURE_PATTERN), maxcount=per_shard, maxsize=float("inf"), verbose=0,
+                         mtime=0.0) as writer:
+        for batch, metas in loader:
+            batch = batch.to(device)
+            encoded = model.encode(batch)  # (B, ...) per modality, zeros where absent
+            for b in range(batch.size):
+                index = int(batch.item_index[b])
+                present = [m for m in model.modalities if bool(batch.present[m][b])]
+                sample = {"__key__": schema.item_key(index),
+                          "json": json.dumps({"index": index, "modalities": present, **metas[b]}).encode("utf-8")}
+                for m in present:
+                    e = encoded[m]
+                    sample[f"{m}.pooled.npy"] = _npy(e.pooled[b].float().cpu().numpy().astype(np.float16))
+                    if budgets[m] > 0:
+                        sample[f"{m}.tokens.npy"] = _npy(e.tokens[b, : budgets[m]].float().cpu().numpy().astype(np.float16))
+                        sample[f"{m}.mask.npy"] = _npy(e.mask[b, : budgets[m]].cpu().numpy().astype(np.uint8))
+                writer.write(sample)
+                per_file[writer.fname] = per_file.get(writer.fname, 0) + 1
+            bar.update(batch.size)
+    bar.close()
+    shards = [{"path": Path(f).name, "num_items": n, "sha256": sha256_of(Path(f))} for f, n in sorted(per_file.items())]
+    manifest = {
+        "schema_version": schema.SCHEMA_VERSION,
+        "kind": "features",
+        "created_by": f"mmrec {__version__}",
+        "num_items": sum(per_file.values()),
+        "encoder_fingerprint": encoder_fingerprint(model),
+        "dims": {m: model.encoders[m].output_dim for m in model.modalities},
+        "token_budget": budgets,
+        "dtype": "float16",
+        "source": {"data": str(data_dir.resolve()), "shards_sha256": [s["sha256"] for s in source["shards"]]},
+        "shards": shards,
+    }
+    (tmp / schema.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return manifest
+
+
+def build_frozen_model(cfg, data_dir: str | Path) -> tuple[RecModel, dict]:
+    """The model a training run with `cfg` builds first (same seed, same construction order), so its
+    encoders, and hence the cache's fingerprint, are those the run will have."""
+    from accelerate.utils import set_seed
+
+    from mmrec.factory import ModelSizes, create_model
+    from mmrec.inference import RunVocabulary
+
+    vocab = RunVocabulary.from_data(data_dir)
+    set_seed(cfg.train.seed)
+    model, preprocessors = create_model(cfg.model, ModelSizes(len(vocab.user_ids), len(vocab.item_ids),
+                                                              vocab.attributes, vocab.global_mean))
+    _check_frozen(model)
+    return model, preprocessors
+
+
+def check_cache(model: RecModel, features_dir: str | Path) -> dict:
+    """The cache's manifest, after checking it was written by these very encoders."""
+    manifest = load_manifest(features_dir)
+    if manifest.get("kind") != "features":
+        raise ValueError(f"{features_dir} is not a feature cache (run `mmrec cache`)")
+    if manifest["encoder_fingerprint"] != encoder_fingerprint(model):
+        raise ValueError(f"{features_dir} was computed with other encoder weights than this run's; "
+                         "rebuild it with `mmrec cache` for this config")
+    budgets = {m: model.fusion.config.budget(m) for m in model.modalities}
+    if manifest["token_budget"] != budgets:
+        raise ValueError(f"{features_dir} holds token budgets {manifest['token_budget']}, the model needs {budgets}")
+    return manifest

@@ -1,0 +1,71 @@
+"""The feature cache: frozen encoders run once; training on the cache gives the raw path's losses."""
+
+import json
+
+import pytest
+import torch
+
+from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex
+from mmrec.cache import build_frozen_model, cache_features, check_cache, decode_features
+from mmrec.cli import main
+from mmrec.config import load_run_config
+from mmrec.data.reader import ReaderConfig, item_loader
+from mmrec.data.sharding import ShardOptions, shard_catalogue
+from mmrec.inference import RunVocabulary
+from mmrec.tasks import MultiTaskLoss
+from mmrec.training import train
+from test_training import TINY
+
+FROZEN = ["model.encoders.text.trainable_layers=0", "model.encoders.image.trainable_layers=0",
+          "model.encoders.audio.trainable_layers=0", "model.fusion.modality_dropout=0.0",
+          "model.fusion.token_budget={text: 4, image: 0, audio: 0}", "model.item_id_dropout=0.0"]
+
+
+@pytest.fixture
+def data(small_catalogue, tmp_path):
+    items_path, inter_path, _ = small_catalogue
+    shard_catalogue(items_path, inter_path, tmp_path / "data", options=ShardOptions(items_per_shard=4, progress=False))
+    return tmp_path / "data"
+
+
+def test_cache_path_gives_the_raw_path_losses(data, tmp_path):
+    cfg = load_run_config(TINY, FROZEN)
+    model, pre = build_frozen_model(cfg, data)
+    manifest = cache_features(model, pre, data, tmp_path / "feats", progress=False)
+    assert manifest["num_items"] == 12 and manifest["token_budget"] == {"text": 4, "image": 0, "audio": 0}
+    check_cache(model, tmp_path / "feats")
+
+    vocab = RunVocabulary.from_data(data)
+    index = InteractionIndex.from_csv(data / "interactions" / "train.csv", vocab.item_index(), vocab.user_index())
+    builder = ExampleBuilder(pre, vocab.attributes, index, pairs_per_item=4)
+
+    def batch_from(source, **kw):
+        loader = item_loader(source, "eval", ReaderConfig(batch_size=12), transform=builder, collate=BatchCollator(pre),
+                             rank=0, world_size=1, **kw)
+        return next(iter(loader))
+
+    raw, cached = batch_from(data), batch_from(tmp_path / "feats", decode=decode_features)
+    assert raw.item_index.tolist() == cached.item_index.tolist()
+    assert cached.inputs == {} and set(cached.features) == {"text", "image", "audio"}
+    tasks = MultiTaskLoss(cfg.tasks, model, len(vocab.attributes))
+    model.train()
+    a = tasks(model, raw, generator=torch.Generator().manual_seed(0))
+    b = tasks(model, cached, generator=torch.Generator().manual_seed(0))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=2e-3, atol=2e-3), (k, a[k].item(), b[k].item())  # fp16 storage
+
+
+def test_trainable_encoders_cannot_be_cached(data):
+    with pytest.raises(ValueError, match="trainable"):
+        build_frozen_model(load_run_config(TINY), data)
+
+
+def test_training_reads_the_cache_and_checks_its_encoders(data, tmp_path):
+    assert main(["cache", "--config", str(TINY), "--data", str(data), "--out", str(tmp_path / "feats"), *FROZEN]) == 0
+    cfg = load_run_config(TINY, FROZEN + ["train.epochs=2", f"data.features={tmp_path / 'feats'}", "data.batch_size=4"])
+    state = train(cfg, data, tmp_path / "run")
+    assert state.step == 6 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    other = load_run_config(TINY, FROZEN + ["train.seed=1", f"data.features={tmp_path / 'feats'}"])
+    with pytest.raises(ValueError, match="other encoder weights"):
+        train(other, data, tmp_path / "run2")
