@@ -117,7 +117,7 @@ def test_total_loss_combines_weighted_terms(dataset):
     losses = tasks(model, batch, generator=torch.Generator().manual_seed(1))
     assert set(losses) == {"rating", "feature", "attributes", "retrieval", "total"}
     w = cfg.tasks
-    assert (w.rating_weight, w.feature_weight, w.retrieval_weight) == (1.0, 1.0, 0.5)
+    assert (w.rating_weight, w.feature_weight, w.retrieval_weight) == (1.0, 1.0, 0.5)  # attribute weight varies
     expected = (losses["rating"] + losses["feature"] + w.attribute_weight * losses["attributes"]
                 + 0.5 * losses["retrieval"])
     assert torch.allclose(losses["total"], expected)
