@@ -38,6 +38,10 @@ class ItemBatch:
     pair_user: torch.Tensor  # (P,) long: user index
     pair_rating: torch.Tensor  # (P,) float
     features: dict[str, EncoderOutput] = field(default_factory=dict)  # cached encoder outputs (feature cache)
+    # (P,) float: interactions each drawn pair stands for (an item's training count / pairs drawn for it);
+    # item-centric batches visit every item equally often, and these weights restore the interaction
+    # distribution in the losses, so popular items count as often as users chose them
+    pair_weight: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -134,13 +138,16 @@ class ExampleBuilder:
             if a in self.attribute_index:
                 attrs[self.attribute_index[a]] = 1.0
         users = ratings = np.zeros(0)
+        weight = 1.0
         if self.interactions is not None and self.pairs_per_item > 0:
             users, ratings = self.interactions.pairs(item.index)
             if len(users) > self.pairs_per_item:
+                weight = len(users) / self.pairs_per_item
                 rng = np.random.default_rng((self.seed, self.epoch, item.index))
                 pick = rng.choice(len(users), self.pairs_per_item, replace=False)
                 users, ratings = users[pick], ratings[pick]
-        return {"index": item.index, "inputs": inputs, "attributes": attrs, "users": users, "ratings": ratings}
+        return {"index": item.index, "inputs": inputs, "attributes": attrs, "users": users, "ratings": ratings,
+                "weight": weight}
 
 
 def collate_features(examples: list[dict[str, torch.Tensor]]) -> EncoderOutput:
@@ -184,6 +191,8 @@ def collate_examples(examples: list[dict[str, Any]], preprocessors: Mapping[str,
         pair_user=torch.from_numpy(np.concatenate([ex["users"] for ex in examples]).astype(np.int64)),
         pair_rating=torch.from_numpy(np.concatenate([ex["ratings"] for ex in examples]).astype(np.float32)),
         features=features,
+        pair_weight=torch.from_numpy(np.concatenate(
+            [np.full(len(ex["users"]), ex.get("weight", 1.0)) for ex in examples] or [np.zeros(0)]).astype(np.float32)),
     )
 
 

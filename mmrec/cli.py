@@ -7,6 +7,7 @@ status 2 and one clear line, never a traceback from deep inside.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -33,6 +34,8 @@ def _add_shard_options(p: argparse.ArgumentParser) -> None:
                    help="train,valid,test fractions for the random and ratio splits (default 0.8,0.1,0.1)")
     p.add_argument("--cold-fraction", type=float, default=0.2,
                    help="cold-items split: fraction of rated items held out entirely (default 0.2)")
+    p.add_argument("--warm-holdout", type=float, default=0.0,
+                   help="cold-items split: also hold out this per-user share of warm rows (default 0)")
     p.add_argument("--items-per-shard", type=int, default=1000, help="items per tar file (default 1000)")
     p.add_argument("--image-max-side", type=int, default=None,
                    help="resize images whose longer side exceeds this many pixels (default: keep)")
@@ -49,7 +52,8 @@ def _shard_configs(args: argparse.Namespace):
     from mmrec.data.sharding import ShardOptions
     from mmrec.data.splits import SplitConfig
 
-    split = SplitConfig(protocol=args.split, seed=args.seed, ratios=args.ratios, cold_fraction=args.cold_fraction)
+    split = SplitConfig(protocol=args.split, seed=args.seed, ratios=args.ratios, cold_fraction=args.cold_fraction,
+                        warm_holdout=args.warm_holdout)
     options = ShardOptions(items_per_shard=args.items_per_shard, image_max_side=args.image_max_side,
                            audio_rate=args.audio_rate, text_template=args.text_template, workers=args.workers,
                            progress=not args.no_progress, overwrite=args.overwrite)
@@ -110,6 +114,89 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from mmrec.embedding import embed
+
+    summary = embed(args.run, args.data, args.out, batch_size=args.batch_size, num_workers=args.workers)
+    if summary:
+        print(f"embedded {summary['items']} items and {summary['users']} users (dim {summary['dim']}) in "
+              f"{summary['seconds']} s -> {args.out}")
+    return 0
+
+
+def _run_data(run: Path, data: Path | None) -> Path:
+    """The dataset a run trained on, unless the user names one."""
+    if data is not None:
+        return data
+    from mmrec.config import load_run_config
+
+    path = load_run_config(run / "config.yaml").data.path
+    if not path or not Path(path).is_dir():
+        raise ValueError(f"cannot find the run's dataset ({path!r}); pass --data DATA")
+    return Path(path)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from safetensors.torch import load_file
+
+    from mmrec.evaluation import evaluate
+    from mmrec.factory import load_model
+    from mmrec.inference import RunVocabulary, assemble, embed_items
+    from mmrec.report import write_report
+
+    data = _run_data(args.run, args.data)
+    ks = sorted({int(k) for k in args.k.split(",")})
+    model, pre, _ = load_model(args.run / "model")
+    vocab = RunVocabulary.load(args.run)
+    if args.emb is not None:
+        item_vecs = load_file(args.emb / "item_embeddings.safetensors")["embeddings"]
+    else:
+        item_vecs = assemble([embed_items(model, data, pre, vocab.attributes)], len(vocab.item_ids))
+    ablated = {}
+    if not args.no_ablation:
+        for m in model.modalities:
+            ablated[m] = assemble([embed_items(model, data, pre, vocab.attributes, drop=(m,))], len(vocab.item_ids))
+    report = evaluate(args.run, data, item_vecs, ablated, model, args.split, ks, args.mask, args.threshold,
+                      args.candidates)
+    paths = write_report(report, args.out)
+    k = ks[0]
+    r, pop = report["ranking"], report["baselines"]["popularity"]["ranking"]
+    print(f"{args.split} ({report['protocol']['protocol']}, seed {report['protocol']['seed']}): "
+          f"NDCG@{k} {r[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f}), Recall@{k} {r[f'recall@{k}']:.4f}, "
+          f"RMSE {report['rating']['rmse']:.4f}")
+    print(f"report: {paths.get('md', args.out)}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from mmrec.serving import Embeddings, format_results, recommend, seen_items
+
+    emb = Embeddings.load(args.emb or args.run / "emb")
+    exclude = set()
+    try:
+        exclude = seen_items(_run_data(args.run, args.data), args.user, emb.item_ids)
+    except ValueError as e:
+        print(f"note: not excluding seen items ({e})", file=sys.stderr)
+    print(format_results(emb, recommend(emb, args.user, args.k, exclude)))
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from mmrec.serving import Embeddings, format_results, similar
+
+    emb = Embeddings.load(args.emb or args.run / "emb")
+    print(format_results(emb, similar(emb, args.item, args.k)))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mmrec.serving import Embeddings, format_results, search
+
+    emb = Embeddings.load(args.emb or args.run / "emb")
+    print(format_results(emb, search(args.run, emb, args.query, args.k)))
+    return 0
+
+
 def torch_cuda() -> bool:
     import torch
 
@@ -125,28 +212,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     started = time.perf_counter()
-    catalogue = out / "catalogue"
-    print(f"[1/3] synthetic tri-modal catalogue -> {catalogue}")
+    catalogue, data, run = out / "catalogue", out / "data", out / "run"
+    print(f"[1/5] synthetic tri-modal catalogue -> {catalogue}")
     info = write_synthetic_catalogue(catalogue, SyntheticCatalogueConfig(seed=args.seed))
     print(f"      {info['num_items']} items, {info['num_users']} users, {info['num_ratings']} ratings")
-    print(f"[2/3] shards + cold-items split -> {out / 'data'}")
-    report = shard_catalogue(catalogue / "items.jsonl", catalogue / "interactions.csv", out / "data",
-                             SplitConfig(protocol="cold-items", seed=args.seed),
+    print(f"[2/5] shards + cold-items split (20% of items held out, plus 10% of each user's warm rows) -> {data}")
+    report = shard_catalogue(catalogue / "items.jsonl", catalogue / "interactions.csv", data,
+                             SplitConfig(protocol="cold-items", seed=args.seed, warm_holdout=0.1),
                              ShardOptions(items_per_shard=125, progress=False, overwrite=True))
     print(report.summary())
-    run = out / "run"
-    print(f"[3/3] train configs/tiny.yaml on CPU -> {run}")
+    print(f"[3/5] train configs/tiny.yaml on CPU -> {run}")
     cfg = load_run_config(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml", [f"train.seed={args.seed}"])
     if run.exists():
         shutil.rmtree(run)  # the demo always starts fresh
-    state = train(cfg, out / "data", run)
-    best = next(h for h in state.history if h["step"] == state.best_step)
-    print(f"      {state.step} steps; best validation (cold items, ranked among cold items) at step "
-          f"{state.best_step}: NDCG@10 {best['valid/ndcg@10']:.4f}, Recall@10 {best['valid/recall@10']:.4f}, "
-          f"RMSE {best['valid/rmse']:.4f}")
-    print(f"demo finished in {time.perf_counter() - started:.1f} s. Model: {run / 'model'}; "
-          f"metrics: {run / 'metrics.jsonl'}")
-    print("Not yet part of the demo: embed and eval (the evaluation report is still being built; see the open issues).")
+    state = train(cfg, data, run)
+    print(f"      {state.step} steps; best validation {cfg.train.selection_metric} {state.best_metric:.4f} "
+          f"(cold items ranked among cold items) at step {state.best_step}")
+    print(f"[4/5] embed every item and user -> {out / 'emb'}")
+    main(["embed", "--run", str(run), "--data", str(data), "--out", str(out / "emb")])
+    print(f"[5/5] evaluate on the test split -> {out / 'report'}")
+    main(["eval", "--run", str(run), "--data", str(data), "--out", str(out / "report"), "--emb", str(out / "emb"),
+          "--k", "10,20,50"])
+    rep = json.loads((out / "report" / "report.json").read_text())
+    rows = [("warm items (among warm)", rep["slices"]["warm_items"], rep["baselines"]["popularity"]["slices"]["warm_items"]),
+            ("cold items (among cold)", rep["slices"]["cold_items"], rep["baselines"]["popularity"]["slices"]["cold_items"])]
+    print(f"\n  test split, cold-items protocol, seed {args.seed}  |  NDCG@10: mmrec  popularity  |  Recall@10: mmrec  popularity")
+    for name, ours, pop in rows:
+        print(f"  {name:<40s}  |  {ours.get('ndcg@10', float('nan')):.4f}  {pop.get('ndcg@10', float('nan')):.4f}"
+              f"      |  {ours.get('recall@10', float('nan')):.4f}  {pop.get('recall@10', float('nan')):.4f}")
+    print(f"  rating RMSE on all test rows: mmrec {rep['rating']['rmse']:.4f}, bias-only "
+          f"{rep['baselines']['bias_only']['rating']['rmse']:.4f}")
+    print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Report: {out / 'report' / 'report.md'}")
     return 0
 
 
@@ -172,6 +268,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("embed", help="item and user embeddings of a trained run (resumable per shard)")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="embedding folder (EMB)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("eval", help="offline evaluation report: rating, ranking, beyond-accuracy, slices, baselines")
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run's)")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--k", default="10,20,50", help="cut-offs, comma-separated (default 10,20,50)")
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--emb", type=Path, default=None, help="use these item embeddings instead of recomputing")
+    p.add_argument("--mask", default="auto", choices=("auto", "train"),
+                   help="auto: test masks train+valid, valid masks train; train: mask train only (MMRec)")
+    p.add_argument("--threshold", type=float, default=None, help="only held-out ratings >= this are relevant")
+    p.add_argument("--candidates", default="auto", choices=("auto", "all", "cold"),
+                   help="items ranked: all, cold only, or auto (cold for the cold-items protocol, else all)")
+    p.add_argument("--no-ablation", action="store_true", help="skip the modality ablation")
+    p.set_defaults(func=cmd_eval)
+
+    for name, target, helptext in (("recommend", "--user", "top-K items for a user"),
+                                   ("similar", "--item", "items most similar to an item")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--run", required=True, type=Path)
+        p.add_argument(target, required=True, dest=target.strip("-"))
+        p.add_argument("--k", type=int, default=10)
+        p.add_argument("--emb", type=Path, default=None, help="embedding folder (default RUN/emb)")
+        p.add_argument("--data", type=Path, default=None, help="dataset, for the user's seen items (default: the run's)")
+        p.set_defaults(func=cmd_recommend if name == "recommend" else cmd_similar)
+    p = sub.add_parser("search", help='items matching a free-text query, e.g. mmrec search --run RUN "sunny festival"')
+    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--emb", type=Path, default=None, help="embedding folder (default RUN/emb)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("shard", help="items.jsonl + interactions.csv -> WebDataset shards, splits, manifest")
     p.add_argument("--items", required=True, type=Path, help="items.jsonl")

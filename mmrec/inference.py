@@ -90,29 +90,49 @@ def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary) -> SplitA
 def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attributes: list[str], *,
                 batch_size: int = 128, num_workers: int = 0, device: torch.device | str = "cpu",
                 rank: int = 0, world_size: int = 1, autocast: bool = False,
-                decode: Callable[[dict], Any] = decode_sample) -> tuple[torch.Tensor, torch.Tensor]:
+                decode: Callable[[dict], Any] = decode_sample, shards: list[int] | None = None,
+                drop: tuple[str, ...] = (), with_state: bool = False) -> tuple[torch.Tensor, ...]:
     """This rank's share of the items, each exactly once: (item indices (n,), export vectors (n, E + 2)).
 
     `autocast` runs the encoders in bf16 on CUDA; the vectors are returned in float32 on the CPU.
-    `data_dir` may be a feature cache with `decode=mmrec.cache.decode_features`.
+    `data_dir` may be a feature cache with `decode=mmrec.cache.decode_features`. `shards` limits
+    the pass to some shards; `drop` removes modalities at inference (ablation); `with_state` also
+    returns the fused text-only states (n, D) that `mmrec search` matches queries against (the full
+    state for items without text).
     """
     loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
                          transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
-                         rank=rank, world_size=world_size, decode=decode)
+                         rank=rank, world_size=world_size, decode=decode, shards=shards)
     was_training = model.training
     model.eval()
-    indices, vectors = [], []
+    indices, vectors, states = [], [], []
     device = torch.device(device)
     for batch in loader:
         batch = batch.to(device, non_blocking=True)
+        for m in drop:  # ablation: the model sees the item as if it lacked m
+            batch.present[m] = torch.zeros_like(batch.present[m])
+            batch.inputs.pop(m, None)
+            batch.features.pop(m, None)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            items, _ = model.items(batch)
+            items, encoded = model.items(batch)
             vecs = model.item_export(items)
+            if with_state and items.state is not None:
+                state = items.state
+                if "text" in encoded:
+                    # Free-text search compares a text-only query with the items' text-only states;
+                    # items without text keep their full state (the best description they have).
+                    has_text = batch.present["text"]
+                    text_only = {m: has_text if m == "text" else torch.zeros_like(has_text) for m in encoded}
+                    state = torch.where(has_text[:, None], model.fuse(encoded, text_only), state)
+                states.append(state.float().cpu())
         indices.append(batch.item_index.cpu())
         vectors.append(vecs.float().cpu())
     model.train(was_training)
     if not indices:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, model.export_dim)
+        empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, model.export_dim))
+        return (*empty, torch.zeros(0, model.fusion.output_dim if model.fusion else 0)) if with_state else empty
+    if with_state:
+        return torch.cat(indices), torch.cat(vectors), torch.cat(states) if states else torch.zeros(0)
     return torch.cat(indices), torch.cat(vectors)
 
 
@@ -131,7 +151,7 @@ def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], num_items: int) -> 
 @torch.no_grad()
 def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunVocabulary, data_dir: str | Path,
                    split: str = "valid", masked: tuple[str, ...] = ("train",), ks: tuple[int, ...] = (10,),
-                   candidates: np.ndarray | None = None) -> dict:
+                   candidates: np.ndarray | None = None, held: SplitArrays | None = None) -> dict:
     """Rating error on every row of `split`, and full ranking for known users with `masked` items excluded.
 
     Any scorer fits: the score of (u, i) is `user_vecs[u] @ item_vecs[i]` (DESIGN.md ranking contract).
@@ -146,7 +166,7 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunV
     Returns:
         {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
     """
-    held = read_split(data_dir, split, vocab)
+    held = read_split(data_dir, split, vocab) if held is None else held
     num_users = len(vocab.user_ids)
     users = user_vecs.float().cpu()
     u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, num_users))
@@ -171,7 +191,7 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunV
     exclude = UserItems.from_pairs(np.concatenate(exclude_u), np.concatenate(exclude_i), len(eval_users))
     relevant = UserItems.from_pairs(row_of[held.users[known]], col_of[held.items[known]], len(eval_users))
     top = top_k(users[torch.from_numpy(eval_users)], item_vecs[torch.from_numpy(cand)], max(ks), exclude=exclude)
-    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": float(len(cand))}
+    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": len(cand)}
     return result
 
 

@@ -88,7 +88,7 @@ def ranking_metrics(top: torch.Tensor | np.ndarray, relevant: UserItems, ks: lis
     top = np.asarray(top)
     n_rel = relevant.counts()
     users = np.nonzero(n_rel > 0)[0]
-    out: dict[str, float] = {"users": float(len(users))}
+    out: dict[str, float] = {"users": len(users)}
     if len(users) == 0:
         return out | {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "ndcg", "hit", "mrr")}
     k_max = max(ks)

@@ -1,6 +1,8 @@
 """Training tasks: each owns its heads and its loss, and reports it on its own (DESIGN.md "Tasks").
 
 - rating: MSE between r_hat(u, i) = mu + b_u + b_i + <p_u, q_i> and explicit ratings;
+  (rating and retrieval weigh each drawn pair by the interactions it stands for: item-centric
+  batches see every item equally often, the interaction log does not);
 - feature generation: mask one present modality of each item that has at least two, fuse the rest,
   and generate the masked modality's pooled encoder feature (stop-gradient target; cosine or MSE)
   and the item's attributes (multi-label BCE). It needs no ratings, so unrated catalogue items train
@@ -45,6 +47,13 @@ class TaskConfig:
             raise ValueError(f"retrieval_temperature must be > 0, got {self.retrieval_temperature}")
 
 
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-pair losses, each pair counting for the interactions it stands for."""
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum()
+
+
 class RatingTask(nn.Module):
     """MSE of r_hat on the batch's (item, user, rating) pairs."""
 
@@ -52,7 +61,8 @@ class RatingTask(nn.Module):
         if batch.pair_item.numel() == 0:
             return None
         q, b = items.q[batch.pair_item], items.bias[batch.pair_item]  # (P, E), (P,)
-        return F.mse_loss(model.predict_rating(batch.pair_user, q, b), batch.pair_rating)
+        err = (model.predict_rating(batch.pair_user, q, b) - batch.pair_rating) ** 2  # (P,)
+        return _weighted_mean(err, batch.pair_weight)
 
 
 class FeatureGenerationTask(nn.Module):
@@ -125,7 +135,7 @@ class RetrievalTask(nn.Module):
         same_user = (batch.pair_user[:, None] == batch.pair_user[None, :]).float()  # (P, P)
         positives = (same_user @ own) > 0  # (P, B)
         logits = logits.masked_fill(positives & ~own.bool(), float("-inf"))
-        return F.cross_entropy(logits, batch.pair_item)
+        return _weighted_mean(F.cross_entropy(logits, batch.pair_item, reduction="none"), batch.pair_weight)
 
 
 class MultiTaskLoss(nn.Module):

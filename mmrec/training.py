@@ -114,6 +114,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, data_dir: str | Path, run_dir: str | Path):
         self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
+        cfg.data.path = str(self.data_dir.resolve())  # recorded in RUN/config.yaml for eval/recommend
         t = cfg.train
         log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         self.accelerator = Accelerator(

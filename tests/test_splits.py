@@ -131,3 +131,16 @@ def test_bad_config_is_a_clear_error():
         SplitConfig(protocol="leave-one-out")
     with pytest.raises(ValueError, match="sum"):
         SplitConfig(ratios=(0.5, 0.1, 0.1))
+
+
+def test_cold_items_with_warm_holdout_has_both_tracks():
+    rows = make_rows(n_users=60, n_items=80, per_user=(10, 30))
+    result = split_interactions(rows, SplitConfig(protocol="cold-items", cold_fraction=0.25, warm_holdout=0.2, seed=4))
+    cold = set(result.details["cold_items"]["valid"]) | set(result.details["cold_items"]["test"])
+    s = result.splits
+    assert not {r.item_id for r in s["train"]} & cold
+    warm_test = [r for r in s["test"] if r.item_id not in cold]
+    assert warm_test and all(r.item_id not in cold for r in warm_test)
+    assert {r.item_id for r in s["test"] if r.item_id in cold} == set(result.details["cold_items"]["test"])
+    assert not pairs(s["train"]) & pairs(s["test"]) and not pairs(s["valid"]) & pairs(s["test"])
+    assert SplitConfig(protocol="cold-items", warm_holdout=0.2).to_dict()["warm_holdout"] == 0.2

@@ -223,6 +223,7 @@ def item_loader(
     rank: int | None = None,
     world_size: int | None = None,
     decode: Callable[[dict[str, Any]], Any] = decode_sample,
+    shards: list[int] | None = None,
 ) -> ItemLoader:
     """A DataLoader over the item shards.
 
@@ -235,6 +236,8 @@ def item_loader(
         rank, world_size: default to the current process group (see `dist_info`).
         decode: raw tar members -> item (default: media -> `DecodedItem`; the feature cache passes
             `mmrec.cache.decode_features`).
+        shards: eval mode only: read just these shards (positions in the manifest), e.g. to embed
+            shard by shard.
 
     Returns:
         An `ItemLoader` (a `webdataset.WebLoader`); in train mode `len(loader)` is the number of batches per epoch on
@@ -247,6 +250,10 @@ def item_loader(
         rank, world_size = dist_info()
     manifest = load_manifest(data_dir)
     urls = shard_urls(data_dir, manifest)
+    if shards is not None:
+        if mode != "eval":
+            raise ValueError("a shard subset is for eval mode; training always streams every shard")
+        urls = [urls[i] for i in shards]
     readers = world_size * max(1, cfg.num_workers)
 
     if mode == "train":

@@ -9,7 +9,8 @@ because duplicates are removed before splitting.
               rows that share the boundary timestamp go together, so test is strictly after train
 - ratio:      one global shuffle cut by `ratios` (e.g. 0.9/0/0.1 for rating RMSE)
 - cold-items: `cold_fraction` of the rated items is held out with all its rows: half of those items
-              to valid, half to test; no row of a cold item is ever in train
+              to valid, half to test; no row of a cold item is ever in train. With `warm_holdout`,
+              a per-user random share of the warm rows is held out too (warm and cold tracks)
 - given:      the input's own `split` column
 """
 
@@ -32,6 +33,8 @@ class SplitConfig:
     seed: int = 0  # every random choice derives from it
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/valid/test, for random and ratio
     cold_fraction: float = 0.2  # cold-items: fraction of rated items held out entirely
+    warm_holdout: float = 0.0  # cold-items: per user, also hold out this fraction of warm rows (half valid,
+    #                            half test), so one split measures warm and cold items (0: cold only)
 
     def __post_init__(self) -> None:
         if self.protocol not in SPLIT_PROTOCOLS:
@@ -41,6 +44,8 @@ class SplitConfig:
             raise ValueError(f"ratios must be three non-negative numbers summing to 1 (train,valid,test), got {self.ratios}")
         if not 0.0 < self.cold_fraction < 1.0:
             raise ValueError(f"cold_fraction must be in (0, 1), got {self.cold_fraction}")
+        if not 0.0 <= self.warm_holdout < 1.0:
+            raise ValueError(f"warm_holdout must be in [0, 1), got {self.warm_holdout}")
 
     def to_dict(self) -> dict:
         """The protocol, its seed and only the parameters that protocol uses."""
@@ -49,6 +54,8 @@ class SplitConfig:
             d["ratios"] = list(self.ratios)
         if self.protocol == "cold-items":
             d["cold_fraction"] = self.cold_fraction
+            if self.warm_holdout:
+                d["warm_holdout"] = self.warm_holdout
         return d
 
 
@@ -130,9 +137,17 @@ def split_cold_items(rows: list[Interaction], cfg: SplitConfig) -> SplitResult:
     cold = [items[i] for i in rng.permutation(len(items))[:n_cold]]
     valid_items, test_items = set(cold[: n_cold // 2]), set(cold[n_cold // 2 :])
     parts: dict[str, list[Interaction]] = defaultdict(list)
+    warm_rows = []
     for r in rows:
         name = "valid" if r.item_id in valid_items else "test" if r.item_id in test_items else "train"
-        parts[name].append(r)
+        (warm_rows if name == "train" else parts[name]).append(r)
+    if cfg.warm_holdout:
+        w = cfg.warm_holdout
+        warm = split_random(warm_rows, SplitConfig("random", cfg.seed, (1 - w, w / 2, w / 2))).splits
+        for name in SPLITS:
+            parts[name] += warm[name]
+    else:
+        parts["train"] += warm_rows
     details = {"cold_items": {"valid": sorted(valid_items), "test": sorted(test_items)}}
     return SplitResult(_assign(parts), details)
 
