@@ -190,7 +190,10 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunV
         exclude_i.append(col_of[s.items[keep]])
     exclude = UserItems.from_pairs(np.concatenate(exclude_u), np.concatenate(exclude_i), len(eval_users))
     relevant = UserItems.from_pairs(row_of[held.users[known]], col_of[held.items[known]], len(eval_users))
-    top = top_k(users[torch.from_numpy(eval_users)], item_vecs[torch.from_numpy(cand)], max(ks), exclude=exclude)
+    u_eval, i_cand = users[torch.from_numpy(eval_users)], item_vecs[torch.from_numpy(cand)]
+    if torch.cuda.is_available():  # score and rank on the GPU in chunks; results come back to the CPU
+        u_eval, i_cand = u_eval.cuda(), i_cand.cuda()
+    top = top_k(u_eval, i_cand, max(ks), exclude=exclude)
     result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": len(cand)}
     return result
 

@@ -60,20 +60,28 @@ def top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, exclude: Use
         if exclude is not None:
             lo, hi = exclude.offsets[start], exclude.offsets[stop]
             rows = np.repeat(np.arange(stop - start), np.diff(exclude.offsets[start : stop + 1]))
-            scores[torch.from_numpy(rows), torch.from_numpy(exclude.indices[lo:hi])] = float("-inf")
+            dev = scores.device
+            scores[torch.from_numpy(rows).to(dev), torch.from_numpy(exclude.indices[lo:hi]).to(dev)] = float("-inf")
         out[start:stop] = _stable_top_k(scores, k).cpu()
     return out
 
 
 def _stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(C, k) indices of the k largest scores per row; equal scores ordered by lower index first."""
-    kth = torch.topk(scores, k, dim=1).values[:, -1:]  # (C, 1) the k-th best score
-    above = scores > kth  # (C, N) certainly in the top k
-    tied = scores == kth  # (C, N) compete for the remaining places: lowest indices win
-    need = k - above.sum(1, keepdim=True)  # (C, 1)
-    chosen = above | (tied & (torch.cumsum(tied, dim=1) <= need))  # (C, N), exactly k per row
-    idx = chosen.nonzero()[:, 1].view(-1, k)  # (C, k) in index order
-    order = torch.argsort(-scores.gather(1, idx), dim=1, stable=True)  # by score; ties keep index order
+    values, idx = torch.topk(scores, k, dim=1)  # (C, k): right set unless ties cross the k-th place
+    kth = values[:, -1:]  # (C, 1)
+    tied_out = (scores >= kth).sum(1) > k  # (C,) rows where an equal score was left out: choose again
+    if bool(tied_out.any()):
+        rows = tied_out.nonzero().squeeze(1)
+        sub = scores[rows]  # (R, N)
+        above = sub > kth[rows]  # certainly in the top k
+        tied = sub == kth[rows]  # compete for the remaining places: lowest indices win
+        need = k - above.sum(1, keepdim=True)  # (R, 1)
+        chosen = above | (tied & (torch.cumsum(tied, dim=1) <= need))  # exactly k per row
+        idx[rows] = chosen.nonzero()[:, 1].view(-1, k)
+    # order: by score, ties by index (sort by index first, then a stable sort by score)
+    idx = torch.sort(idx, dim=1).values
+    order = torch.argsort(-scores.gather(1, idx), dim=1, stable=True)
     return idx.gather(1, order)
 
 
