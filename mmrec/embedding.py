@@ -30,7 +30,7 @@ from tqdm import tqdm
 from mmrec.data.reader import item_loader, load_manifest
 from mmrec.data.sharding import sha256_of
 from mmrec.factory import WEIGHTS_FILE, load_model
-from mmrec.inference import RunVocabulary, user_vectors
+from mmrec.inference import RunVocabulary, embed_items, user_vectors
 
 PARTS = "parts"
 
@@ -106,8 +106,6 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
 
 
 def _embed_shard(model, data_dir, preprocessors, vocab, shard: int, batch_size, num_workers, device, autocast):
-    from mmrec.inference import embed_items
-
     return embed_items(model, data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
                        num_workers=num_workers, device=device, autocast=autocast, shards=[shard], with_state=True)
 
