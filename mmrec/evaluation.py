@@ -31,8 +31,7 @@ from mmrec.baselines import bias_vectors, popularity_vectors
 from mmrec.data.reader import load_manifest
 from mmrec.data.sharding import sha256_of
 from mmrec.factory import WEIGHTS_FILE
-from mmrec.inference import RunVocabulary, SplitArrays, evaluate_split, read_split
-from mmrec.metrics import UserItems, top_k
+from mmrec.inference import RunVocabulary, SplitArrays, evaluate_split, ranked_lists, read_split
 
 ACTIVITY_BUCKETS = ((1, 5), (6, 20), (21, 50), (51, None))
 
@@ -99,21 +98,8 @@ class _Evaluator:
         """Coverage, average popularity and intra-list diversity of the top-K lists of evaluated users."""
         held = _filtered_split(self.data_dir, self.split, self.vocab, self.threshold)
         users = np.unique(held.users[held.users >= 0])
-        exclude_u, exclude_i = [], []
-        row_of = np.full(len(self.vocab.user_ids), -1)
-        row_of[users] = np.arange(len(users))
-        for name in self.masked:
-            s = read_split(self.data_dir, name, self.vocab)
-            keep = (s.users >= 0) & (row_of[np.maximum(s.users, 0)] >= 0)
-            exclude_u.append(row_of[s.users[keep]])
-            exclude_i.append(s.items[keep])
         cand = np.arange(len(self.vocab.item_ids)) if self.candidates is None else self.candidates
-        col_of = np.full(len(self.vocab.item_ids), -1)
-        col_of[cand] = np.arange(len(cand))
-        ex_u, ex_i = np.concatenate(exclude_u), col_of[np.concatenate(exclude_i)]
-        exclude = UserItems.from_pairs(ex_u[ex_i >= 0], ex_i[ex_i >= 0], len(users))
-        cols = top_k(user_vecs[torch.from_numpy(users)], item_vecs[torch.from_numpy(cand)], max(self.ks), exclude=exclude)
-        top = cand[cols.numpy()]  # back to item indices
+        top = ranked_lists(user_vecs, item_vecs, self.vocab, self.data_dir, users, self.masked, cand, max(self.ks))
         q = item_vecs[:, :embed_dim]
         q = F.normalize(q - q.mean(0), dim=-1)  # centred: what distinguishes items, not what they share
         out = {}
@@ -122,10 +108,12 @@ class _Evaluator:
             out[f"coverage@{k}"] = float(len(np.unique(lists)) / len(cand))  # share of the candidate items
             out[f"avg_popularity@{k}"] = float(self.popularity[lists].mean())
             if k > 1:
-                v = q[torch.from_numpy(lists)]  # (U, k, E)
-                sims = v @ v.transpose(1, 2)  # (U, k, k)
-                off_diag = (sims.sum((1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(1)) / (k * (k - 1))
-                out[f"diversity@{k}"] = float((1 - off_diag).mean())
+                per_user = []
+                for start in range(0, len(lists), 4096):  # chunks: (U, k, k) at once would not fit for 100k users
+                    v = q[torch.from_numpy(lists[start : start + 4096])]  # (C, k, E)
+                    sims = v @ v.transpose(1, 2)  # (C, k, k)
+                    per_user.append((sims.sum((1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(1)) / (k * (k - 1)))
+                out[f"diversity@{k}"] = float((1 - torch.cat(per_user)).mean())
         return out
 
 

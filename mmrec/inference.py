@@ -175,27 +175,40 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunV
 
     n_items = item_vecs.shape[0]
     cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    col_of = np.full(n_items, -1, dtype=np.int64)
-    col_of[cand] = np.arange(len(cand))
+    in_cand = np.zeros(n_items, dtype=bool)
+    in_cand[cand] = True
     # ranking needs a user vector of its own, and a relevant item among the candidates
-    known = (held.users >= 0) & (col_of[held.items] >= 0)
+    known = (held.users >= 0) & in_cand[held.items]
     eval_users = np.unique(held.users[known])  # rank only for users with something held out
     row_of = np.full(num_users, -1, dtype=np.int64)
     row_of[eval_users] = np.arange(len(eval_users))
-    exclude_u, exclude_i = [], []
+    relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
+    top = ranked_lists(users, item_vecs, vocab, data_dir, eval_users, masked, cand, max(ks))
+    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": len(cand)}
+    return result
+
+
+def ranked_lists(user_vecs: torch.Tensor, item_vecs: torch.Tensor, vocab: RunVocabulary, data_dir: str | Path,
+                 users: np.ndarray, masked: tuple[str, ...], candidates: np.ndarray, k: int) -> np.ndarray:
+    """(len(users), k) item indices: each user's top-k among `candidates`, their `masked` items excluded.
+
+    Scores and ranks on the GPU when there is one (chunked over users), else on the CPU.
+    """
+    row_of = np.full(len(vocab.user_ids), -1, dtype=np.int64)
+    row_of[users] = np.arange(len(users))
+    col_of = np.full(item_vecs.shape[0], -1, dtype=np.int64)
+    col_of[candidates] = np.arange(len(candidates))
+    ex_u, ex_i = [], []
     for name in masked:
         s = read_split(data_dir, name, vocab)
         keep = (s.users >= 0) & (row_of[np.maximum(s.users, 0)] >= 0) & (col_of[s.items] >= 0)
-        exclude_u.append(row_of[s.users[keep]])
-        exclude_i.append(col_of[s.items[keep]])
-    exclude = UserItems.from_pairs(np.concatenate(exclude_u), np.concatenate(exclude_i), len(eval_users))
-    relevant = UserItems.from_pairs(row_of[held.users[known]], col_of[held.items[known]], len(eval_users))
-    u_eval, i_cand = users[torch.from_numpy(eval_users)], item_vecs[torch.from_numpy(cand)]
-    if torch.cuda.is_available():  # score and rank on the GPU in chunks; results come back to the CPU
-        u_eval, i_cand = u_eval.cuda(), i_cand.cuda()
-    top = top_k(u_eval, i_cand, max(ks), exclude=exclude)
-    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": len(cand)}
-    return result
+        ex_u.append(row_of[s.users[keep]])
+        ex_i.append(col_of[s.items[keep]])
+    exclude = UserItems.from_pairs(np.concatenate(ex_u), np.concatenate(ex_i), len(users))
+    u, i = user_vecs[torch.from_numpy(users)], item_vecs[torch.from_numpy(candidates)]
+    if torch.cuda.is_available():
+        u, i = u.cuda(), i.cuda()
+    return candidates[top_k(u, i, k, exclude=exclude).numpy()]
 
 
 def user_vectors(model: RecModel) -> torch.Tensor:
