@@ -65,7 +65,7 @@ def _meta_only(sample: dict) -> tuple[int, str]:
 def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_size: int = 128,
           num_workers: int = 0, progress: bool = True) -> dict:
     """Embed all items (this rank's shards) and, on the main process, merge and write EMB/."""
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes from torchrun form a gloo group
     run_dir, data_dir, out = Path(run_dir), Path(data_dir), Path(out)
     model, preprocessors, sizes = load_model(run_dir / "model", device=state.device)
     vocab = RunVocabulary.load(run_dir)

@@ -72,7 +72,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
         cfg = from_dict(ModelConfig, yaml.safe_load(f), str(folder / CONFIG_FILE))
     sizes = ModelSizes(**json.loads((folder / META_FILE).read_text()))
     model, preprocessors = create_model(cfg, sizes)
-    model.load_state_dict(load_file(folder / WEIGHTS_FILE, device=str(device)), strict=True)
+    model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)  # on the CPU, then moved
     return model.to(device), preprocessors, sizes
 
 
