@@ -168,10 +168,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _emb_dir(args: argparse.Namespace) -> Path:
+    """--emb, else the folder the run's last `mmrec embed` wrote, else RUN/emb."""
+    if args.emb is not None:
+        return args.emb
+    pointer = args.run / "embeddings.json"
+    return Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else args.run / "emb"
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     from mmrec.serving import Embeddings, format_results, recommend, seen_items
 
-    emb = Embeddings.load(args.emb or args.run / "emb")
+    emb = Embeddings.load(_emb_dir(args))
     exclude = set()
     try:
         exclude = seen_items(_run_data(args.run, args.data), args.user, emb.item_ids)
@@ -184,7 +192,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     from mmrec.serving import Embeddings, format_results, similar
 
-    emb = Embeddings.load(args.emb or args.run / "emb")
+    emb = Embeddings.load(_emb_dir(args))
     print(format_results(emb, similar(emb, args.item, args.k)))
     return 0
 
@@ -192,7 +200,7 @@ def cmd_similar(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from mmrec.serving import Embeddings, format_results, search
 
-    emb = Embeddings.load(args.emb or args.run / "emb")
+    emb = Embeddings.load(_emb_dir(args))
     print(format_results(emb, search(args.run, emb, args.query, args.k)))
     return 0
 
@@ -298,14 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run", required=True, type=Path)
         p.add_argument(target, required=True, dest=target.strip("-"))
         p.add_argument("--k", type=int, default=10)
-        p.add_argument("--emb", type=Path, default=None, help="embedding folder (default RUN/emb)")
+        p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
         p.add_argument("--data", type=Path, default=None, help="dataset, for the user's seen items (default: the run's)")
         p.set_defaults(func=cmd_recommend if name == "recommend" else cmd_similar)
     p = sub.add_parser("search", help='items matching a free-text query, e.g. mmrec search --run RUN "sunny festival"')
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("query")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--emb", type=Path, default=None, help="embedding folder (default RUN/emb)")
+    p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("shard", help="items.jsonl + interactions.csv -> WebDataset shards, splits, manifest")

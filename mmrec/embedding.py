@@ -101,6 +101,8 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
         summary["seconds"] = round(time.perf_counter() - started, 2)
         summary["shards_computed_by_main"] = len(todo)
         (out / "embedding.json").write_text(json.dumps(summary, indent=2))
+        # where `mmrec recommend/similar/search --run RUN` find these embeddings without --emb
+        (run_dir / "embeddings.json").write_text(json.dumps({"path": str(out.resolve())}))
     state.wait_for_everyone()
     return summary
 

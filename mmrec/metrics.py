@@ -44,45 +44,83 @@ class UserItems:
         return self.indices[self.offsets[u] : self.offsets[u + 1]]
 
 
+SCORE_BLOCK_BYTES = 256 * 2**20  # default memory for one (users x items) float32 score block
+
+
 def top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, exclude: UserItems | None = None,
-          chunk_size: int = 1024) -> torch.Tensor:
+          chunk_size: int | None = None) -> torch.Tensor:
     """Indices (U, k) of each user's k best items by dot product, excluded items removed.
 
     Ties go to the lower item index: scores are compared first, then the index (a stable sort of
     the top candidates), so the result does not depend on the hardware's top-k implementation.
+    Scoring runs where the vectors are (CPU or GPU); the result is a CPU tensor.
+
+    Args:
+        chunk_size: users scored per block; by default as many as fit a (chunk x items) float32
+            block in `SCORE_BLOCK_BYTES` (about 1,300 users for 50k items).
     """
     U, N = user_vecs.shape[0], item_vecs.shape[0]
     k = min(k, N)
-    out = torch.empty(U, k, dtype=torch.long)
+    dev = item_vecs.device
+    if chunk_size is None:
+        chunk_size = max(1, SCORE_BLOCK_BYTES // (4 * max(N, 1)))
+    out = torch.empty(U, k, dtype=torch.long, device=dev)
+    # one block reused for every chunk: a fresh 256 MB allocation per chunk costs page faults on CPU
+    block = torch.empty(min(chunk_size, U), N, device=dev)  # (C, N)
+    if exclude is not None:  # (user, item) pairs to mask, moved to the device once
+        minus_inf = torch.tensor(float("-inf"), device=dev)
+        ex_rows = torch.repeat_interleave(torch.from_numpy(np.diff(exclude.offsets[: U + 1]))).to(dev)
+        ex_cols = torch.as_tensor(exclude.indices, dtype=torch.long).to(dev)
     for start in range(0, U, chunk_size):
         stop = min(start + chunk_size, U)
-        scores = (user_vecs[start:stop] @ item_vecs.T).float()  # (C, N)
+        scores = block[: stop - start]  # (C, N)
+        if user_vecs.dtype == torch.float32 and item_vecs.dtype == torch.float32:
+            torch.matmul(user_vecs[start:stop], item_vecs.T, out=scores)
+        else:
+            scores.copy_(user_vecs[start:stop] @ item_vecs.T)
         if exclude is not None:
-            lo, hi = exclude.offsets[start], exclude.offsets[stop]
-            rows = np.repeat(np.arange(stop - start), np.diff(exclude.offsets[start : stop + 1]))
-            dev = scores.device
-            scores[torch.from_numpy(rows).to(dev), torch.from_numpy(exclude.indices[lo:hi]).to(dev)] = float("-inf")
-        out[start:stop] = _stable_top_k(scores, k).cpu()
-    return out
+            lo, hi = int(exclude.offsets[start]), int(exclude.offsets[stop])
+            scores.index_put_((ex_rows[lo:hi] - start, ex_cols[lo:hi]), minus_inf)
+        out[start:stop] = _stable_top_k(scores, k)
+    return out.cpu()
 
 
 def _stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(C, k) indices of the k largest scores per row; equal scores ordered by lower index first."""
-    values, idx = torch.topk(scores, k, dim=1)  # (C, k): right set unless ties cross the k-th place
-    kth = values[:, -1:]  # (C, 1)
-    tied_out = (scores >= kth).sum(1) > k  # (C,) rows where an equal score was left out: choose again
-    if bool(tied_out.any()):
-        rows = tied_out.nonzero().squeeze(1)
-        sub = scores[rows]  # (R, N)
-        above = sub > kth[rows]  # certainly in the top k
-        tied = sub == kth[rows]  # compete for the remaining places: lowest indices win
-        need = k - above.sum(1, keepdim=True)  # (R, 1)
-        chosen = above | (tied & (torch.cumsum(tied, dim=1) <= need))  # exactly k per row
-        idx[rows] = chosen.nonzero()[:, 1].view(-1, k)
+    N = scores.shape[1]
+    # one place more than asked: the (k+1)-th value equals the k-th exactly when an equal score was
+    # left out, which is the only case where the hardware's choice among ties matters
+    values, idx = torch.topk(scores, min(k + 1, N), dim=1)  # (C, k+1), sorted descending
+    tied_out = values[:, k] == values[:, k - 1] if 0 < k < values.shape[1] else None  # (C,)
+    values, idx = values[:, :k], idx[:, :k]
+    if tied_out is not None and bool(tied_out.any()):
+        rows = tied_out.nonzero().squeeze(1)  # (R,)
+        idx[rows] = _fill_boundary_ties(scores, values[rows], idx[rows], rows)
     # order: by score, ties by index (sort by index first, then a stable sort by score)
     idx = torch.sort(idx, dim=1).values
     order = torch.argsort(-scores.gather(1, idx), dim=1, stable=True)
     return idx.gather(1, order)
+
+
+def _fill_boundary_ties(scores: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(R, k) top-k indices of `rows` where the k-th score is tied with scores left out.
+
+    Scores above the k-th are a prefix of topk's sorted `values` and are certainly in; the places
+    left go to the items equal to the k-th score with the lowest indices.
+    """
+    R, k = values.shape
+    kth = values[:, -1:]  # (R, 1)
+    need = (values == kth).sum(1)  # (R,) places for tied items, at the end of each row
+    sub = scores if R == scores.shape[0] else scores[rows]  # (R, N)
+    r, c = (sub == kth).nonzero().unbind(1)  # (T,) each: tied items, row-major so by index within a row
+    count = torch.bincount(r, minlength=R)  # (R,)
+    first = torch.cumsum(count, 0) - count  # (R,) position of each row's first tied item in r
+    rank = torch.arange(len(r), device=r.device) - first[r]  # (T,) 0 for the lowest tied index of a row
+    keep = rank < need[r]
+    r, c, rank = r[keep], c[keep], rank[keep]
+    idx = idx.clone()
+    idx[r, k - need[r] + rank] = c
+    return idx
 
 
 def ranking_metrics(top: torch.Tensor | np.ndarray, relevant: UserItems, ks: list[int]) -> dict[str, float]:
