@@ -169,9 +169,11 @@ class Trainer:
 
     def _prepare_run_dir(self, resume: bool) -> None:
         acc = self.accelerator
+        occupied = not resume and self.run_dir.exists() and any(self.run_dir.iterdir())
+        acc.wait_for_everyone()  # every rank looks before anything is written, so all raise or none does
+        if occupied:
+            raise ValueError(f"{self.run_dir} is not empty; pass --resume to continue it or choose another --out")
         if acc.is_main_process:
-            if self.run_dir.exists() and not resume and any(self.run_dir.iterdir()):
-                raise ValueError(f"{self.run_dir} is not empty; pass --resume to continue it or choose another --out")
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
             self.vocab.save(self.run_dir)

@@ -121,3 +121,13 @@ def test_content_ranks_cold_items_better_than_popularity(tmp_path):
     assert ours["ranking"]["users"] == pop["ranking"]["users"] > 100
     assert ours["ranking"]["ndcg@10"] > 1.5 * pop["ranking"]["ndcg@10"]
     assert ours["ranking"]["ndcg@10"] > pop["ranking"]["ndcg@10"] + 0.02
+
+
+def test_refuses_to_write_into_a_used_run_folder(tmp_path):
+    data = make_dataset(tmp_path, num_items=60, num_users=20, num_ratings=600, items_per_shard=20)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("someone else's run")
+    with pytest.raises(ValueError, match="not empty"):
+        train(load_run_config(TINY, ["train.epochs=1"]), data, run)
+    assert (run / "notes.txt").read_text() == "someone else's run" and not (run / "config.yaml").exists()
