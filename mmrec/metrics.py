@@ -69,7 +69,7 @@ def top_k(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int, exclude: Use
     block = torch.empty(min(chunk_size, U), N, device=dev)  # (C, N)
     if exclude is not None:  # (user, item) pairs to mask, moved to the device once
         minus_inf = torch.tensor(float("-inf"), device=dev)
-        ex_rows = torch.repeat_interleave(torch.from_numpy(np.diff(exclude.offsets[: U + 1]))).to(dev)
+        ex_rows = torch.repeat_interleave(torch.as_tensor(np.diff(exclude.offsets[: U + 1]), dtype=torch.long)).to(dev)
         ex_cols = torch.as_tensor(exclude.indices, dtype=torch.long).to(dev)
     for start in range(0, U, chunk_size):
         stop = min(start + chunk_size, U)
@@ -102,25 +102,27 @@ def _stable_top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     return idx.gather(1, order)
 
 
-def _fill_boundary_ties(scores: torch.Tensor, values: torch.Tensor, idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _fill_boundary_ties(scores: torch.Tensor, values: torch.Tensor, idx: torch.Tensor,
+                        rows: torch.Tensor) -> torch.Tensor:
     """(R, k) top-k indices of `rows` where the k-th score is tied with scores left out.
 
     Scores above the k-th are a prefix of topk's sorted `values` and are certainly in; the places
-    left go to the items equal to the k-th score with the lowest indices.
+    after it go to the items equal to the k-th score with the lowest indices.
     """
     R, k = values.shape
     kth = values[:, -1:]  # (R, 1)
-    need = (values == kth).sum(1)  # (R,) places for tied items, at the end of each row
+    need = (values == kth).sum(1, keepdim=True)  # (R, 1) places for tied items, at the end of each row
     sub = scores if R == scores.shape[0] else scores[rows]  # (R, N)
-    r, c = (sub == kth).nonzero().unbind(1)  # (T,) each: tied items, row-major so by index within a row
-    count = torch.bincount(r, minlength=R)  # (R,)
-    first = torch.cumsum(count, 0) - count  # (R,) position of each row's first tied item in r
-    rank = torch.arange(len(r), device=r.device) - first[r]  # (T,) 0 for the lowest tied index of a row
-    keep = rank < need[r]
-    r, c, rank = r[keep], c[keep], rank[keep]
-    idx = idx.clone()
-    idx[r, k - need[r] + rank] = c
-    return idx
+    N = sub.shape[1]
+    # lowest tied indices by a top-k on the index itself: memory stays (R, N) even when a whole row
+    # ties (all-zero vectors), where listing the tied (row, item) pairs would take 16 bytes per item
+    col = torch.arange(N, dtype=torch.int32, device=sub.device)
+    key = torch.where(sub == kth, col, N)  # (R, N) index if tied, else past the end
+    lowest = torch.topk(key, int(need.max()), dim=1, largest=False).values.long()  # (R, need_max) ascending
+    # slot s keeps idx[s] before the tied places and takes lowest[s - (k - need)] in them
+    slot = torch.arange(k, device=sub.device)  # (k,)
+    src = slot + need * (slot >= k - need)  # (R, k) position in [idx | lowest]
+    return torch.cat([idx, lowest], 1).gather(1, src)
 
 
 def ranking_metrics(top: torch.Tensor | np.ndarray, relevant: UserItems, ks: list[int]) -> dict[str, float]:
