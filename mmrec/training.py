@@ -164,6 +164,9 @@ class Trainer:
         acc.register_for_checkpointing(self.scheduler)
         self.total_steps = total_steps
         self.state = TrainerState()
+        # cold-items protocol: the valid cold items are ranked among the cold items (fixed for the run)
+        cold_split = self.manifest["split"]["protocol"] == "cold-items"
+        self.valid_candidates = cold_items(self.data_dir, self.vocab) if cold_split else None
 
     # ------------------------------------------------------------------------------------ run folder
 
@@ -229,9 +232,8 @@ class Trainer:
         if acc.is_main_process:
             k = int(self.cfg.train.selection_metric.split("@")[1]) if "@" in self.cfg.train.selection_metric else 10
             item_vecs = assemble(parts, len(self.vocab.item_ids))
-            # cold-items protocol: valid holds only cold items, ranked among the cold items
-            cand = cold_items(self.data_dir, self.vocab) if self.manifest["split"]["protocol"] == "cold-items" else None
-            metrics = evaluate_split(user_vectors(self.model), item_vecs, self.vocab, self.data_dir, "valid", ("train",), (k,), cand)
+            metrics = evaluate_split(user_vectors(self.model), item_vecs, self.vocab, self.data_dir, "valid", ("train",),
+                                     (k,), self.valid_candidates)
             result = [{**{f"valid/{m}": v for m, v in metrics["rating"].items()},
                        **{f"valid/{m}": v for m, v in metrics["ranking"].items()}}]
         broadcast_object_list(result)  # every rank takes the same early-stopping decision
