@@ -5,7 +5,7 @@ tensors in DataLoader workers and collates a batch, the encoder maps the batch t
 (tokens `(B, T, D)`, mask `(B, T)`, pooled `(B, D)`). Families wrap their libraries:
 
 - `hf-text`: a Hugging Face `AutoModel` (BERT family), masked-mean pooled (sentence-transformers);
-- `timm-vit`: a timm ViT (`timm.create_model(..., num_classes=0)`);
+- `timm-vit`, `timm-cnn`: a timm ViT or CNN (`timm.create_model(..., num_classes=0)`);
 - `open-clip-vision`, `open-clip-text`: one tower of an open_clip CLIP model;
 - `hf-ast`: the Audio Spectrogram Transformer (`ASTModel`) on torchaudio Kaldi fbank features.
 

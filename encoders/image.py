@@ -1,4 +1,6 @@
-"""`timm-vit`: a timm Vision Transformer ("An Image is Worth 16x16 Words", https://arxiv.org/abs/2010.11929).
+"""Image encoders from timm: `timm-vit`, a Vision Transformer ("An Image is Worth 16x16 Words",
+https://arxiv.org/abs/2010.11929), and `timm-cnn`, a convolutional network (ResNet, ConvNeXt, ...),
+which learns far better than a ViT from a few thousand images when no pretrained weights exist.
 
 `arch` = {"model_name": <timm model, default vit_base_patch16_224>, **model kwargs}; the model is
 built with `num_classes=0` (no classifier). Weights: `pretrained` = a checkpoint file (safetensors,
@@ -6,8 +8,10 @@ or a torch state dict read with `weights_only=True`) loaded through timm's offli
 `pretrained_cfg_overlay=dict(file=...)`, or a folder in timm's `local-dir:` layout (config.json +
 model.safetensors, as saved by `timm.models.save_for_hf`), whose config.json names the model.
 
-Tokens are `forward_features` (class/register tokens first, then patches), pooled is the model's own
-pre-logits head (`forward_head(..., pre_logits=True)`: the class token or the average, by model).
+Tokens are `forward_features` (ViT: class/register tokens first, then patches; CNN: the final feature
+map's positions, row by row), pooled is the model's own pre-logits head (`forward_head(...,
+pre_logits=True)`: the class token or the average, by model). A CNN's `arch` may add `input_size:
+[H, W]` (the resize target; default: the model's own), since a CNN takes any size.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ FAMILY = "timm-vit"
 DEFAULT_MODEL = "vit_base_patch16_224"
 TINY_ARCH = {"model_name": "vit_tiny_patch16_224", "img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2,
              "num_heads": 2}
+CNN_FAMILY = "timm-cnn"
+CNN_TINY_ARCH = {"model_name": "test_resnet", "input_size": [32, 24]}
 
 
 class ImagePreprocessor(Preprocessor):
@@ -112,8 +118,45 @@ def _strict_load() -> Iterator[_KeyReport]:
         logger.propagate = propagate
 
 
-def _create_model(cfg: EncoderConfig) -> nn.Module:
-    arch: dict[str, Any] = dict(cfg.arch)
+class TimmCNNEncoder(ModalityEncoder):
+    """Wraps a timm CNN built with `num_classes=0`; its stages are the blocks that `trainable_layers` counts."""
+
+    modality = "image"
+
+    def __init__(self, config: EncoderConfig, model: nn.Module):
+        super().__init__(config)
+        self.model = model
+        if not self.blocks():
+            raise ValueError(f"{CNN_FAMILY}: {type(model).__name__} has neither `stages` nor `layer1..4`; "
+                             "use a ResNet- or ConvNeXt-style timm model")
+
+    @property
+    def output_dim(self) -> int:
+        return self.model.num_features
+
+    def blocks(self) -> list[nn.Module]:
+        stages = getattr(self.model, "stages", None)  # ConvNeXt, RegNet, EfficientNet-style `blocks` are not stages
+        if isinstance(stages, nn.Sequential | nn.ModuleList):
+            return list(stages)
+        return [layer for n in ("layer1", "layer2", "layer3", "layer4") if (layer := getattr(self.model, n, None))]
+
+    def head_modules(self) -> list[nn.Module]:
+        names = ("norm_pre", "conv_head", "norm_head", "head")
+        return [m for n in names if (m := getattr(self.model, n, None)) is not None]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
+        fmap = self.model.forward_features(pixel_values)  # (B, D, h, w)
+        pooled = self.model.forward_head(fmap, pre_logits=True)  # (B, D)
+        tokens = fmap.flatten(2).transpose(1, 2)  # (B, h * w, D)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
+
+
+def _create_model(cfg: EncoderConfig, family: str = FAMILY) -> nn.Module:
+    arch: dict[str, Any] = {k: v for k, v in cfg.arch.items() if k != "input_size"}
     model_name = arch.pop("model_name", DEFAULT_MODEL)
     if cfg.pretrained is None:
         return timm.create_model(model_name, pretrained=False, num_classes=0, **arch)
@@ -128,10 +171,10 @@ def _create_model(cfg: EncoderConfig) -> nn.Module:
             model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0,
                                       **arch)
         else:
-            raise ValueError(f"{FAMILY}: pretrained={cfg.pretrained!r} is neither a checkpoint file nor a timm "
+            raise ValueError(f"{family}: pretrained={cfg.pretrained!r} is neither a checkpoint file nor a timm "
                              "folder; weights are never downloaded")
     if report.problems:
-        raise ValueError(f"{FAMILY}: {path} does not fit the model built from arch={cfg.arch}: "
+        raise ValueError(f"{family}: {path} does not fit the model built from arch={cfg.arch}: "
                          + " ".join(report.problems) + " Set arch (model_name and kwargs) to the checkpoint's model.")
     return model
 
@@ -157,4 +200,26 @@ def create_timm_vit(cfg: EncoderConfig) -> tuple[TimmViTEncoder, ImagePreprocess
         args["input_size"] = (3, *img_size)
     data_cfg = timm.data.resolve_model_data_config(model, args=args)
     transform = timm.data.create_transform(**data_cfg, is_training=False)
+    return encoder, ImagePreprocessor(transform)
+
+
+@register_encoder(CNN_FAMILY, tiny_arch=CNN_TINY_ARCH)
+def create_timm_cnn(cfg: EncoderConfig) -> tuple[TimmCNNEncoder, ImagePreprocessor]:
+    """Build a timm CNN (random init, or a local checkpoint file/folder) and its eval transform."""
+    if cfg.max_tokens is not None:
+        raise ValueError(f"{CNN_FAMILY}: max_tokens does not apply to images (the token count follows input_size)")
+    if "model_name" not in cfg.arch and cfg.pretrained is None:
+        raise ValueError(f"{CNN_FAMILY}: arch.model_name is required (e.g. resnet18, convnext_atto)")
+    input_size = cfg.arch.get("input_size")
+    if input_size is not None and (len(input_size) != 2 or min(input_size) < 8):
+        raise ValueError(f"{CNN_FAMILY}: input_size must be [height, width] >= 8 pixels, got {input_size}")
+    try:
+        model = _create_model(cfg, CNN_FAMILY)
+    except TypeError as e:  # an unknown model kwarg
+        raise ValueError(f"{CNN_FAMILY}: bad arch {cfg.arch}: {e}") from e
+    encoder = TimmCNNEncoder(cfg, model)
+    args = {"input_size": (3, *input_size)} if input_size is not None else {}
+    data_cfg = timm.data.resolve_model_data_config(model, args=args)
+    # resize the shorter side and centre-crop to exactly input_size (crop_pct 1: keep the whole poster)
+    transform = timm.data.create_transform(**{**data_cfg, "crop_pct": 1.0}, is_training=False)
     return encoder, ImagePreprocessor(transform)

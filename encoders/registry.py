@@ -22,6 +22,7 @@ _TINY_ARCH: dict[str, dict[str, Any]] = {}
 _BUILTIN_MODULES = {
     "hf-text": "encoders.text",
     "timm-vit": "encoders.image",
+    "timm-cnn": "encoders.image",
     "open-clip-vision": "encoders.clip",
     "open-clip-text": "encoders.clip",
     "hf-ast": "encoders.audio",

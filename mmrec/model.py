@@ -138,7 +138,9 @@ class RecModel(nn.Module):
     def fuse(self, encoded: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) fused item states from the encoder outputs of the present modalities."""
         inputs = {m: (e.tokens, e.mask, e.pooled) for m, e in encoded.items()}
-        return self.fusion(inputs, {m: present[m] for m in inputs}).item
+        # every modality's presence, also those no item of the batch has (then absent from `inputs`):
+        # a batch without any of the model's modalities still has a size, and gets the content-free state
+        return self.fusion(inputs, {m: present[m] for m in self.modalities if m in present}).item
 
     def item_output(self, state: torch.Tensor | None, item_index: torch.Tensor) -> ItemOutput:
         """q_i and b_i from the fused state plus, where enabled, the ID terms of items seen in training.

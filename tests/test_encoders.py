@@ -23,17 +23,19 @@ from PIL import Image
 import encoders
 from encoders import EncoderConfig, EncoderOutput, create_encoder, list_encoders, tiny_config
 
-FAMILIES = ["hf-text", "timm-vit", "open-clip-vision", "open-clip-text", "hf-ast"]
+FAMILIES = ["hf-text", "timm-vit", "timm-cnn", "open-clip-vision", "open-clip-text", "hf-ast"]
 TEXTS = ["a red bicycle", "jazz record from 1959, remastered!", "ok"]
 # train-mode comparisons (checkpointing on/off) need deterministic layers
-NO_DROPOUT = {"hf-text": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+# (and timm's ResNets zero the last norm of every block, which zeroes the block's other gradients at init)
+NO_DROPOUT = {"hf-text": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+              "timm-cnn": {"zero_init_last": False}}
 
 
 def _raw_items(family: str) -> list:
     g = torch.Generator().manual_seed(0)
     if family in ("hf-text", "open-clip-text"):
         return TEXTS
-    if family in ("timm-vit", "open-clip-vision"):
+    if family in ("timm-vit", "timm-cnn", "open-clip-vision"):
         sizes = [(40, 30), (32, 32), (17, 50)]
         return [Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8))
                 for i, (w, h) in enumerate(sizes)]
@@ -71,7 +73,8 @@ def test_unknown_config_key_lists_the_valid_ones():
 
 
 @pytest.mark.parametrize("family, bad", [("hf-text", {"hiden_size": 32}), ("hf-ast", {"num_mel_bin": 16}),
-                                         ("timm-vit", {"dept": 2}), ("open-clip-vision", {"embed_dims": 8})])
+                                         ("timm-vit", {"dept": 2}), ("timm-cnn", {"widht": 2}),
+                                         ("open-clip-vision", {"embed_dims": 8})])
 def test_unknown_arch_key_is_an_error(family, bad):
     with pytest.raises(ValueError, match="arch"):
         create_encoder(tiny_config(family, arch=bad))
@@ -219,10 +222,10 @@ def test_gradient_checkpointing_changes_nothing_but_memory(family):
         encoder, prep = _build(family, trainable_layers=1, gradient_checkpointing=checkpointing)
         encoder.train()
         # A checkpointed block recomputes its insides in the backward pass: count the calls of its MLP
-        # expansion (the widest linear layer), whose output the activation's backward always needs, so
-        # torch's early-stopping recompute cannot skip it.
-        linears = [m for m in encoder.blocks()[-1].modules() if isinstance(m, torch.nn.Linear)]
-        linear = max(linears, key=lambda m: m.out_features)
+        # expansion (the widest linear layer; a CNN: its widest convolution), whose output the activation's
+        # backward always needs, so torch's early-stopping recompute cannot skip it.
+        layers = [m for m in encoder.blocks()[-1].modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+        linear = max(layers, key=lambda m: m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels)
         calls = []
         linear.register_forward_hook(lambda *_: calls.append(1))
         out = encoder(**_batch(prep, family))
@@ -286,6 +289,33 @@ def test_image_preprocessing_resizes_to_the_model_input():
         _, prep = _build(family)
         for image in _raw_items(family):
             assert prep(image.convert("L"))["pixel_values"].shape == (3, 32, 32)  # grey in, RGB out
+    _, prep = _build("timm-cnn")  # a CNN takes any size: input_size [H, W] sets it
+    for image in _raw_items("timm-cnn"):
+        assert prep(image)["pixel_values"].shape == (3, 32, 24)
+
+
+def test_cnn_tokens_are_the_feature_map_and_pooled_its_average():
+    encoder, prep = _build("timm-cnn")
+    batch = _batch(prep, "timm-cnn")
+    with torch.no_grad():
+        out = encoder.eval()(**batch)
+        fmap = encoder.model.forward_features(batch["pixel_values"])  # (B, D, h, w)
+    assert out.tokens.shape == (3, fmap.shape[2] * fmap.shape[3], encoder.output_dim)
+    assert torch.allclose(out.pooled, out.tokens.mean(1), atol=1e-5)  # test_resnet pools by averaging
+    assert len(encoder.blocks()) == 4  # layer1..layer4
+
+
+def test_cnn_checkpoint_file_roundtrip(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    model = timm.create_model("test_resnet", num_classes=0).eval()
+    save_file(model.state_dict(), tmp_path / "cnn.safetensors")
+    encoder, prep = create_encoder(tiny_config("timm-cnn", pretrained=str(tmp_path / "cnn.safetensors")))
+    batch = _batch(prep, "timm-cnn")
+    with torch.no_grad():
+        assert torch.equal(encoder.eval()(**batch).pooled, model(batch["pixel_values"]))
 
 
 # --- pretrained weights from local paths -------------------------------------------------------

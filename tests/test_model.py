@@ -89,6 +89,26 @@ def test_absent_modality_has_no_influence(dataset):
         assert torch.equal(model.fuse(encoded, batch.present), clean)
 
 
+def test_a_batch_without_any_of_the_models_modalities_gets_the_content_free_state(dataset):
+    """An image-only model meets a batch in which no item has an image (e.g. a shard of poster-less movies)."""
+    data, manifest = dataset
+    _, model, pre, _, index = build(data, manifest, ['model.encoders={image: {name: timm-vit, trainable_layers: -1, '
+                                                     'arch: {model_name: vit_tiny_patch16_224, img_size: 32, '
+                                                     'patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}}'])
+    batch = one_batch(data, pre, manifest["attributes"], index)
+    has_image = batch.present["image"]
+    assert has_image.any() and not has_image.all()
+    model.eval()
+    with torch.no_grad():
+        mixed, _ = model.items(batch)
+        batch.present["image"] = torch.zeros_like(has_image)
+        batch.inputs.pop("image")
+        blank, _ = model.items(batch)  # no image anywhere: no encoder run, no error
+    assert blank.state.shape == mixed.state.shape
+    assert torch.allclose(blank.state[~has_image], mixed.state[~has_image], atol=1e-6)  # same as before for those
+    assert torch.allclose(blank.state, blank.state[:1].expand_as(blank.state), atol=1e-6)  # one content-free state
+
+
 @pytest.mark.parametrize("task", ["rating", "feature", "attributes", "retrieval"])
 def test_each_loss_falls_when_overfitting_one_batch(dataset, task):
     data, manifest = dataset
