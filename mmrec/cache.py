@@ -5,12 +5,14 @@ encoding media dominate the cost. The cache stores, per item and present modalit
 vector and (where the fusion's token budget asks for tokens) the first `budget` tokens with their
 mask, in fp16, as WebDataset shards laid out like the item shards (one sample per item, same keys):
 
-    FEATS/manifest.json            kind "features", encoder fingerprint, dims, budgets, shards
+    FEATS/manifest.json            kind "features", encoder fingerprint per modality, dims, budgets, shards
     FEATS/features-000000.tar ...  json (index, item_id, attributes, metadata) +
                                    {m}.pooled.npy, {m}.tokens.npy, {m}.mask.npy per present modality
 
-Training reads them with `data.features=FEATS`; the encoders are then never run, and the fingerprint
-(a hash of the encoder weights) guarantees that the cache belongs to the encoders of the run.
+Training reads them with `data.features=FEATS`; the encoders are then never run, and the fingerprints
+(a hash of each encoder's weights) guarantee that the cache belongs to the encoders of the run. A run
+may use fewer modalities than the cache holds (a text-only or an ID-only model on a text + image
+cache): only the modalities the model has are read and checked.
 """
 
 from __future__ import annotations
@@ -50,14 +52,16 @@ class CachedItem:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def encoder_fingerprint(model: RecModel) -> str:
-    """sha256 over every encoder parameter and buffer, in name order."""
-    h = hashlib.sha256()
+def encoder_fingerprints(model: RecModel) -> dict[str, str]:
+    """modality -> sha256 over its encoder's parameters and buffers, in name order."""
+    out = {}
     for m in sorted(model.encoders):
+        h = hashlib.sha256()
         for name, t in sorted(model.encoders[m].state_dict().items()):
             h.update(f"{m}.{name}".encode())
             h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()
+        out[m] = h.hexdigest()
+    return out
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -150,7 +154,7 @@ def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, o
         "kind": "features",
         "created_by": f"mmrec {__version__}",
         "num_items": sum(per_file.values()),
-        "encoder_fingerprint": encoder_fingerprint(model),
+        "encoder_fingerprints": encoder_fingerprints(model),
         "dims": {m: model.encoders[m].output_dim for m in model.modalities},
         "token_budget": budgets,
         "dtype": "float16",
@@ -181,14 +185,22 @@ def build_frozen_model(cfg, data_dir: str | Path) -> tuple[RecModel, dict]:
 
 
 def check_cache(model: RecModel, features_dir: str | Path) -> dict:
-    """The cache's manifest, after checking it was written by these very encoders."""
+    """The cache's manifest, after checking it was written by these very encoders (the model's modalities
+    only: a cache may hold more modalities than the model uses)."""
     manifest = load_manifest(features_dir)
     if manifest.get("kind") != "features":
         raise ValueError(f"{features_dir} is not a feature cache (run `mmrec cache`)")
-    if manifest["encoder_fingerprint"] != encoder_fingerprint(model):
-        raise ValueError(f"{features_dir} was computed with other encoder weights than this run's; "
+    cached = manifest.get("encoder_fingerprints", {})
+    missing = [m for m in model.modalities if m not in cached]
+    if missing:
+        raise ValueError(f"{features_dir} holds no {missing} features (it has {sorted(cached)}); rebuild it with "
+                         "`mmrec cache` for this config")
+    stale = [m for m, sha in encoder_fingerprints(model).items() if cached[m] != sha]
+    if stale:
+        raise ValueError(f"{features_dir} was computed with other {stale} encoder weights than this run's; "
                          "rebuild it with `mmrec cache` for this config")
-    budgets = {m: model.fusion.config.budget(m) for m in model.modalities}
-    if manifest["token_budget"] != budgets:
-        raise ValueError(f"{features_dir} holds token budgets {manifest['token_budget']}, the model needs {budgets}")
+    for m in model.modalities:
+        if manifest["token_budget"][m] != model.fusion.config.budget(m):
+            raise ValueError(f"{features_dir} holds a {m} token budget of {manifest['token_budget'][m]}, the model "
+                             f"needs {model.fusion.config.budget(m)}")
     return manifest

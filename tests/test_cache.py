@@ -67,5 +67,26 @@ def test_training_reads_the_cache_and_checks_its_encoders(data, tmp_path):
     state = train(cfg, data, tmp_path / "run")
     assert state.step == 6 and (tmp_path / "run" / "model" / "model.safetensors").is_file()
     other = load_run_config(TINY, FROZEN + ["train.seed=1", f"data.features={tmp_path / 'feats'}"])
-    with pytest.raises(ValueError, match="other encoder weights"):
+    with pytest.raises(ValueError, match=r"other \['audio', 'image', 'text'\] encoder weights"):
         train(other, data, tmp_path / "run2")
+
+
+def test_models_with_fewer_modalities_train_on_a_larger_cache(data, tmp_path):
+    """A text-only and an ID-only model read a text + image + audio cache; a modality it lacks is an error."""
+    feats = tmp_path / "feats"
+    assert main(["cache", "--config", str(TINY), "--data", str(data), "--out", str(feats), *FROZEN]) == 0
+    base = FROZEN + ["train.epochs=1", f"data.features={feats}", "data.batch_size=4"]
+    text_only = load_run_config(TINY, base + ['model.encoders={text: {name: hf-text, trainable_layers: 0, '
+                                              'arch: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, '
+                                              'intermediate_size: 64}}}'])
+    assert text_only.model.modalities == ("text",)
+    state = train(text_only, data, tmp_path / "text_run")
+    assert state.step == 3
+    id_only = load_run_config(TINY, base + ["model.encoders={}"])
+    assert train(id_only, data, tmp_path / "id_run").step == 3
+
+    text_manifest = json.loads((feats / "manifest.json").read_text())
+    text_manifest["encoder_fingerprints"].pop("text")
+    (feats / "manifest.json").write_text(json.dumps(text_manifest))
+    with pytest.raises(ValueError, match=r"holds no \['text'\] features"):
+        train(load_run_config(TINY, base), data, tmp_path / "run3")
