@@ -90,8 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     metric = cfg.train.selection_metric
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # one summary per run, not one per process
-    print(f"trained {state.step} steps; best valid {metric} = {state.best_metric} at step {state.best_step}; "
-          f"model in {args.out / 'model'}, metrics in {args.out / 'metrics.jsonl'}")
+    chosen = ("the final model kept (train.selection_metric=last)" if metric == "last"
+              else f"best valid {metric} = {state.best_metric} at step {state.best_step}")
+    print(f"trained {state.step} steps; {chosen}; model in {args.out / 'model'}, metrics in {args.out / 'metrics.jsonl'}")
     return 0
 
 

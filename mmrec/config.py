@@ -47,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-3  # fusion, heads, ID embeddings
     encoder_lr: float = 1e-4  # trainable encoder layers
     weight_decay: float = 0.01  # AdamW, on weight matrices only (not biases, norms, embeddings)
+    embedding_weight_decay: float = 0.0  # AdamW decay on the user / item ID embeddings (the MF regulariser)
     warmup_steps: int = 50  # linear warm-up, then cosine decay to 0 over the run
     grad_accum: int = 1  # optimizer step every N batches
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
@@ -54,7 +55,9 @@ class TrainConfig:
     eval_every: int = 0  # validate every N optimizer steps (0: at the end of each epoch)
     checkpoint_every: int = 0  # save Accelerate state every N optimizer steps (0: each epoch)
     keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    selection_metric: str = "ndcg@10"  # validation metric that picks the best model ("rmse": lower is better)
+    # validation metric that picks the best model ("rmse": lower is better); "last" keeps the model of the
+    # final epoch (no selection: for a split without a valid part, e.g. a 90/10 rating protocol)
+    selection_metric: str = "ndcg@10"
     early_stopping_patience: int = 3  # validations without improvement before stopping (0: never stop)
     log_every: int = 10  # write metrics.jsonl every N optimizer steps
     audit_data: bool = False  # record which items each rank trained on per epoch (RUN/audit/)
@@ -64,8 +67,9 @@ class TrainConfig:
             raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.epochs < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ValueError("train.epochs, train.grad_accum and train.log_every must be >= 1")
-        if self.selection_metric != "rmse" and not self.selection_metric.startswith(("ndcg@", "recall@", "hit@", "mrr@")):
-            raise ValueError(f"train.selection_metric must be rmse or ndcg@K / recall@K / hit@K / mrr@K, "
+        if self.selection_metric not in ("rmse", "last") and not self.selection_metric.startswith(
+                ("ndcg@", "recall@", "hit@", "mrr@")):
+            raise ValueError(f"train.selection_metric must be rmse, last or ndcg@K / recall@K / hit@K / mrr@K, "
                              f"got {self.selection_metric!r}")
 
 

@@ -77,22 +77,25 @@ def _mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _param_groups(model: RecModel, tasks: MultiTaskLoss, lr: float, encoder_lr: float, weight_decay: float) -> list[dict]:
-    """Encoders at their own rate; no weight decay on biases, norms and embeddings."""
-    groups = {(e, d): [] for e in (True, False) for d in (True, False)}
+def _param_groups(model: RecModel, tasks: MultiTaskLoss, lr: float, encoder_lr: float, weight_decay: float,
+                  embedding_weight_decay: float = 0.0) -> list[dict]:
+    """Encoders at their own rate; weight decay on weight matrices, its own on the user / item ID embeddings,
+    none on biases, norms and the encoders' token embeddings."""
+    groups: dict[tuple[bool, float], list] = {}
     encoder_params = {id(p) for p in model.encoders.parameters()}
     for module in (model, tasks):
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            decay = p.ndim >= 2 and "embed" not in name and "user_p" not in name and "item_id" not in name
-            groups[(id(p) in encoder_params, decay)].append(p)
-    out = []
-    for (is_encoder, decay), params in groups.items():
-        if params:
-            out.append({"params": params, "lr": encoder_lr if is_encoder else lr,
-                        "weight_decay": weight_decay if decay else 0.0})
-    return out
+            if name.startswith(("user_p", "item_id_q")):
+                decay = embedding_weight_decay
+            elif p.ndim >= 2 and "embed" not in name and "user_" not in name and "item_id" not in name:
+                decay = weight_decay
+            else:
+                decay = 0.0
+            groups.setdefault((id(p) in encoder_params, decay), []).append(p)
+    return [{"params": params, "lr": encoder_lr if is_encoder else lr, "weight_decay": decay}
+            for (is_encoder, decay), params in groups.items()]
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -104,6 +107,8 @@ def _checkpoints(run_dir: Path) -> list[Path]:
 
 
 def _better(metric: str, value: float, best: float | None) -> bool:
+    if metric == "last":
+        return True  # no selection: the newest model is kept
     if best is None or math.isnan(best):
         return not math.isnan(value)
     return value < best if metric == "rmse" else value > best
@@ -155,7 +160,8 @@ class Trainer:
         self.steps_per_epoch = self.loader.steps_per_epoch  # batches per rank, equal on every rank
         total_steps = max(1, t.epochs * self.steps_per_epoch // t.grad_accum)
 
-        optimizer = torch.optim.AdamW(_param_groups(self.model, self.tasks, t.lr, t.encoder_lr, t.weight_decay))
+        optimizer = torch.optim.AdamW(_param_groups(self.model, self.tasks, t.lr, t.encoder_lr, t.weight_decay,
+                                                         t.embedding_weight_decay))
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(t.warmup_steps, total_steps // 2), total_steps)
         self.step_module, self.optimizer = acc.prepare(TrainingStep(self.model, self.tasks), optimizer)
         # Not prepared: accelerate would step it once per process per call; the step counts here are
@@ -165,6 +171,11 @@ class Trainer:
         self.total_steps = total_steps
         self.state = TrainerState()
         # cold-items protocol: the valid cold items are ranked among the cold items (fixed for the run)
+        self.has_valid = self.manifest["interactions"]["valid"]["rows"] > 0
+        if not self.has_valid and t.selection_metric != "last":
+            raise ValueError(f"{self.data_dir} has an empty valid split, so nothing can select the best model by "
+                             f"{t.selection_metric}: set train.selection_metric=last (keeps the final epoch's "
+                             "model; early stopping is then off) or shard with a valid fraction")
         cold_split = self.manifest["split"]["protocol"] == "cold-items"
         self.valid_candidates = cold_items(self.data_dir, self.vocab) if cold_split else None
 
@@ -221,6 +232,8 @@ class Trainer:
 
     def validate(self) -> dict:
         """Embed every item (each rank its shards), then rating + ranking metrics on the main process."""
+        if not self.has_valid:
+            return {}  # nothing to measure ("last" keeps the model as it is)
         acc = self.accelerator
         d = self.cfg.data
         part = embed_items(self.model, self.item_source, self.preprocessors, self.vocab.attributes, decode=self.decode,
@@ -242,7 +255,7 @@ class Trainer:
     def _after_validation(self, metrics: dict) -> bool:
         """Record, keep the best model, decide early stopping. Returns True to stop."""
         t = self.cfg.train
-        value = metrics[f"valid/{t.selection_metric}"]
+        value = metrics.get(f"valid/{t.selection_metric}", math.nan)
         record = {"step": self.state.step, "epoch": self.state.epoch, **metrics}
         self.state.history.append(record)
         if _better(t.selection_metric, value, self.state.best_metric):
@@ -257,6 +270,8 @@ class Trainer:
         else:
             self.state.evals_without_improvement += 1
         self._log({**record, "best_step": self.state.best_step})
+        if t.selection_metric == "last":
+            return False  # nothing is compared, so nothing stops early
         return 0 < t.early_stopping_patience <= self.state.evals_without_improvement
 
     # ------------------------------------------------------------------------------------ the loop

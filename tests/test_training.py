@@ -28,10 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
-def make_dataset(root: Path, num_items=200, num_users=60, num_ratings=3000, items_per_shard=25, protocol="random"):
+def make_dataset(root: Path, num_items=200, num_users=60, num_ratings=3000, items_per_shard=25, protocol="random",
+                 ratios=(0.8, 0.1, 0.1)):
     info = write_synthetic_catalogue(root / "cat", SyntheticCatalogueConfig(
         seed=1, num_items=num_items, num_users=num_users, num_ratings=num_ratings))
-    shard_catalogue(info["items"], info["interactions"], root / "data", SplitConfig(protocol=protocol, seed=0),
+    shard_catalogue(info["items"], info["interactions"], root / "data",
+                    SplitConfig(protocol=protocol, seed=0, ratios=ratios),
                     ShardOptions(items_per_shard=items_per_shard, progress=False))
     return root / "data"
 
@@ -131,3 +133,19 @@ def test_refuses_to_write_into_a_used_run_folder(tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         train(load_run_config(TINY, ["train.epochs=1"]), data, run)
     assert (run / "notes.txt").read_text() == "someone else's run" and not (run / "config.yaml").exists()
+
+
+def test_a_split_without_valid_rows_needs_selection_last(tmp_path):
+    """A 90/10 rating protocol has no valid split: selecting by a metric is refused, "last" keeps the final
+    epoch's model (the same weights as the last checkpoint)."""
+    data = make_dataset(tmp_path, num_items=60, num_users=20, num_ratings=600, items_per_shard=20,
+                        protocol="ratio", ratios=(0.9, 0.0, 0.1))
+    with pytest.raises(ValueError, match="empty valid split.*selection_metric=last"):
+        train(load_run_config(TINY, ["train.epochs=1"]), data, tmp_path / "refused")
+    run = tmp_path / "run"
+    state = train(load_run_config(TINY, ["train.epochs=3", "train.selection_metric=last", "data.batch_size=20"]),
+                  data, run)
+    assert state.epoch == 3 and state.best_step == state.step == 9
+    kept, _, _ = load_model(run / "model")
+    final = load_file(str(run / "checkpoints" / f"step-{state.step:08d}" / "model.safetensors"))
+    assert torch.equal(kept.user_p.weight, final["model.user_p.weight"])
