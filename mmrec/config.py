@@ -47,7 +47,7 @@ class TrainConfig:
     lr: float = 1e-3  # fusion, heads, ID embeddings
     encoder_lr: float = 1e-4  # trainable encoder layers
     weight_decay: float = 0.01  # AdamW, on weight matrices only (not biases, norms, embeddings)
-    embedding_weight_decay: float = 0.0  # AdamW decay on the user / item ID embeddings (the MF regulariser)
+    embedding_weight_decay: float = 0.0  # AdamW decay on the user / item ID embeddings and biases (MF regulariser)
     warmup_steps: int = 50  # linear warm-up, then cosine decay to 0 over the run
     grad_accum: int = 1  # optimizer step every N batches
     max_grad_norm: float = 1.0  # gradient clipping (0: off)

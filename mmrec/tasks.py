@@ -31,6 +31,9 @@ class TaskConfig:
     """Which tasks train, and their weights in the total loss."""
 
     rating_weight: float = 1.0  # rating MSE
+    # L2 of the classic MF objective, per rating pair: lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2). Unlike
+    # weight decay it shrinks an item rated once far more than one rated a hundred times (ridge).
+    rating_l2: float = 0.0
     feature_weight: float = 1.0  # generation of a masked modality's pooled feature
     feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
     attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
@@ -40,7 +43,7 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.feature_loss not in ("cosine", "mse"):
             raise ValueError(f"feature_loss must be 'cosine' or 'mse', got {self.feature_loss!r}")
-        for name in ("rating_weight", "feature_weight", "attribute_weight", "retrieval_weight"):
+        for name in ("rating_weight", "rating_l2", "feature_weight", "attribute_weight", "retrieval_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.retrieval_temperature <= 0:
@@ -55,13 +58,21 @@ def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.
 
 
 class RatingTask(nn.Module):
-    """MSE of r_hat on the batch's (item, user, rating) pairs."""
+    """MSE of r_hat on the batch's (item, user, rating) pairs, plus the optional per-pair L2 (`rating_l2`)."""
+
+    def __init__(self, l2: float = 0.0):
+        super().__init__()
+        self.l2 = l2
 
     def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput) -> torch.Tensor | None:
         if batch.pair_item.numel() == 0:
             return None
         q, b = items.q[batch.pair_item], items.bias[batch.pair_item]  # (P, E), (P,)
         err = (model.predict_rating(batch.pair_user, q, b) - batch.pair_rating) ** 2  # (P,)
+        if self.l2 > 0:
+            u = model.user_index(batch.pair_user)
+            norms = model.user_p(u).square().sum(-1) + model.user_b(u).squeeze(-1).square() + q.square().sum(-1) + b.square()
+            err = err + self.l2 * norms  # (P,)
         return _weighted_mean(err, batch.pair_weight)
 
 
@@ -144,7 +155,7 @@ class MultiTaskLoss(nn.Module):
     def __init__(self, config: TaskConfig, model: RecModel, num_attributes: int):
         super().__init__()
         self.config = config
-        self.rating = RatingTask()
+        self.rating = RatingTask(config.rating_l2)
         self.feature = None
         if model.fusion is not None and (config.feature_weight or config.attribute_weight):
             # feature generation needs a second modality to generate from; attributes do not

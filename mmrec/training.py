@@ -87,8 +87,8 @@ def _param_groups(model: RecModel, tasks: MultiTaskLoss, lr: float, encoder_lr: 
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            if name.startswith(("user_p", "item_id_q")):
-                decay = embedding_weight_decay
+            if name.startswith(("user_p", "user_b", "item_id_q", "item_id_b")):
+                decay = embedding_weight_decay  # an item rated once would otherwise fit its bias to that rating
             elif p.ndim >= 2 and "embed" not in name and "user_" not in name and "item_id" not in name:
                 decay = weight_decay
             else:

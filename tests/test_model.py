@@ -176,6 +176,31 @@ def test_id_only_model_is_matrix_factorisation(dataset):
         ModelConfig(encoders={}, item_id_embeddings=False)
 
 
+def test_rating_l2_is_the_classic_per_rating_ridge_term(dataset):
+    """rating_l2 adds lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2) to each pair's squared error, weighted like it."""
+    from mmrec.tasks import RatingTask
+
+    data, manifest = dataset
+    model, _ = create_model(ModelConfig(encoders={}, item_id_embeddings=True, embedding_dim=8),
+                            ModelSizes(num_users=8, num_items=12, global_mean=3.0))
+    with torch.no_grad():
+        for t in (model.user_p.weight, model.user_b.weight, model.item_id_q.weight, model.item_id_b.weight):
+            t.normal_(0, 0.5)
+    batch = one_batch(data, {}, manifest["attributes"], build(data, manifest)[4])
+    batch.pair_weight = torch.rand(batch.pair_item.shape[0]) + 0.5
+    items, _ = model.items(batch)
+    lam = 0.3
+    got = RatingTask(l2=lam).loss(model, batch, items)
+    u, i = batch.pair_user, batch.item_index[batch.pair_item]
+    p, bu = model.user_p.weight[u], model.user_b.weight[u, 0]
+    q, bi = model.item_id_q.weight[i], model.item_id_b.weight[i, 0]
+    err = (3.0 + bu + bi + (p * q).sum(-1) - batch.pair_rating) ** 2
+    per_pair = err + lam * (p.square().sum(-1) + q.square().sum(-1) + bu**2 + bi**2)
+    expected = (per_pair * batch.pair_weight).sum() / batch.pair_weight.sum()
+    assert torch.allclose(got, expected, rtol=1e-5)
+    assert got > RatingTask().loss(model, batch, items)
+
+
 def test_pairs_are_sampled_per_item_reproducibly(dataset):
     data, manifest = dataset
     _, _, pre, _, index = build(data, manifest)
