@@ -9,6 +9,9 @@ suite checks it): mono -> resample to 16 kHz -> `torchaudio.compliance.kaldi.fba
 window and the extractor's mel bins (all else Kaldi defaults: 25 ms frames, 10 ms shift, no dither,
 no energy; the waveform stays in [-1, 1], as the extractor leaves it) -> zero-pad/trim to the
 model's `max_length` frames -> `(fbank - mean) / (2 * std)` with AudioSet statistics.
+With `features_on_device: true` the workers only resample and trim, and the encoder computes the same
+fbank for the whole batch on its own device (`encoders.fbank.KaldiFbank`): the CPU-side fbank is the
+first bottleneck of an AST on a fast GPU.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
 from encoders import _hf
 from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
+from encoders.fbank import KaldiFbank
 from encoders.registry import register_encoder
 
 FAMILY = "hf-ast"
@@ -40,8 +44,9 @@ class AudioPreprocessor(Preprocessor):
 
     modality = "audio"
 
-    def __init__(self, feature_extractor: ASTFeatureExtractor):
+    def __init__(self, feature_extractor: ASTFeatureExtractor, on_device: bool = False):
         self.fe = feature_extractor
+        self.on_device = on_device  # hand the resampled waveform to the encoder, which computes the fbank
 
     def __call__(self, raw: tuple[torch.Tensor | np.ndarray, int]) -> dict[str, torch.Tensor]:
         try:
@@ -65,6 +70,8 @@ class AudioPreprocessor(Preprocessor):
         if len(wave) < window:
             # Kaldi (and so the extractor) rejects clips shorter than one 25 ms frame; pad with silence.
             wave = nn.functional.pad(wave, (0, window - len(wave)))
+        if self.on_device:
+            return {"waveform": wave, "num_samples": torch.tensor(len(wave))}
         fbank = torchaudio.compliance.kaldi.fbank(
             wave.unsqueeze(0),  # (1, samples)
             sample_frequency=sr,
@@ -80,16 +87,27 @@ class AudioPreprocessor(Preprocessor):
             fbank = (fbank - self.fe.mean) / (2 * self.fe.std)
         return {"input_values": fbank}
 
+    def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        if not self.on_device:
+            return super().collate(examples)
+        waves = nn.utils.rnn.pad_sequence([e["waveform"] for e in examples], batch_first=True)  # (B, S) zero-padded
+        return {"waveform": waves, "num_samples": torch.stack([e["num_samples"] for e in examples])}
+
 
 class ASTEncoder(ModalityEncoder):
     """Tokens = last hidden states ([CLS], [DIST], patches), pooled = mean of [CLS] and [DIST]."""
 
     modality = "audio"
 
-    def __init__(self, config: EncoderConfig, model: ASTModel):
+    def __init__(self, config: EncoderConfig, model: ASTModel, feature_extractor: ASTFeatureExtractor | None = None):
         super().__init__(config)
         self.model = model
         self._blocks_path = _hf.blocks_path(model, _BLOCK_PATHS, FAMILY)
+        self.fbank = None
+        if config.features_on_device:
+            fe = feature_extractor
+            self.fbank = KaldiFbank(fe.num_mel_bins, fe.max_length, fe.sampling_rate)
+            self.normalize = (fe.mean, 2 * fe.std) if fe.do_normalize else None
 
     @property
     def output_dim(self) -> int:
@@ -104,7 +122,15 @@ class ASTEncoder(ModalityEncoder):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         _hf.enable_grad_checkpointing(self.model, enable)
 
-    def forward(self, input_values: torch.Tensor) -> EncoderOutput:
+    def forward(self, input_values: torch.Tensor | None = None, waveform: torch.Tensor | None = None,
+                num_samples: torch.Tensor | None = None) -> EncoderOutput:
+        if waveform is not None:  # features_on_device: (B, S) 16 kHz waveforms, (B,) lengths
+            if self.fbank is None:
+                raise ValueError(f"{FAMILY}: got waveforms, but features_on_device is off")
+            with torch.autocast(waveform.device.type, enabled=False):  # the fbank in float32, as on the CPU
+                input_values = self.fbank(waveform, num_samples)  # (B, max_length, mel)
+                if self.normalize is not None:
+                    input_values = (input_values - self.normalize[0]) / self.normalize[1]
         out = self.model(input_values=input_values)  # input_values: (B, max_length, mel)
         tokens = out.last_hidden_state  # (B, T, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, T) fixed-size input
@@ -135,4 +161,4 @@ def create_hf_ast(cfg: EncoderConfig) -> tuple[ASTEncoder, AudioPreprocessor]:
     if cfg.max_tokens is not None and cfg.max_tokens != config.max_length:
         raise ValueError(f"{FAMILY}: the model's position embeddings fix the input at {config.max_length} fbank "
                          f"frames; leave max_tokens unset (got {cfg.max_tokens})")
-    return ASTEncoder(cfg, model), AudioPreprocessor(fe)
+    return ASTEncoder(cfg, model, fe), AudioPreprocessor(fe, on_device=cfg.features_on_device)

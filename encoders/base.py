@@ -32,6 +32,9 @@ class EncoderConfig:
     trainable_layers: int = 0  # 0 = frozen, N = top N transformer blocks (+ final norm), -1 = everything
     gradient_checkpointing: bool = False  # trade compute for memory in the trainable blocks
     max_tokens: int | None = None  # text: max sequence length; audio: max fbank frames (family default if None)
+    # hf-ast: compute the fbank inside the encoder (on the GPU, batched) instead of per clip in the
+    # DataLoader workers; the features are the same (encoders/fbank.py)
+    features_on_device: bool = False
     arch: dict[str, Any] = field(default_factory=dict)  # architecture, e.g. {"hidden_size": 32}; see above
 
     def __post_init__(self) -> None:

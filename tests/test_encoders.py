@@ -276,6 +276,44 @@ def test_fbank_matches_ast_feature_extractor(rate):
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)
 
 
+def test_batched_device_fbank_matches_torchaudio_kaldi_fbank():
+    """encoders.fbank.KaldiFbank on a padded batch == kaldi.fbank clip by clip (AST settings), to 1e-3 in float32;
+    clips shorter than max_length are zero past their last frame, longer ones are cut, as on the CPU path."""
+    import torchaudio
+
+    from encoders.fbank import KaldiFbank
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [400, 401, 2000, 16000, 16000 * 3 + 77]  # one frame exactly, one sample more, short, 1 s, longer
+    waves = [0.2 * torch.randn(n, generator=g) for n in lengths]
+    batch = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    fbank = KaldiFbank(num_mel_bins=64, max_length=200)
+    out = fbank(batch, torch.tensor(lengths))
+    assert out.shape == (5, 200, 64)
+    for b, wave in enumerate(waves):
+        ref = torchaudio.compliance.kaldi.fbank(wave[None], sample_frequency=16000, window_type="hanning",
+                                                num_mel_bins=64, dither=0.0, use_energy=False)[:200]
+        n = ref.shape[0]
+        assert n == min(200, 1 + (lengths[b] - 400) // 160)
+        torch.testing.assert_close(out[b, :n], ref, rtol=0, atol=1e-3)
+        assert (out[b, n:] == 0).all()
+
+
+def test_ast_features_on_device_give_the_workers_outputs():
+    """features_on_device moves the fbank into the encoder; the encoder's outputs do not change."""
+    cpu_side, prep = _build("hf-ast", trainable_layers=0)
+    on_device, prep_dev = _build("hf-ast", trainable_layers=0, features_on_device=True)
+    on_device.load_state_dict(cpu_side.state_dict())
+    items = _raw_items("hf-ast")
+    batch, batch_dev = _batch(prep, "hf-ast"), prep_dev.collate([prep_dev(x) for x in items])
+    assert set(batch_dev) == {"waveform", "num_samples"} and batch_dev["waveform"].dim() == 2
+    with torch.no_grad():
+        a, b = cpu_side(**batch), on_device(**batch_dev)
+    torch.testing.assert_close(b.pooled, a.pooled, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="hf-ast only"):
+        _build("timm-vit", features_on_device=True)
+
+
 def test_audio_accepts_numpy_and_mono_vectors():
     _, prep = _build("hf-ast")
     wave = 0.1 * np.random.default_rng(0).standard_normal(4000).astype(np.float32)
