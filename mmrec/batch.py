@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -47,10 +47,11 @@ class ItemBatch:
     def size(self) -> int:
         return int(self.item_index.shape[0])
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ItemBatch":
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ItemBatch":
+        """A new batch with `fn` applied to every tensor (encoder inputs and cached features included)."""
         def move(x: Any) -> Any:
             if isinstance(x, torch.Tensor):
-                return x.to(device, non_blocking=non_blocking)
+                return fn(x)
             if isinstance(x, dict):
                 return {k: move(v) for k, v in x.items()}
             if isinstance(x, EncoderOutput):
@@ -58,6 +59,14 @@ class ItemBatch:
             return x
 
         return ItemBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ItemBatch":
+        return self.apply(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "ItemBatch":
+        """Page-locked copy (the DataLoader calls this with pin_memory=True), so `.to(cuda, non_blocking=True)`
+        overlaps the copy with compute."""
+        return self.apply(lambda t: t.pin_memory())
 
 
 class InteractionIndex:

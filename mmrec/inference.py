@@ -100,13 +100,14 @@ def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attr
     returns the fused text-only states (n, D) that `mmrec search` matches queries against (the full
     state for items without text).
     """
-    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
+    device = torch.device(device)
+    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers,
+                                                        pin_memory=device.type == "cuda"),
                          transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
                          rank=rank, world_size=world_size, decode=decode, shards=shards)
     was_training = model.training
     model.eval()
     indices, vectors, states = [], [], []
-    device = torch.device(device)
     for batch in loader:
         batch = batch.to(device, non_blocking=True)
         for m in drop:  # ablation: the model sees the item as if it lacked m

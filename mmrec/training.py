@@ -154,7 +154,8 @@ class Trainer:
         self.loader = item_loader(
             self.item_source, "train",
             ReaderConfig(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                         shuffle_buffer=cfg.data.shuffle_buffer, seed=t.seed, steps_per_epoch=cfg.data.steps_per_epoch),
+                         shuffle_buffer=cfg.data.shuffle_buffer, seed=t.seed, steps_per_epoch=cfg.data.steps_per_epoch,
+                         pin_memory=acc.device.type == "cuda"),
             transform=self.builder, collate=BatchCollator(self.preprocessors),
             rank=acc.process_index, world_size=acc.num_processes, decode=self.decode)
         self.steps_per_epoch = self.loader.steps_per_epoch  # batches per rank, equal on every rank

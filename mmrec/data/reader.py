@@ -203,6 +203,7 @@ class ReaderConfig:
     shuffle_buffer: int = 500  # training: items shuffled across shards in a buffer of this size
     seed: int = 0  # training: shard order and shuffle buffer
     steps_per_epoch: int | None = None  # training: batches per rank per epoch (None: items / (ranks x batch))
+    pin_memory: bool = False  # page-locked batches for asynchronous host -> GPU copies (CUDA only)
 
 
 def steps_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
@@ -282,7 +283,8 @@ def item_loader(
     # A private generator: DataLoader draws its worker base seed at every new iterator, which would
     # otherwise shift the global RNG (model dropout, masking) differently in a resumed run.
     loader = ItemLoader(pipeline, source, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+                        generator=torch.Generator().manual_seed(cfg.seed),
+                        pin_memory=cfg.pin_memory and torch.cuda.is_available())
     if mode == "train":
         loader.steps_per_epoch = cfg.steps_per_epoch or steps_per_epoch(manifest["num_items"], cfg.batch_size, world_size)
         loader = loader.with_epoch(loader.steps_per_epoch).with_length(loader.steps_per_epoch, silent=True)
