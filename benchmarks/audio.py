@@ -1,6 +1,6 @@
 """Audio as a first-class modality: cold-start spoken-digit clips, SEMI-SYNTHETIC (real clips, made-up users).
 
-    .venv/bin/python benchmarks/audio.py        # reads ../shared/data/fsdd; about 10 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/audio.py        # reads ../shared/data/fsdd; about 9 minutes on 2 CPU cores
 
 Items are the 1,800 real Free Spoken Digit Dataset clips; the users and their ratings are SYNTHETIC
 (`datasets/fsdd.py`): each user likes 1-3 digits and rates clips of those digits 4-5, others 1-3,
@@ -13,8 +13,8 @@ NOT held out (no rating is read), and is saved as a local Hugging Face folder, t
 a user with real AST weights takes. The recommender then trains on ratings + in-batch retrieval only.
 
 Reported on the cold test clips, NDCG@10/20 and Recall@10/20 of:
-- the audio model with the AST (a) from random weights, trained end to end on the ratings alone,
-  (b) from stage 1, frozen, (c) from stage 1, fine-tuned end to end;
+- the audio model with the AST (a) from random weights, trained by the recommender on the ratings
+  alone, (b) pretrained in stage 1 and frozen, (c) pretrained in stage 1 and fine-tuned;
 - each of them with the audio dropped at inference: every cold clip then gets the same content-free
   vector and popularity is all that is left; the gap to it is what the audio path carries;
 - popularity, a random ranking (the mean over 20 random scorers), and the oracle: the generator's
@@ -66,16 +66,17 @@ OVERRIDES = ["model.embedding_dim=32", "model.item_id_dropout=0.5", "tasks.attri
              "train.selection_metric=ndcg@10", "data.batch_size=64"]
 # Stage 1 ("pretraining", standing in for the pretrained AST a user would bring): the same AST
 # learns clip -> spoken digit (cross-entropy, a linear head on its pooled output) on the clips that
-# are NOT held out; no rating is read. 20 epochs: about 90% accuracy on clips it did not train on.
+# are NOT held out; no rating is read. After its 20 epochs a linear probe of the pooled output named
+# the digit of 92% of the held-out clips (measured once, while developing this script).
 STAGE1_EPOCHS, STAGE1_LR, STAGE1_BATCH = 20, 3e-3, 64
 
 
 def variants(pretrained: Path) -> dict[str, list[str]]:
     stage1 = f"model.encoders={{audio: {{name: hf-ast, pretrained: {pretrained}, trainable_layers: %d}}}}"
     return {
-        "AST from random weights, trained end to end": [SCRATCH_AST, "train.encoder_lr=3e-3"],
-        "AST from stage 1, frozen": [stage1 % 0],
-        "AST from stage 1, fine-tuned end to end": [stage1 % -1, "train.encoder_lr=1e-4"],
+        "AST from random weights, trained by the recommender": [SCRATCH_AST, "train.encoder_lr=3e-3"],
+        "AST pretrained on the warm clips (stage 1), frozen": [stage1 % 0],
+        "AST pretrained on the warm clips (stage 1), fine-tuned": [stage1 % -1, "train.encoder_lr=1e-4"],
     }
 
 
@@ -83,7 +84,7 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def pretrain_ast(work: Path, clips: Path, data: Path) -> tuple[Path, dict]:
+def pretrain_ast(work: Path, data: Path) -> tuple[Path, dict]:
     """Stage 1: the AST learns to name the spoken digit of every clip the split does not hold out.
 
     A plain supervised loop, as whoever pretrained the user's AST would have run it. It goes
@@ -92,11 +93,12 @@ def pretrain_ast(work: Path, clips: Path, data: Path) -> tuple[Path, dict]:
     real AST weights takes. Returns the folder and the loop's numbers.
     """
     held_out = set(sum(load_manifest(data)["split"]["cold_items"].values(), []))
+    with (work / "catalogue" / "items.jsonl").open(encoding="utf-8") as f:  # what datasets/fsdd.py wrote
+        clips = [item for item in map(json.loads, f) if item["item_id"] not in held_out]
     torch.manual_seed(0)
     encoder, pre = create_hf_ast(EncoderConfig(name="hf-ast", trainable_layers=-1, arch=yaml.safe_load(AST_ARCH)))
-    paths = sorted(p for p in clips.iterdir() if p.suffix == ".flac" and p.stem not in held_out)
-    inputs = torch.stack([pre(sf.read(p, dtype="float32"))["input_values"] for p in paths])  # (n, frames, mel)
-    digits = torch.tensor([int(p.stem.split("_")[0]) for p in paths])  # FSDD names clips {digit}_{speaker}_{take}
+    inputs = torch.stack([pre(sf.read(c["audio"], dtype="float32"))["input_values"] for c in clips])  # (n, frames, mel)
+    digits = torch.tensor([c["digit"] for c in clips])
     head = torch.nn.Linear(encoder.output_dim, 10)
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=STAGE1_LR)
@@ -104,7 +106,7 @@ def pretrain_ast(work: Path, clips: Path, data: Path) -> tuple[Path, dict]:
     encoder.train()
     for _ in range(STAGE1_EPOCHS):
         correct = 0
-        for rows in torch.randperm(len(paths), generator=order).split(STAGE1_BATCH):
+        for rows in torch.randperm(len(clips), generator=order).split(STAGE1_BATCH):
             logits = head(encoder(input_values=inputs[rows]).pooled)  # (b, 10)
             loss = torch.nn.functional.cross_entropy(logits, digits[rows])
             optimizer.zero_grad()
@@ -114,8 +116,8 @@ def pretrain_ast(work: Path, clips: Path, data: Path) -> tuple[Path, dict]:
     out = work / "ast-stage1"
     encoder.model.save_pretrained(out)
     pre.fe.save_pretrained(out)
-    return out, {"clips": len(paths), "held_out_clips_excluded": len(held_out), "epochs": STAGE1_EPOCHS,
-                 "last_epoch_train_accuracy": correct / len(paths), "last_loss": float(loss.detach())}
+    return out, {"clips": len(clips), "held_out_clips_excluded": len(held_out), "epochs": STAGE1_EPOCHS,
+                 "last_epoch_train_accuracy": correct / len(clips), "last_loss": float(loss.detach())}
 
 
 def oracle_vectors(work: Path, vocab: RunVocabulary, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
     log("stage 1: the AST learns to name the digit of the clips that are not held out")
     t0 = time.perf_counter()
-    ast_folder, stage1 = pretrain_ast(args.work, args.clips, data)
+    ast_folder, stage1 = pretrain_ast(args.work, data)
     stage1_seconds = time.perf_counter() - t0
     runs = variants(ast_folder)
     for i, (name, extra) in enumerate(runs.items()):
