@@ -1,22 +1,31 @@
 """Embedding throughput: the encoders alone vs the whole `mmrec embed` path, measured in one run. Writes JSON.
 
-    python benchmarks/embed_throughput.py                      # CPU: configs/tiny.yaml
-    python benchmarks/embed_throughput.py --config configs/base.yaml --items 4096 --workers 12   # a GPU
+    python benchmarks/embed_throughput.py                      # CPU: configs/tiny.yaml, small media
+    python benchmarks/embed_throughput.py --workers 14 --profile                  # a GPU: base.yaml, full-size media
+    python benchmarks/embed_throughput.py --config configs/base.yaml --media full --input-only   # CPU cost of the input
 
-Three figures on the same shards, model and batch size, so their ratios explain where the time goes:
+Figures on the same shards, model and batch size, so their ratios explain where the time goes:
 
 - `encoders_items_per_s`: every encoder's forward on preprocessed batches already on the device (bf16
   autocast on a GPU that has it), the reference the issue sets the goal against;
 - `loader_items_per_s`: reading shards, decoding media and preprocessing (tokenise, resize, fbank)
   in the DataLoader workers, with no model at all: the input pipeline's ceiling;
 - `end_to_end_items_per_s`: `mmrec.inference.embed_items`, the core of `mmrec embed` (loader + copy
-  to the device + encoders + fusion + export vectors).
+  to the device + encoders + fusion + export vectors); `..._excluding_fill` leaves out the time the
+  loader takes to deliver its first batch (workers start and each fills a batch), which a short
+  benchmark pays in full but a catalogue of millions does not;
+- `input_profile`: milliseconds of one CPU core per item for each input stage (tar read + media
+  decode, each modality's preprocessing, collation), and so the cores the input needs to keep up
+  with the encoders: `cores_needed_at_encoder_speed`.
 
-`ratio_to_encoders` = end to end / encoders (goal on a GPU: >= 0.9). When the loader's ceiling is
-below the encoders' speed, the input pipeline is the bottleneck and more workers (or GPU-side
-preprocessing) is the fix; otherwise the gap is in the model path. Both are measured twice: with the
-audio fbank computed per clip in the workers, and batched inside the encoder
-(`model.encoders.audio.features_on_device=true`, on the GPU when there is one).
+`ratio_to_encoders` = end to end / encoders (goal on a GPU: >= 0.9). Both are measured twice: with
+the audio fbank computed per clip in the workers, and batched inside the encoder
+(`model.encoders.audio.features_on_device=true`, on the GPU when there is one). `--profile` adds a
+`torch.profiler` pass over the end-to-end path: its operator table goes next to the JSON, and on a
+GPU the JSON gets the fraction of wall time the GPU spent in kernels.
+
+`--media full` (the default on a GPU) benchmarks on 320 px JPEG posters and 10.24 s FLAC clips, the
+sizes a real catalogue has; `small` uses the demo's 64 px images and 0.5 s clips.
 """
 
 from __future__ import annotations
@@ -27,13 +36,15 @@ import os
 import platform
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import torch
+import webdataset as wds
 
 from mmrec.batch import BatchCollator, ExampleBuilder
 from mmrec.config import load_run_config
-from mmrec.data.reader import ReaderConfig, item_loader
+from mmrec.data.reader import ReaderConfig, decode_image, decode_sample, decode_waveform, item_loader, shard_urls
 from mmrec.data.sharding import ShardOptions, shard_catalogue
 from mmrec.data.splits import SplitConfig
 from mmrec.factory import ModelSizes, create_model
@@ -41,6 +52,9 @@ from mmrec.inference import RunVocabulary, embed_items
 from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
+# audio features per clip in the workers (Kaldi fbank on the CPU) or batched in the encoder (on the GPU)
+VARIANTS = {"fbank in workers": ["model.encoders.audio.features_on_device=false"],
+            "fbank on device": ["model.encoders.audio.features_on_device=true"]}
 
 
 def _sync(device: torch.device) -> None:
@@ -48,14 +62,57 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loader_rate(data: Path, pre: dict, batch_size: int, workers: int) -> float:
-    """items/s of shard reading + decoding + preprocessing alone (no model)."""
+def loader_rate(data: Path, pre: dict, batch_size: int, workers: int) -> tuple[float, float]:
+    """(items/s of shard reading + decoding + preprocessing alone (no model), seconds to the first batch)."""
     loader = item_loader(data, "eval", ReaderConfig(batch_size=batch_size, num_workers=workers),
                          transform=ExampleBuilder(pre, []), collate=BatchCollator(pre), rank=0, world_size=1)
-    start, n = time.perf_counter(), 0
+    start, n, first = time.perf_counter(), 0, None
     for batch in loader:
+        first = first or time.perf_counter() - start
         n += batch.size
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), first or 0.0
+
+
+def input_profile(data: Path, pre: dict, batch_size: int, items: int) -> dict:
+    """Milliseconds of one CPU core per item, by input stage, over the first `items` items.
+
+    Per catalogue item: a modality's cost is averaged over all items, those without it included,
+    since that is what the workers pay. Runs in this process with one torch thread, as a worker does.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seconds: dict[str, float] = defaultdict(float)
+    builder, collate = ExampleBuilder(pre, []), BatchCollator(pre)
+    samples = iter(wds.DataPipeline(wds.SimpleShardList(shard_urls(data)), wds.tarfile_to_samples()))
+    examples, n = [], 0
+    try:
+        for _ in range(items):
+            start = time.perf_counter()
+            sample = next(samples, None)
+            if sample is None:
+                break
+            seconds["read tar"] += time.perf_counter() - start
+            for stage, decode in (("decode image (PIL)", decode_image), ("decode audio (soundfile)", decode_waveform)):
+                start = time.perf_counter()
+                decode(sample)
+                seconds[stage] += time.perf_counter() - start
+            item = decode_sample(sample)  # again, untimed: the stages above are its parts
+            for modality, preprocess in pre.items():
+                raw = ExampleBuilder.raw_input(item, modality)
+                if raw is not None:
+                    start = time.perf_counter()
+                    preprocess(raw)
+                    seconds[f"preprocess {modality}"] += time.perf_counter() - start
+            examples.append(builder(item))
+            n += 1
+        start = time.perf_counter()
+        for i in range(0, n, batch_size):
+            collate(examples[i:i + batch_size])
+        seconds["collate"] = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    ms = {stage: round(1000 * s / max(n, 1), 3) for stage, s in seconds.items()}
+    return {"items": n, "ms_per_item": ms, "total_ms_per_item": round(sum(ms.values()), 3)}
 
 
 def encoder_rate(model, data: Path, pre: dict, batch_size: int, device: torch.device, autocast: bool,
@@ -80,69 +137,122 @@ def encoder_rate(model, data: Path, pre: dict, batch_size: int, device: torch.de
     return n / elapsed
 
 
-def end_to_end_rate(model, data: Path, pre: dict, attributes: list[str], batch_size: int, workers: int,
-                    device: torch.device, autocast: bool) -> tuple[float, int]:
+def end_to_end_seconds(model, data: Path, pre: dict, attributes: list[str], batch_size: int, workers: int,
+                       device: torch.device, autocast: bool) -> tuple[float, int]:
     _sync(device)
     start = time.perf_counter()
     idx, _ = embed_items(model, data, pre, attributes, batch_size=batch_size, num_workers=workers, device=device,
                          autocast=autocast)
     _sync(device)
-    return len(idx) / (time.perf_counter() - start), len(idx)
+    return time.perf_counter() - start, len(idx)
 
 
-def measure(config: Path, overrides: list[str], data: Path, args, device: torch.device, autocast: bool) -> dict:
+def profile_end_to_end(model, data: Path, pre: dict, attributes: list[str], args, device: torch.device,
+                       autocast: bool, table_path: Path) -> dict:
+    """One `embed_items` pass under torch.profiler: the operator table to a file, a summary to return."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        wall, _ = end_to_end_seconds(model, data, pre, attributes, args.batch_size, args.workers, device, autocast)
+    ops = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    table_path.write_text(ops.table(sort_by=key, row_limit=40) + "\n")
+    top = sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:15]
+    summary = {"table": str(table_path.relative_to(REPO)) if table_path.is_relative_to(REPO) else str(table_path),
+               "wall_s_under_profiler": round(wall, 3),
+               "top_ops": [{"name": e.key, "calls": e.count, f"{key}_ms": round(getattr(e, key) / 1000, 2)} for e in top]}
+    if cuda:
+        # each kernel's time is the self device time of the op that launched it: the sum counts each once
+        kernel_s = sum(e.self_device_time_total for e in ops) / 1e6
+        summary["gpu_kernel_time_fraction_of_wall"] = round(kernel_s / wall, 3)
+    return summary
+
+
+def measure(config: Path, overrides: list[str], data: Path, args, device: torch.device, autocast: bool) -> tuple:
     cfg = load_run_config(config, overrides)
     vocab = RunVocabulary.from_data(data)
     torch.manual_seed(0)
     model, pre = create_model(cfg.model, ModelSizes(len(vocab.user_ids), len(vocab.item_ids), vocab.attributes,
                                                     vocab.global_mean))
     model.to(device).eval()
-    loader = loader_rate(data, pre, args.batch_size, args.workers)
-    encoders = encoder_rate(model, data, pre, args.batch_size, device, autocast,
-                            batches=max(2, min(10, args.items // args.batch_size - 1)))
-    e2e, n = end_to_end_rate(model, data, pre, vocab.attributes, args.batch_size, args.workers, device, autocast)
-    return {"overrides": overrides, "items": n, "encoders_items_per_s": round(encoders, 1),
-            "loader_items_per_s": round(loader, 1), "end_to_end_items_per_s": round(e2e, 1)}
+    loader, first_batch = loader_rate(data, pre, args.batch_size, args.workers)
+    run = {"overrides": overrides, "loader_items_per_s": round(loader, 1), "loader_first_batch_s": round(first_batch, 3),
+           "input_profile": input_profile(data, pre, args.batch_size, args.profile_items)}
+    if not args.input_only:
+        batches = max(2, min(10, len(vocab.item_ids) // args.batch_size - 1))
+        run["encoders_items_per_s"] = round(encoder_rate(model, data, pre, args.batch_size, device, autocast, batches), 1)
+        seconds, n = end_to_end_seconds(model, data, pre, vocab.attributes, args.batch_size, args.workers, device,
+                                        autocast)
+        run.update(items=n, end_to_end_items_per_s=round(n / seconds, 1),
+                   end_to_end_excluding_fill_items_per_s=round(n / max(seconds - first_batch, 1e-9), 1))
+    return run, model, pre, vocab
+
+
+def make_shards(work: Path, args) -> Path:
+    make = SyntheticCatalogueConfig.full_size_media if args.media == "full" else SyntheticCatalogueConfig
+    info = write_synthetic_catalogue(work / "cat", make(num_items=args.items, num_users=100,
+                                                        num_ratings=args.items * 4))
+    shard_catalogue(info["items"], info["interactions"], work / "data", SplitConfig(protocol="random"),
+                    ShardOptions(items_per_shard=max(1, args.items // 32), progress=False))
+    return work / "data"
 
 
 def main(argv: list[str] | None = None) -> dict:
+    gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=None, help="default: base.yaml on a GPU, tiny.yaml on CPU")
-    p.add_argument("--items", type=int, default=1024, help="synthetic tri-modal items to embed")
+    p.add_argument("--data", type=Path, default=None,
+                   help="shards to embed (`mmrec shard` output); default: write a synthetic catalogue")
+    p.add_argument("--items", type=int, default=4096 if gpu else 1024, help="synthetic tri-modal items to write")
+    p.add_argument("--media", choices=("small", "full"), default="full" if gpu else "small",
+                   help="synthetic media sizes: demo (64 px, 0.5 s) or a real catalogue's (320 px JPEG, 10.24 s)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--input-only", action="store_true",
+                   help="only the input pipeline (loader + per-stage profile), no encoders: e.g. base.yaml's "
+                        "preprocessing cost on a machine without a GPU")
+    p.add_argument("--profile", action="store_true", help="add a torch.profiler pass over the end-to-end path")
+    p.add_argument("--profile-items", type=int, default=128, help="items in the per-stage input profile")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    gpu = torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     config = (args.config or REPO / "configs" / ("base.yaml" if gpu else "tiny.yaml")).resolve()
     autocast = gpu and torch.cuda.is_bf16_supported()
     device_name = torch.cuda.get_device_name(0) if gpu else "cpu"
-    # audio features in the workers (Kaldi fbank per clip on the CPU) and on the device (batched fbank)
-    variants = {"fbank in workers": [], "fbank on device": ["model.encoders.audio.features_on_device=true"]}
-    runs = {}
+    tag = f"{'input_' if args.input_only else ''}{config.stem}_{device_name.replace(' ', '_')}"
+    out = args.out or REPO / "benchmarks" / "results" / f"embed_throughput_{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs, profile = {}, None
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        info = write_synthetic_catalogue(work / "cat", SyntheticCatalogueConfig(
-            num_items=args.items, num_users=100, num_ratings=args.items * 4))
-        shard_catalogue(info["items"], info["interactions"], work / "data", SplitConfig(protocol="random"),
-                        ShardOptions(items_per_shard=max(1, args.items // 16), progress=False))
-        for name, overrides in variants.items():
-            runs[name] = measure(config, overrides, work / "data", args, device, autocast)
-    reference = runs["fbank in workers"]["encoders_items_per_s"]  # the encoders alone, fbank excluded
+        data = args.data.resolve() if args.data else make_shards(Path(tmp), args)
+        for name, overrides in VARIANTS.items():
+            runs[name], model, pre, vocab = measure(config, overrides, data, args, device, autocast)
+            if args.profile and not args.input_only and name == "fbank on device":
+                profile = profile_end_to_end(model, data, pre, vocab.attributes, args, device, autocast,
+                                             out.with_suffix(".profile.txt"))
+            del model
+    # the encoders alone, fbank excluded: the reference for both variants
+    reference = None if args.input_only else runs["fbank in workers"]["encoders_items_per_s"]
     for r in runs.values():
-        r["ratio_to_encoders"] = round(r["end_to_end_items_per_s"] / reference, 3)
-        r["bottleneck"] = ("input pipeline (decode + preprocessing)" if r["loader_items_per_s"] < reference
-                           else "model path")
+        if reference:
+            r["ratio_to_encoders"] = round(r["end_to_end_items_per_s"] / reference, 3)
+            r["ratio_to_encoders_excluding_fill"] = round(r["end_to_end_excluding_fill_items_per_s"] / reference, 3)
+            r["input_profile"]["cores_needed_at_encoder_speed"] = round(
+                r["input_profile"]["total_ms_per_item"] * reference / 1000, 1)
+            r["bottleneck"] = ("input pipeline (decode + preprocessing)" if r["loader_items_per_s"] < reference
+                               else "model path")
+        r["input_profile"]["items_per_s_per_core"] = round(1000 / r["input_profile"]["total_ms_per_item"], 1)
     result = {
         "benchmark": "embed_throughput", "device": device_name, "config": str(config.relative_to(REPO)),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "data": str(args.data) if args.data else f"synthetic, {args.items} items, {args.media} media",
         "batch_size": args.batch_size, "workers": args.workers, "bf16_autocast": autocast,
-        "encoders_items_per_s": reference, "runs": runs,
-        "note": "" if gpu else "no GPU on this machine: the GPU figures (base.yaml, bf16) are still to be measured",
+        "encoders_items_per_s": reference, "runs": runs, "profile": profile,
+        "note": ("input pipeline only (--input-only): no encoders run" if args.input_only else
+                 "" if gpu else "no GPU on this machine: the GPU figures (base.yaml, bf16) are still to be measured"),
     }
-    out = args.out or REPO / "benchmarks" / "results" / f"embed_throughput_{device_name.replace(' ', '_')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return result

@@ -191,6 +191,7 @@ def test_the_sharder_accepts_the_catalogue_whole(tmp_path):
     (dict(num_ratings=10), "raise num_ratings"),
     (dict(num_items=10, num_users=5, num_ratings=100), "lower it"),
     (dict(audio_rate=4000), "audio_rate"),
+    (dict(jpeg_fraction=1.5), "jpeg_fraction"),
 ])
 def test_config_errors_say_how_to_fix(bad, fix):
     with pytest.raises(ValueError, match=fix):
@@ -207,6 +208,23 @@ def test_script_writes_a_catalogue(tmp_path):
     assert summary["num_items"] == 30 and len(read_items(tmp_path / "catalogue")) == 30
     assert json.loads((tmp_path / "data" / "manifest.json").read_text())["counts"]["items_written"] == 30
     assert not (REPO / "datasets/__init__.py").exists()
+
+
+def test_full_size_media_are_jpeg_posters_and_long_flac_clips(tmp_path):
+    """The throughput benchmarks' catalogue: every image a 320 px JPEG, every clip 10.24 s of FLAC."""
+    config = SyntheticCatalogueConfig.full_size_media(num_items=12, num_users=4, num_ratings=40,
+                                                      min_ratings_per_user=2)
+    write_synthetic_catalogue(tmp_path, config)
+    items = read_items(tmp_path)
+    images = [tmp_path / it["image"] for it in items if "image" in it]
+    clips = [tmp_path / it["audio"] for it in items if "audio" in it]
+    assert images and clips
+    for path in images:
+        with Image.open(path) as im:
+            assert (im.format, im.size) == ("JPEG", (320, 320))
+    for path in clips:
+        info = sf.info(path)
+        assert (info.format, info.samplerate, info.frames) == ("FLAC", 16000, 163840)
 
 
 # ----------------------------------------------------------------------------- latent structure

@@ -76,23 +76,30 @@ def shard_urls(data_dir: str | Path, manifest: dict | None = None) -> list[str]:
     return [f"{base}/{sh['path']}" for sh in manifest["shards"]]
 
 
+def decode_image(sample: dict[str, Any]) -> Image.Image | None:
+    """The item's image member as an RGB PIL image, or None when it has none."""
+    for ext in schema.IMAGE_EXTS:
+        if ext in sample:
+            with Image.open(io.BytesIO(sample[ext])) as im:
+                return im.convert("RGB")
+    return None
+
+
+def decode_waveform(sample: dict[str, Any]) -> tuple[torch.Tensor | None, int | None]:
+    """The item's audio member as (float32 (channels, frames), sample rate), or (None, None)."""
+    for ext in schema.AUDIO_EXTS:
+        if ext in sample:
+            wave, rate = decode_audio_bytes(sample[ext])
+            return torch.from_numpy(wave), rate
+    return None, None
+
+
 def decode_sample(sample: dict[str, Any]) -> DecodedItem:
     """Turn raw tar members into a `DecodedItem` (runs in DataLoader workers)."""
     meta = json.loads(sample["json"])
     text = sample["txt"].decode("utf-8") if "txt" in sample else None
-    image = None
-    for ext in schema.IMAGE_EXTS:
-        if ext in sample:
-            with Image.open(io.BytesIO(sample[ext])) as im:
-                image = im.convert("RGB")
-            break
-    waveform, rate = None, None
-    for ext in schema.AUDIO_EXTS:
-        if ext in sample:
-            wave, rate = decode_audio_bytes(sample[ext])
-            waveform = torch.from_numpy(wave)
-            break
-    return DecodedItem(meta["index"], meta["item_id"], text, image, waveform, rate,
+    waveform, rate = decode_waveform(sample)
+    return DecodedItem(meta["index"], meta["item_id"], text, decode_image(sample), waveform, rate,
                        meta.get("attributes", []), meta.get("metadata", {}))
 
 
