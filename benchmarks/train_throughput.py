@@ -5,13 +5,14 @@ Configurations:
 - CPU (always): configs/tiny.yaml end to end from media shards, and with frozen encoders from a
   feature cache (`mmrec cache`);
 - GPU (when CUDA is available): configs/base.yaml in bf16 with frozen encoders via the cache, with
-  the top 2 layers of each encoder trainable, and fully trainable.
+  the top 2 layers of each encoder trainable, and fully trainable, on full-size media (320 px JPEG
+  posters, 10.24 s FLAC clips: `--data` or a synthetic catalogue written here).
 
 The reference ("encoders only") runs the same encoders' forward and backward (frozen: forward only)
 on preprocessed batches already on the device, so the ratio says how much of the encoders' speed
 the whole training step (data loading, fusion, heads, optimizer) keeps.
 
-    python benchmarks/train_throughput.py [--items 512] [--steps 20] [--out benchmarks/results/...]
+    python benchmarks/train_throughput.py [--items 512] [--steps 20] [--data DIR] [--workers N] [--out ...]
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def measure(name: str, config: Path, overrides: list[str], data: Path, work: Pat
     if use_cache:
         model, pre = build_frozen_model(cfg, data)
         cache_features(model, pre, data, work / f"{name}-feats", device="cuda" if torch.cuda.is_available() else "cpu",
-                       progress=False)
+                       num_workers=cfg.data.num_workers, progress=False)
         cfg.data.features = str(work / f"{name}-feats")
         del model
     if torch.cuda.is_available():
@@ -108,35 +109,53 @@ def measure(name: str, config: Path, overrides: list[str], data: Path, work: Pat
     }
 
 
+def write_shards(folder: Path, config: SyntheticCatalogueConfig) -> Path:
+    info = write_synthetic_catalogue(folder / "catalogue", config)
+    shard_catalogue(info["items"], info["interactions"], folder / "data", SplitConfig(protocol="random"),
+                    ShardOptions(items_per_shard=64, progress=False))
+    return folder / "data"
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=512, help="synthetic catalogue size")
     p.add_argument("--steps", type=int, default=20, help="training steps timed per configuration")
+    p.add_argument("--data", type=Path, default=None,
+                   help="shards for the base.yaml runs (default: a full-size synthetic catalogue of --items)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for base.yaml (default: its own)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     gpu = torch.cuda.is_available()
     device_name = torch.cuda.get_device_name(0) if gpu else "cpu"
     out = args.out or REPO / "benchmarks" / "results" / f"train_throughput_{device_name.replace(' ', '_')}.json"
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        info = write_synthetic_catalogue(work / "cat", SyntheticCatalogueConfig(
-            num_items=args.items, num_users=100, num_ratings=args.items * 10))
-        shard_catalogue(info["items"], info["interactions"], work / "data", SplitConfig(protocol="random"),
-                        ShardOptions(items_per_shard=64, progress=False))
-        tiny, base = REPO / "configs" / "tiny.yaml", REPO / "configs" / "base.yaml"
-        runs.append(measure("tiny", tiny, [], work / "data", work, args.steps, use_cache=False))
-        runs.append(measure("tiny-frozen-cache", tiny, FROZEN, work / "data", work, args.steps, use_cache=True))
-        if gpu:
-            runs.append(measure("base-frozen-cache", base, FROZEN, work / "data", work, args.steps, use_cache=True))
-            runs.append(measure("base-top2", base, [], work / "data", work, args.steps, use_cache=False))
-            full = [f"model.encoders.{m}.trainable_layers=-1" for m in ("text", "image", "audio")]
-            runs.append(measure("base-full", base, full, work / "data", work, args.steps, use_cache=False))
+    runs: list[dict] = []
     result = {"benchmark": "train_throughput", "device": device_name,
+              "data": {"tiny": f"synthetic, {args.items} items, demo media (64 px, 0.5 s)",
+                       "base": str(args.data) if args.data else f"synthetic, {args.items} items, full-size media"},
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
               "note": "" if gpu else "no GPU on this machine: base.yaml configurations not measured", "runs": runs}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def record(run: dict) -> None:  # written after every configuration: a run cut short keeps what it measured
+        runs.append(run)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        small = write_shards(work / "small", SyntheticCatalogueConfig(
+            num_items=args.items, num_users=100, num_ratings=args.items * 10))
+        tiny, base = REPO / "configs" / "tiny.yaml", REPO / "configs" / "base.yaml"
+        if gpu:  # the figures the GPU is for come first
+            full_size = args.data.resolve() if args.data else write_shards(
+                work / "full", SyntheticCatalogueConfig.full_size_media(
+                    num_items=args.items, num_users=100, num_ratings=args.items * 10))
+            workers = [] if args.workers is None else [f"data.num_workers={args.workers}"]
+            everything = [f"model.encoders.{m}.trainable_layers=-1" for m in ("text", "image", "audio")]
+            for name, overrides, cache in (("base-top2", [], False), ("base-frozen-cache", FROZEN, True),
+                                           ("base-full", everything, False)):
+                record(measure(name, base, overrides + workers, full_size, work, args.steps, use_cache=cache))
+        record(measure("tiny", tiny, [], small, work, args.steps, use_cache=False))
+        record(measure("tiny-frozen-cache", tiny, FROZEN, small, work, args.steps, use_cache=True))
     for r in runs:
         print(f"{r['config']:20s} train {r['train_items_per_s']:8.1f} items/s  encoders {r['encoders_fwd_bwd_items_per_s']:8.1f} "
               f"items/s  ratio {r['ratio_to_encoders']:.3f}  peak {r['peak_memory_mb']:.0f} MB")
