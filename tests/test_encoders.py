@@ -124,6 +124,27 @@ def test_output_shapes_and_masks(family):
     assert torch.isfinite(out.tokens).all() and torch.isfinite(out.pooled).all()
 
 
+@pytest.mark.parametrize("family", ["hf-text", "timm-vit", "open-clip-vision", "open-clip-text", "hf-ast"])
+def test_attention_runs_through_fused_sdpa(family, monkeypatch):
+    """Every transformer family attends through F.scaled_dot_product_attention (flash / memory-efficient
+    kernels on a GPU), once per block: an eager softmax(QK^T)V path would cost full-size encoders
+    their speed and memory on GPUs."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(args[0].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    # trainable and in train mode: a frozen nn.MultiheadAttention (open_clip) takes PyTorch's native
+    # fused fast path instead, which this patch cannot see (and which is SDPA-backed too)
+    encoder, prep = _build(family, trainable_layers=-1)
+    encoder.train()
+    encoder(**_batch(prep, family))
+    assert len(calls) == len(encoder.blocks()), calls
+
+
 def test_text_mask_follows_padding():
     encoder, prep = _build("hf-text")
     examples = [prep(t) for t in TEXTS]
