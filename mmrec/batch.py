@@ -213,3 +213,21 @@ class BatchCollator:
 
     def __call__(self, examples: list[dict[str, Any]]) -> ItemBatch:
         return collate_examples(examples, self.preprocessors)
+
+
+class WithExtra:
+    """Picklable transform/collate pair that carries `extra(item)` of each item next to its example.
+
+    For passes that need something besides the batch from the same read of the shards (the feature
+    cache: each item's json metadata; `mmrec embed`: each item's title): `collate` gives
+    (ItemBatch, [extra of each item, in batch order]). `extra` must be a module-level function.
+    """
+
+    def __init__(self, builder: ExampleBuilder, collator: BatchCollator, extra: Callable[[Any], Any]):
+        self.builder, self.collator, self.extra = builder, collator, extra
+
+    def transform(self, item: Any) -> tuple[dict[str, Any], Any]:
+        return self.builder(item), self.extra(item)
+
+    def collate(self, pairs: list[tuple[dict[str, Any], Any]]) -> tuple[ItemBatch, list[Any]]:
+        return self.collator([p[0] for p in pairs]), [p[1] for p in pairs]

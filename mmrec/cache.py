@@ -32,7 +32,7 @@ import webdataset as wds
 from tqdm import tqdm
 
 from mmrec import __version__
-from mmrec.batch import BatchCollator, ExampleBuilder, collate_features  # noqa: F401 (re-exported)
+from mmrec.batch import BatchCollator, ExampleBuilder, WithExtra, collate_features  # noqa: F401 (re-exported)
 from mmrec.data import schema
 from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
 from mmrec.data.sharding import sha256_of
@@ -94,18 +94,8 @@ def _check_frozen(model: RecModel) -> None:
                          "during training, so they cannot be cached. Set model.encoders.<m>.trainable_layers=0")
 
 
-class _WithMeta:
-    """Picklable transform/collate pair that carries each item's json metadata next to its example."""
-
-    def __init__(self, builder: ExampleBuilder, collator: BatchCollator):
-        self.builder, self.collator = builder, collator
-
-    def transform(self, item):
-        meta = {"item_id": item.item_id, "attributes": item.attributes, "metadata": item.metadata}
-        return self.builder(item), meta
-
-    def collate(self, pairs):
-        return self.collator([p[0] for p in pairs]), [p[1] for p in pairs]
+def _item_meta(item) -> dict:
+    return {"item_id": item.item_id, "attributes": item.attributes, "metadata": item.metadata}
 
 
 @torch.no_grad()
@@ -121,7 +111,7 @@ def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, o
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     budgets = {m: model.fusion.config.budget(m) for m in model.modalities}
-    pair = _WithMeta(ExampleBuilder(preprocessors, []), BatchCollator(preprocessors))
+    pair = WithExtra(ExampleBuilder(preprocessors, []), BatchCollator(preprocessors), _item_meta)
     loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
                          transform=pair.transform, collate=pair.collate, rank=0, world_size=1)
     device = torch.device(device)

@@ -118,7 +118,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from mmrec.embedding import embed
 
-    summary = embed(args.run, args.data, args.out, batch_size=args.batch_size, num_workers=args.workers)
+    summary = embed(args.run, args.data, args.out, batch_size=args.batch_size, num_workers=args.workers,
+                    shards_per_part=args.shards_per_part)
     if summary:
         print(f"embedded {summary['items']} items and {summary['users']} users (dim {summary['dim']}) in "
               f"{summary['seconds']} s -> {args.out}")
@@ -138,25 +139,31 @@ def _run_data(run: Path, data: Path | None) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
     from safetensors.torch import load_file
 
     from mmrec.evaluation import evaluate
     from mmrec.factory import load_model
-    from mmrec.inference import RunVocabulary, assemble, embed_items
+    from mmrec.inference import RunVocabulary, assemble, embed_batches, item_batches
     from mmrec.report import write_report
 
     data = _run_data(args.run, args.data)
     ks = sorted({int(k) for k in args.k.split(",")})
-    model, pre, _ = load_model(args.run / "model")
+    device = torch.device("cuda" if torch_cuda() else "cpu")
+    model, pre, _ = load_model(args.run / "model", device=device)
     vocab = RunVocabulary.load(args.run)
-    if args.emb is not None:
-        item_vecs = load_file(args.emb / "item_embeddings.safetensors")["embeddings"]
-    else:
-        item_vecs = assemble([embed_items(model, data, pre, vocab.attributes)], len(vocab.item_ids))
+    n = len(vocab.item_ids)
+    item_vecs = load_file(args.emb / "item_embeddings.safetensors")["embeddings"] if args.emb is not None else None
+    ablate = () if args.no_ablation else tuple(model.modalities)
     ablated = {}
-    if not args.no_ablation:
-        for m in model.modalities:
-            ablated[m] = assemble([embed_items(model, data, pre, vocab.attributes, drop=(m,))], len(vocab.item_ids))
+    if item_vecs is None or ablate:
+        # one pass over the items gives the vectors and every modality's ablation (the encoders run once)
+        out = embed_batches(model, item_batches(data, pre, vocab.attributes, batch_size=args.batch_size,
+                                                num_workers=args.workers, device=device),
+                            device=device, autocast=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+                            ablate=ablate)
+        item_vecs = assemble([(out.indices, out.vectors)], n) if item_vecs is None else item_vecs
+        ablated = {m: assemble([(out.indices, v)], n) for m, v in out.ablated.items()}
     report = evaluate(args.run, data, item_vecs, ablated, model, args.split, ks, args.mask, args.threshold,
                       args.candidates)
     paths = write_report(report, args.out)
@@ -278,12 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (with --config)")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("embed", help="item and user embeddings of a trained run (resumable per shard)")
+    p = sub.add_parser("embed", help="item and user embeddings of a trained run (resumable)")
     p.add_argument("--run", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="embedding folder (EMB)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
+    p.add_argument("--shards-per-part", type=int, default=None,
+                   help="shards one DataLoader reads and one part file holds, the unit of resuming "
+                        "(default: 8 per worker)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("eval", help="offline evaluation report: rating, ranking, beyond-accuracy, slices, baselines")
@@ -299,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", default="auto", choices=("auto", "all", "cold"),
                    help="items ranked: all, cold only, or auto (cold for the cold-items protocol, else all)")
     p.add_argument("--no-ablation", action="store_true", help="skip the modality ablation")
+    p.add_argument("--batch-size", type=int, default=128, help="items per batch when embedding")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media when embedding")
     p.set_defaults(func=cmd_eval)
 
     for name, target, helptext in (("recommend", "--user", "top-K items for a user"),

@@ -8,10 +8,16 @@ Output (DESIGN.md): `item_embeddings.safetensors` (tensor `embeddings` [n_items,
 Also `item_states.safetensors` (text-only fused states, for `search`),
 `item_titles.json` and `embedding.json` (model checkpoint hash, dims, counts).
 
-Resumable per shard: each shard's vectors go to `EMB/parts/<shard>.safetensors` (written to a
-temporary name, then renamed), and a rerun skips the shards whose part is there and matches the
-shard's sha256. A killed run therefore resumes without recomputing finished shards, and the merged
-output is identical to an uninterrupted run (each shard's computation does not depend on the others).
+Items go through the item tower in groups of shards, one DataLoader per group, so every worker has
+shards of its own to read (a shard is read by one worker): by default 8 shards per worker
+(`--shards-per-part`). The same read gives each item's title, so no second pass over the media.
+
+Resumable per group: each group's vectors, states and titles go to
+`EMB/parts/<first shard>+<n>.safetensors` (written to a temporary name, then renamed), which names
+the shards it covers with their sha256. A rerun skips every shard covered by a part whose shards all
+still match the manifest, and deletes parts that do not (the data changed). A killed run therefore
+resumes without recomputing finished groups, and the merged output is identical to an uninterrupted
+run, whatever the grouping (each item's computation does not depend on the others).
 """
 
 from __future__ import annotations
@@ -27,46 +33,73 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from mmrec.data.reader import item_loader, load_manifest
+from mmrec.batch import BatchCollator, ExampleBuilder, WithExtra
+from mmrec.data.reader import DecodedItem, ReaderConfig, item_loader, load_manifest
 from mmrec.data.sharding import sha256_of
 from mmrec.factory import WEIGHTS_FILE, load_model
-from mmrec.inference import RunVocabulary, embed_items, user_vectors
+from mmrec.inference import RunVocabulary, embed_batches, user_vectors
 
 PARTS = "parts"
+SHARDS_PER_WORKER = 8  # per part: enough that workers stay busy across a group's uneven end
 
 
-def _part_path(out: Path, shard: dict) -> Path:
-    return out / PARTS / (Path(shard["path"]).stem + ".safetensors")
+def item_title(item: DecodedItem) -> str:
+    """What `recommend` / `similar` / `search` print: metadata "title", else the text's first line, else the id."""
+    return str(item.metadata.get("title") or (item.text or "").split("\n")[0][:80] or item.item_id)
 
 
-def _part_is_done(path: Path, shard_sha: str) -> bool:
-    if not path.is_file():
-        return False
-    with safe_open(str(path), "pt") as f:
-        return (f.metadata() or {}).get("shard_sha256") == shard_sha
+def _part_shards(path: Path) -> dict[str, str] | None:
+    """{shard path: sha256} that a part covers, or None when it is not a readable part."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {})["shards"])
+    except Exception:  # noqa: BLE001 (safetensors raises its own error type for a damaged file)
+        return None
 
 
-def _titles(data_dir: Path, shards: list[int]) -> dict[int, str]:
-    """item index -> title (metadata "title", else the text's first line), read without decoding media."""
-    titles = {}
-    for batch in item_loader(data_dir, "eval", rank=0, world_size=1, shards=shards, decode=_meta_only):
-        for index, title in batch:
-            titles[index] = title
-    return titles
+def valid_parts(out: Path, manifest: dict) -> tuple[dict[Path, list[str]], list[Path]]:
+    """({part: shard paths} of the parts that match the manifest's shards, [stale or unreadable parts])."""
+    current = {sh["path"]: sh["sha256"] for sh in manifest["shards"]}
+    valid, stale = {}, []
+    for path in sorted((out / PARTS).glob("*.safetensors")):
+        shards = _part_shards(path)
+        if shards and all(current.get(p) == sha for p, sha in shards.items()):
+            valid[path] = list(shards)
+        else:
+            stale.append(path)
+    return valid, stale
 
 
-def _meta_only(sample: dict) -> tuple[int, str]:
-    meta = json.loads(sample["json"])
-    text = sample["txt"].decode("utf-8") if "txt" in sample else ""
-    title = meta.get("metadata", {}).get("title") or text.split("\n")[0][:80] or meta["item_id"]
-    return meta["index"], str(title)
+def _embed_group(model, data_dir: Path, preprocessors: dict, attributes: list[str], shards: list[int],
+                 batch_size: int, num_workers: int, device: torch.device, autocast: bool, bar: tqdm):
+    """(indices, vectors, states, titles) of the items of these shards, from one read of them."""
+    pair = WithExtra(ExampleBuilder(preprocessors, attributes), BatchCollator(preprocessors), item_title)
+    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers,
+                                                        pin_memory=device.type == "cuda"),
+                         transform=pair.transform, collate=pair.collate, rank=0, world_size=1, shards=shards)
+    titles: list[str] = []
+
+    def batches():
+        for batch, batch_titles in loader:
+            titles.extend(batch_titles)  # in batch order, as embed_batches keeps the indices
+            bar.update(batch.size)
+            yield batch
+
+    out = embed_batches(model, batches(), device=device, autocast=autocast, with_state=True)
+    return out.indices, out.vectors, out.states, titles
 
 
 def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_size: int = 128,
-          num_workers: int = 0, progress: bool = True) -> dict:
-    """Embed all items (this rank's shards) and, on the main process, merge and write EMB/."""
+          num_workers: int = 0, shards_per_part: int | None = None, progress: bool = True) -> dict:
+    """Embed all items (this rank's shards) and, on the main process, merge and write EMB/.
+
+    `shards_per_part` (default: 8 per DataLoader worker) sets how many shards one DataLoader reads
+    and one part file holds: the unit of parallel reading and of resuming.
+    """
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes from torchrun form a gloo group
     run_dir, data_dir, out = Path(run_dir), Path(data_dir), Path(out)
+    if shards_per_part is not None and shards_per_part < 1:
+        raise ValueError(f"shards_per_part={shards_per_part} must be >= 1")
     model, preprocessors, sizes = load_model(run_dir / "model", device=state.device)
     vocab = RunVocabulary.load(run_dir)
     manifest = load_manifest(data_dir)
@@ -74,25 +107,32 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
         raise ValueError(f"{data_dir} has {manifest['num_items']} items but the run was trained on "
                          f"{len(vocab.item_ids)}: embed with the dataset folder the run used")
     (out / PARTS).mkdir(parents=True, exist_ok=True)
+    if state.is_main_process:
+        for path in valid_parts(out, manifest)[1]:
+            path.unlink()  # made from other data: its items are recomputed
+    state.wait_for_everyone()
+    done = {p for shards in valid_parts(out, manifest)[0].values() for p in shards}
     autocast = state.device.type == "cuda" and torch.cuda.is_bf16_supported()
     mine = list(range(state.process_index, len(manifest["shards"]), state.num_processes))
-    todo = [i for i in mine if not _part_is_done(_part_path(out, manifest["shards"][i]), manifest["shards"][i]["sha256"])]
+    todo = [i for i in mine if manifest["shards"][i]["path"] not in done]
+    per_part = shards_per_part or max(1, num_workers) * SHARDS_PER_WORKER
     started = time.perf_counter()
     bar = tqdm(total=sum(manifest["shards"][i]["num_items"] for i in mine), desc=f"embed[{state.process_index}]",
                unit="item", disable=not progress or not state.is_local_main_process)
     bar.update(sum(manifest["shards"][i]["num_items"] for i in mine if i not in todo))
-    for i in todo:
-        shard = manifest["shards"][i]
-        idx, vecs, states = _embed_shard(model, data_dir, preprocessors, vocab, i, batch_size, num_workers,
-                                         state.device, autocast)
-        path = _part_path(out, shard)
+    for start in range(0, len(todo), per_part):
+        group = todo[start:start + per_part]
+        idx, vecs, states, titles = _embed_group(model, data_dir, preprocessors, vocab.attributes, group, batch_size,
+                                                 num_workers, state.device, autocast, bar)
+        first = manifest["shards"][group[0]]
+        path = out / PARTS / f"{Path(first['path']).stem}+{len(group)}.safetensors"
         tmp = path.with_name(path.name + ".tmp")
         tensors = {"indices": idx, "embeddings": vecs}
         if states.numel():
             tensors["states"] = states
-        save_file(tensors, str(tmp), metadata={"shard_sha256": shard["sha256"]})
+        covered = {manifest["shards"][i]["path"]: manifest["shards"][i]["sha256"] for i in group}
+        save_file(tensors, str(tmp), metadata={"shards": json.dumps(covered), "titles": json.dumps(titles)})
         os.replace(tmp, path)  # a part exists whole or not at all
-        bar.update(len(idx))
     bar.close()
     state.wait_for_everyone()
     summary = {}
@@ -107,29 +147,35 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
     return summary
 
 
-def _embed_shard(model, data_dir, preprocessors, vocab, shard: int, batch_size, num_workers, device, autocast):
-    return embed_items(model, data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
-                       num_workers=num_workers, device=device, autocast=autocast, shards=[shard], with_state=True)
-
-
 def _merge(out: Path, manifest: dict, model, vocab: RunVocabulary, run_dir: Path, data_dir: Path) -> dict:
     n = len(vocab.item_ids)
     item_vecs, item_states, seen = None, None, torch.zeros(n, dtype=torch.bool)
-    for shard in manifest["shards"]:
-        with safe_open(str(_part_path(out, shard)), "pt") as f:
+    item_titles: list[str | None] = [None] * n
+    parts, _ = valid_parts(out, manifest)
+    uncovered = {sh["path"] for sh in manifest["shards"]} - {p for shards in parts.values() for p in shards}
+    if uncovered:
+        raise RuntimeError(f"{len(uncovered)} shards have no part in {out / PARTS} (e.g. {sorted(uncovered)[0]}): "
+                           "rerun `mmrec embed` to embed them")
+    for path in parts:
+        with safe_open(str(path), "pt") as f:
             idx, vecs = f.get_tensor("indices"), f.get_tensor("embeddings")
             states = f.get_tensor("states") if "states" in f.keys() else None
+            titles = json.loads(f.metadata()["titles"])
         if item_vecs is None:
             item_vecs = torch.zeros(n, vecs.shape[1])
             item_states = torch.zeros(n, states.shape[1]) if states is not None else None
-        if seen[idx].any():
-            raise RuntimeError(f"items embedded twice in {shard['path']}: the parts folder is inconsistent")
+        if seen[idx].any() or len(titles) != len(idx):
+            raise RuntimeError(f"{path} repeats items of another part or lacks titles: the parts folder is "
+                               "inconsistent; delete it and rerun")
         seen[idx] = True
         item_vecs[idx] = vecs
         if item_states is not None:
             item_states[idx] = states
+        for i, title in zip(idx.tolist(), titles):
+            item_titles[i] = title
     if not seen.all():
-        raise RuntimeError(f"{int((~seen).sum())} items have no embedding: some shards were not embedded")
+        raise RuntimeError(f"{int((~seen).sum())} items have no embedding although every shard has a part: "
+                           "the shards and the parts disagree")
     save_file({"embeddings": item_vecs.contiguous()}, str(out / "item_embeddings.safetensors"))
     (out / "item_ids.json").write_text(json.dumps(vocab.item_ids, ensure_ascii=False))
     if item_states is not None:
@@ -137,8 +183,7 @@ def _merge(out: Path, manifest: dict, model, vocab: RunVocabulary, run_dir: Path
     users = user_vectors(model)[: len(vocab.user_ids)]  # the unknown-user row is not a user
     save_file({"embeddings": users.contiguous()}, str(out / "user_embeddings.safetensors"))
     (out / "user_ids.json").write_text(json.dumps(vocab.user_ids, ensure_ascii=False))
-    titles = _titles(data_dir, list(range(len(manifest["shards"]))))
-    (out / "item_titles.json").write_text(json.dumps([titles[i] for i in range(n)], ensure_ascii=False))
+    (out / "item_titles.json").write_text(json.dumps(item_titles, ensure_ascii=False))
     return {
         "items": n,
         "users": len(vocab.user_ids),

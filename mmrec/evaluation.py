@@ -31,7 +31,7 @@ from mmrec.baselines import bias_vectors, popularity_vectors
 from mmrec.data.reader import load_manifest
 from mmrec.data.sharding import sha256_of
 from mmrec.factory import WEIGHTS_FILE
-from mmrec.inference import RunVocabulary, SplitArrays, evaluate_split, ranked_lists, read_split
+from mmrec.inference import RunVocabulary, SplitArrays, evaluate_split, ranked_lists, read_split, user_vectors
 
 ACTIVITY_BUCKETS = ((1, 5), (6, 20), (21, 50), (51, None))
 
@@ -134,7 +134,7 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         split_info = manifest["split"]
         candidates = "cold" if split_info["protocol"] == "cold-items" and not split_info.get("warm_holdout") else "all"
     ev = _Evaluator(data_dir, vocab, split, masked, ks, threshold, candidates)
-    user_vecs = model.user_export(torch.arange(model.num_users + 1)).detach().float()
+    user_vecs = user_vectors(model)  # on the CPU, wherever the model is
 
     report = {"protocol": {
         "split": split,

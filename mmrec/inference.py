@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 
-from mmrec.batch import BatchCollator, ExampleBuilder
+from mmrec.batch import BatchCollator, ExampleBuilder, ItemBatch
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.schema import INTERACTIONS_DIR, ITEM_IDS
 from mmrec.metrics import UserItems, rating_metrics, ranking_metrics, top_k
@@ -86,7 +86,26 @@ def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary) -> SplitA
                        np.asarray(ratings, dtype=np.float32))
 
 
-@torch.no_grad()
+@dataclass
+class EmbeddedItems:
+    """What one pass of the item tower over some items gives, rows in the order the items came."""
+
+    indices: torch.Tensor  # (n,) item indices
+    vectors: torch.Tensor  # (n, E + 2) export vectors [q_i, b_i, 1]
+    states: torch.Tensor | None = None  # (n, D) text-only fused states, when asked for
+    ablated: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (n, E + 2) without it
+
+
+def item_batches(data_dir: str | Path, preprocessors: dict, attributes: list[str], *, batch_size: int = 128,
+                 num_workers: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 decode: Callable[[dict], Any] = decode_sample, shards: list[int] | None = None):
+    """Eval-mode loader of preprocessed ItemBatches (pinned for the GPU when `device` is one)."""
+    pin = torch.device(device).type == "cuda"
+    return item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers, pin_memory=pin),
+                       transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
+                       rank=rank, world_size=world_size, decode=decode, shards=shards)
+
+
 def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attributes: list[str], *,
                 batch_size: int = 128, num_workers: int = 0, device: torch.device | str = "cpu",
                 rank: int = 0, world_size: int = 1, autocast: bool = False,
@@ -100,47 +119,65 @@ def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attr
     returns the fused text-only states (n, D) that `mmrec search` matches queries against (the full
     state for items without text).
     """
+    batches = item_batches(data_dir, preprocessors, attributes, batch_size=batch_size, num_workers=num_workers,
+                           device=device, rank=rank, world_size=world_size, decode=decode, shards=shards)
+    out = embed_batches(model, batches, device=device, autocast=autocast, drop=drop, with_state=with_state)
+    return (out.indices, out.vectors, out.states) if with_state else (out.indices, out.vectors)
+
+
+def embed_batches(model: RecModel, batches: Iterable[ItemBatch], *, device: torch.device | str = "cpu",
+                  autocast: bool = False, drop: tuple[str, ...] = (), with_state: bool = False,
+                  ablate: tuple[str, ...] = ()) -> EmbeddedItems:
+    """The item tower over `batches` (host-side ItemBatches), rows in batch order.
+
+    `ablate`: for each of these modalities, also the vectors of the items as if they lacked it (the
+    report's modality ablation), from the same encoder outputs: one pass instead of one per modality.
+    """
     device = torch.device(device)
-    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers,
-                                                        pin_memory=device.type == "cuda"),
-                         transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
-                         rank=rank, world_size=world_size, decode=decode, shards=shards)
     was_training = model.training
     model.eval()
     indices, vectors, states = [], [], []
+    ablated: dict[str, list[torch.Tensor]] = {m: [] for m in ablate}
     # Results come back with non-blocking copies and one synchronisation at the end: a blocking
     # `.cpu()` per batch would make the host wait for the GPU, which then idles while the host
     # launches the next batch's kernels.
     to_host = dict(device="cpu", non_blocking=device.type == "cuda")
-    for batch in loader:
-        indices.append(batch.item_index)  # still on the host
-        batch = batch.to(device, non_blocking=True)
-        for m in drop:  # ablation: the model sees the item as if it lacked m
-            batch.present[m] = torch.zeros_like(batch.present[m])
-            batch.inputs.pop(m, None)
-            batch.features.pop(m, None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            items, encoded = model.items(batch)
-            vecs = model.item_export(items)
-            if with_state and items.state is not None:
-                state = items.state
-                if "text" in encoded:
-                    # Free-text search compares a text-only query with the items' text-only states;
-                    # items without text keep their full state (the best description they have).
-                    has_text = batch.present["text"]
-                    text_only = {m: has_text if m == "text" else torch.zeros_like(has_text) for m in encoded}
-                    state = torch.where(has_text[:, None], model.fuse(encoded, text_only), state)
-                states.append(state.float().to(**to_host))
-        vectors.append(vecs.float().to(**to_host))
+    with torch.no_grad():
+        for batch in batches:
+            indices.append(batch.item_index)  # still on the host
+            batch = batch.to(device, non_blocking=True)
+            for m in drop:  # ablation: the model sees the item as if it lacked m
+                batch.present[m] = torch.zeros_like(batch.present[m])
+                batch.inputs.pop(m, None)
+                batch.features.pop(m, None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                items, encoded = model.items(batch)
+                vectors.append(model.item_export(items).float().to(**to_host))
+                if with_state and items.state is not None:
+                    state = items.state
+                    if "text" in encoded:
+                        # Free-text search compares a text-only query with the items' text-only states;
+                        # items without text keep their full state (the best description they have).
+                        has_text = batch.present["text"]
+                        text_only = {m: has_text if m == "text" else torch.zeros_like(has_text) for m in encoded}
+                        state = torch.where(has_text[:, None], model.fuse(encoded, text_only), state)
+                    states.append(state.float().to(**to_host))
+                for m in ablate:  # what `drop=(m,)` gives, without running the encoders again
+                    present = {k: torch.zeros_like(v) if k == m else v for k, v in batch.present.items()}
+                    rest = {k: v for k, v in encoded.items() if k != m}
+                    state = model.fuse(rest, present) if model.fusion is not None else None
+                    ablated[m].append(model.item_export(model.item_output(state, batch.item_index)).float().to(**to_host))
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the non-blocking copies above are complete only now
     model.train(was_training)
     if not indices:
-        empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, model.export_dim))
-        return (*empty, torch.zeros(0, model.fusion.output_dim if model.fusion else 0)) if with_state else empty
-    if with_state:
-        return torch.cat(indices), torch.cat(vectors), torch.cat(states) if states else torch.zeros(0)
-    return torch.cat(indices), torch.cat(vectors)
+        width = model.fusion.output_dim if model.fusion else 0
+        return EmbeddedItems(torch.zeros(0, dtype=torch.long), torch.zeros(0, model.export_dim),
+                             torch.zeros(0, width) if with_state else None,
+                             {m: torch.zeros(0, model.export_dim) for m in ablate})
+    return EmbeddedItems(torch.cat(indices), torch.cat(vectors),
+                         (torch.cat(states) if states else torch.zeros(0)) if with_state else None,
+                         {m: torch.cat(v) for m, v in ablated.items()})
 
 
 def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], num_items: int) -> torch.Tensor:

@@ -9,12 +9,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from mmrec.cli import main
 from mmrec.config import load_run_config
 from mmrec.factory import load_model
-from mmrec.inference import RunVocabulary, read_split
+from mmrec.inference import RunVocabulary, embed_batches, embed_items, item_batches, read_split
 from mmrec.training import train
 from test_training import TINY, make_dataset
 
@@ -46,24 +47,62 @@ def test_embeddings_follow_the_dot_product_contract(trained):
     assert torch.allclose((users[u] * items[i]).sum(-1), r_hat, atol=1e-5)
 
 
-def test_embed_resumes_per_shard_to_identical_output(trained, tmp_path):
+def test_embed_resumes_to_identical_output_whatever_the_grouping(trained, tmp_path):
+    """One part per shard, two lost and one made stale (its shard's sha256 no longer matches), then
+    a resume that groups shards differently (2 workers): only those 3 shards are recomputed, the
+    stale part is deleted, the others are kept, and every output equals the one-pass run's."""
     root, data = trained
     emb = tmp_path / "emb"
-    shutil.copytree(root / "emb", emb)
-    parts = sorted((emb / "parts").iterdir())
-    assert len(parts) == 6
-    kept = {p.name: p.stat().st_mtime_ns for p in parts[2:]}
+    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(emb),
+                 "--shards-per-part", "1"]) == 0
+    parts = sorted((emb / "parts").glob("*.safetensors"))
+    assert [p.name for p in parts] == [f"items-{i:06d}+1.safetensors" for i in range(6)]
+    assert len(sorted((root / "emb" / "parts").glob("*.safetensors"))) == 1  # the fixture: 8 shards per part
     for p in parts[:2]:
         p.unlink()  # as if killed before these shards were done ...
     (emb / "parts" / (parts[0].name + ".tmp")).write_bytes(b"half-written")  # ... while writing one
+    stale = load_file(parts[2])
+    with safe_open(str(parts[2]), "pt") as f:
+        meta = f.metadata()
+    save_file(stale, str(parts[2]), metadata={**meta, "shards": json.dumps(
+        {k: "0" * 64 for k in json.loads(meta["shards"])})})  # as if its shard had changed since
+    kept = {p.name: p.stat().st_mtime_ns for p in parts[3:]}
     for f in ("item_embeddings.safetensors", "user_embeddings.safetensors", "embedding.json"):
         (emb / f).unlink()
-    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(emb)]) == 0
-    assert json.loads((emb / "embedding.json").read_text())["shards_computed_by_main"] == 2
-    assert {p.name: p.stat().st_mtime_ns for p in sorted((emb / "parts").glob("*.safetensors"))[2:]} == kept
+    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(emb), "--workers", "2"]) == 0
+    assert json.loads((emb / "embedding.json").read_text())["shards_computed_by_main"] == 3
+    now = {p.name: p.stat().st_mtime_ns for p in (emb / "parts").glob("*.safetensors")}
+    assert not parts[2].exists() and {k: now[k] for k in kept} == kept and len(now) == 4  # 3 kept + 1 new group
     for f in ("item_embeddings.safetensors", "user_embeddings.safetensors", "item_states.safetensors"):
         a, b = load_file(root / "emb" / f), load_file(emb / f)
         assert all(torch.equal(a[k], b[k]) for k in a), f
+    assert (emb / "item_titles.json").read_text() == (root / "emb" / "item_titles.json").read_text()
+
+
+def test_titles_are_in_item_order(trained):
+    root, data = trained
+    titles = json.loads((root / "emb" / "item_titles.json").read_text())
+    items = {json.loads(line)["item_id"]: json.loads(line) for line in
+             (root / "cat" / "items.jsonl").read_text().splitlines() if line.strip()}
+    item_ids = json.loads((data / "item_ids.json").read_text())
+    assert len(titles) == len(item_ids) == 120
+    # each title in its item's row: the titles travel with the batches through the DataLoader workers
+    assert titles == [items[item_id]["title"] for item_id in item_ids]
+
+
+def test_one_pass_ablation_equals_dropping_the_modality(trained):
+    """`mmrec eval`'s ablation reuses one encoding per batch; it must equal a pass with the modality dropped."""
+    root, data = trained
+    model, pre, _ = load_model(root / "run" / "model")
+    vocab = RunVocabulary.load(root / "run")
+    out = embed_batches(model, item_batches(data, pre, vocab.attributes, batch_size=32), ablate=model.modalities)
+    assert set(out.ablated) == set(model.modalities) == {"text", "image", "audio"}
+    for m in model.modalities:
+        idx, vecs = embed_items(model, data, pre, vocab.attributes, batch_size=32, drop=(m,))
+        assert torch.equal(idx, out.indices)
+        torch.testing.assert_close(out.ablated[m], vecs, rtol=1e-5, atol=1e-6)
+        changed = (out.ablated[m] - out.vectors).abs().amax(1) > 1e-4  # items that had m moved
+        assert 0 < changed.sum() < len(changed), (m, int(changed.sum()))  # not the items that lack m
 
 
 def recompute(items, users, user_ids, item_ids, data, k):
