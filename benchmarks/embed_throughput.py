@@ -61,6 +61,11 @@ VARIANTS = {"fbank in workers": ["model.encoders.audio.features_on_device=false"
             "fbank on device": ["model.encoders.audio.features_on_device=true"]}
 
 
+def _shown(path: Path) -> str:
+    """A path as the JSON shows it: relative to the repository when inside it."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -165,7 +170,7 @@ def profile_end_to_end(model, data: Path, pre: dict, attributes: list[str], args
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     table_path.write_text(ops.table(sort_by=key, row_limit=40) + "\n")
     top = sorted(ops, key=lambda e: getattr(e, key), reverse=True)[:15]
-    summary = {"table": str(table_path.relative_to(REPO)) if table_path.is_relative_to(REPO) else str(table_path),
+    summary = {"table": _shown(table_path),
                "wall_s_under_profiler": round(wall, 3),
                "top_ops": [{"name": e.key, "calls": e.count, f"{key}_ms": round(getattr(e, key) / 1000, 2)} for e in top]}
     if cuda:
@@ -259,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict] = {}
     result = {
-        "benchmark": "embed_throughput", "device": device_name, "config": str(config.relative_to(REPO)),
+        "benchmark": "embed_throughput", "device": device_name, "config": _shown(config),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
         "data": str(args.data) if args.data else f"synthetic, {args.items} items, {args.media} media",
         "batch_size": args.batch_size, "workers": args.workers, "bf16_autocast": autocast,

@@ -33,11 +33,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from mmrec.batch import BatchCollator, ExampleBuilder, WithExtra
-from mmrec.data.reader import DecodedItem, ReaderConfig, item_loader, load_manifest
+from mmrec.data.reader import DecodedItem, load_manifest
 from mmrec.data.sharding import sha256_of
 from mmrec.factory import WEIGHTS_FILE, load_model
-from mmrec.inference import RunVocabulary, embed_batches, user_vectors
+from mmrec.inference import RunVocabulary, embed_batches, item_batches, user_vectors
 
 PARTS = "parts"
 SHARDS_PER_WORKER = 8  # per part: enough that workers stay busy across a group's uneven end
@@ -73,10 +72,8 @@ def valid_parts(out: Path, manifest: dict) -> tuple[dict[Path, list[str]], list[
 def _embed_group(model, data_dir: Path, preprocessors: dict, attributes: list[str], shards: list[int],
                  batch_size: int, num_workers: int, device: torch.device, autocast: bool, bar: tqdm):
     """(indices, vectors, states, titles) of the items of these shards, from one read of them."""
-    pair = WithExtra(ExampleBuilder(preprocessors, attributes), BatchCollator(preprocessors), item_title)
-    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers,
-                                                        pin_memory=device.type == "cuda"),
-                         transform=pair.transform, collate=pair.collate, rank=0, world_size=1, shards=shards)
+    loader = item_batches(data_dir, preprocessors, attributes, batch_size=batch_size, num_workers=num_workers,
+                          device=device, shards=shards, extra=item_title)
     titles: list[str] = []
 
     def batches():

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from mmrec.batch import BatchCollator, ExampleBuilder, ItemBatch
+from mmrec.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.schema import INTERACTIONS_DIR, ITEM_IDS
 from mmrec.metrics import UserItems, rating_metrics, ranking_metrics, top_k
@@ -98,12 +98,22 @@ class EmbeddedItems:
 
 def item_batches(data_dir: str | Path, preprocessors: dict, attributes: list[str], *, batch_size: int = 128,
                  num_workers: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
-                 decode: Callable[[dict], Any] = decode_sample, shards: list[int] | None = None):
-    """Eval-mode loader of preprocessed ItemBatches (pinned for the GPU when `device` is one)."""
+                 decode: Callable[[dict], Any] = decode_sample, shards: list[int] | None = None,
+                 extra: Callable[[Any], Any] | None = None):
+    """Eval-mode loader of preprocessed ItemBatches (pinned for the GPU when `device` is one).
+
+    With `extra` (a module-level function of a decoded item) it gives (ItemBatch, [extra(item), ...])
+    from the same read, e.g. each item's title.
+    """
     pin = torch.device(device).type == "cuda"
+    builder, collator = ExampleBuilder(preprocessors, attributes), BatchCollator(preprocessors)
+    transform, collate = builder, collator
+    if extra is not None:
+        pair = WithExtra(builder, collator, extra)
+        transform, collate = pair.transform, pair.collate
     return item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers, pin_memory=pin),
-                       transform=ExampleBuilder(preprocessors, attributes), collate=BatchCollator(preprocessors),
-                       rank=rank, world_size=world_size, decode=decode, shards=shards)
+                       transform=transform, collate=collate, rank=rank, world_size=world_size, decode=decode,
+                       shards=shards)
 
 
 def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attributes: list[str], *,
