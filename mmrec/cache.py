@@ -32,10 +32,11 @@ import webdataset as wds
 from tqdm import tqdm
 
 from mmrec import __version__
-from mmrec.batch import BatchCollator, ExampleBuilder, WithExtra, collate_features  # noqa: F401 (re-exported)
+from mmrec.batch import collate_features  # noqa: F401 (re-exported)
 from mmrec.data import schema
-from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.data.reader import load_manifest
 from mmrec.data.sharding import sha256_of
+from mmrec.inference import item_batches
 from mmrec.model import RecModel
 
 FEATURE_PATTERN = "features-%06d.tar"
@@ -111,29 +112,34 @@ def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, o
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     budgets = {m: model.fusion.config.budget(m) for m in model.modalities}
-    pair = WithExtra(ExampleBuilder(preprocessors, []), BatchCollator(preprocessors), _item_meta)
-    loader = item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers),
-                         transform=pair.transform, collate=pair.collate, rank=0, world_size=1)
     device = torch.device(device)
+    loader = item_batches(data_dir, preprocessors, [], batch_size=batch_size, num_workers=num_workers, device=device,
+                          extra=_item_meta)
+    # bf16 on a GPU that has it, as a training run's encoders compute from media (stored as fp16 anyway)
+    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
     model.to(device).eval()
     per_file: dict[str, int] = {}
     bar = tqdm(total=source["num_items"], desc="cache", unit="item", disable=not progress)
     with wds.ShardWriter(str(tmp / FEATURE_PATTERN), maxcount=per_shard, maxsize=float("inf"), verbose=0,
                          mtime=0.0) as writer:
         for batch, metas in loader:
-            batch = batch.to(device)
-            encoded = model.encode(batch)  # (B, ...) per modality, zeros where absent
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                encoded = model.encode(batch.to(device, non_blocking=True))  # (B, ...) per modality, zeros where absent
+            # one copy to the host per modality and batch, not one per item (each would wait for the GPU)
+            pooled = {m: e.pooled.float().cpu().numpy().astype(np.float16) for m, e in encoded.items()}
+            tokens = {m: e.tokens[:, : budgets[m]].float().cpu().numpy().astype(np.float16)
+                      for m, e in encoded.items() if budgets[m] > 0}
+            masks = {m: e.mask[:, : budgets[m]].cpu().numpy().astype(np.uint8) for m, e in encoded.items() if budgets[m] > 0}
             for b in range(batch.size):
                 index = int(batch.item_index[b])
                 present = [m for m in model.modalities if bool(batch.present[m][b])]
                 sample = {"__key__": schema.item_key(index),
                           "json": json.dumps({"index": index, "modalities": present, **metas[b]}).encode("utf-8")}
                 for m in present:
-                    e = encoded[m]
-                    sample[f"{m}.pooled.npy"] = _npy(e.pooled[b].float().cpu().numpy().astype(np.float16))
+                    sample[f"{m}.pooled.npy"] = _npy(pooled[m][b])
                     if budgets[m] > 0:
-                        sample[f"{m}.tokens.npy"] = _npy(e.tokens[b, : budgets[m]].float().cpu().numpy().astype(np.float16))
-                        sample[f"{m}.mask.npy"] = _npy(e.mask[b, : budgets[m]].cpu().numpy().astype(np.uint8))
+                        sample[f"{m}.tokens.npy"] = _npy(tokens[m][b])
+                        sample[f"{m}.mask.npy"] = _npy(masks[m][b])
                 writer.write(sample)
                 per_file[writer.fname] = per_file.get(writer.fname, 0) + 1
             bar.update(batch.size)
