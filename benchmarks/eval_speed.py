@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="one device; default: the CPU, then the GPU when CUDA is available")
     p.add_argument("--quick", action="store_true", help="10k users x 5k items, a smoke run")
     p.add_argument("--out", type=Path, default=None,
-                   help="JSON path (one device only); default benchmarks/results/eval_speed_<device>.json")
+                   help="JSON path (one device only); default benchmarks/results/eval_speed_<cpu or GPU name>.json")
     args = p.parse_args(argv)
     if args.quick:
         args.users, args.items = 10_000, 5_000
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   **run(args.users, args.items, args.dim, args.k, device, chunk_size)}
         if device == "cuda":
             result["gpu_matches_cpu_on_ties"] = gpu_matches_cpu()
-        out = args.out or REPO / "benchmarks" / "results" / f"eval_speed_{device}.json"
+        out = args.out or REPO / "benchmarks" / "results" / f"eval_speed_{name.replace(' ', '_')}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         peak = result.get("peak_gpu_memory_mb", result["peak_rss_mb"])
