@@ -8,7 +8,7 @@
 #
 # 1. installs the wheels in .whl/ (from benchmarks/gpu/fetch_wheels.sh) when the image lacks them,
 #    and runs mmrec from this checkout (no `pip install -e .`, no network);
-# 2. writes one full-size synthetic catalogue (320 px JPEG posters, 10.24 s FLAC clips) in 24 shards;
+# 2. writes one full-size synthetic catalogue (320 px JPEG posters, 10.24 s FLAC clips), 2 shards per worker;
 # 3. embed_throughput (base.yaml, bf16, encoders alone vs loader alone vs end to end, + profile),
 #    train_throughput (frozen + cache, top 2 layers, all layers) and eval_speed (100k x 50k) on it.
 # JSON (named by GPU) lands in benchmarks/results/ and is copied, with suite.log, to RESULTS_DIR.
@@ -54,8 +54,9 @@ step() {  # step NAME SECONDS COMMAND...: run under a time limit, progress bars 
   return "$rc"
 }
 
+PER_SHARD=$(((ITEMS + 2 * WORKERS - 1) / (2 * WORKERS)))  # 2 shards per worker: no worker idles early
 step catalogue 110 "$PY" datasets/synthetic.py --out "$DATA" --full-size-media --num-items "$ITEMS" \
-  --num-users $((ITEMS / 8)) --num-ratings $((ITEMS * 10)) --split random --items-per-shard $((ITEMS / 24)) \
+  --num-users $((ITEMS / 8)) --num-ratings $((ITEMS * 10)) --split random --items-per-shard "$PER_SHARD" \
   --workers "$CORES" --no-progress || exit 1
 step embed_throughput 200 "$PY" benchmarks/embed_throughput.py --data "$DATA/data" --workers "$WORKERS" --profile \
   "${KEEP[@]/smoke/embed_smoke}"
