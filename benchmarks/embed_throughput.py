@@ -22,10 +22,11 @@ Figures on the same shards, model and batch size, so their ratios explain where 
   with the encoders: `cores_needed_at_encoder_speed`.
 
 `ratio_to_encoders` = end to end / encoders (goal on a GPU: >= 0.9). Both are measured twice: with
-the audio fbank computed per clip in the workers, and batched inside the encoder
-(`model.encoders.audio.features_on_device=true`, on the GPU when there is one). `--profile` adds a
-`torch.profiler` pass over the end-to-end path: its operator table goes next to the JSON, and on a
-GPU the JSON gets the fraction of wall time the GPU spent in kernels.
+the last feature steps per item in the workers (audio fbank; image scaling and normalisation), and
+batched inside the encoders (`model.encoders.{audio,image}.features_on_device=true`, on the GPU
+when there is one). The reference is the first variant's encoders figure, which leaves those steps
+out. `--profile` adds a `torch.profiler` pass over `embed_items`: its operator table goes next to
+the JSON, and on a GPU the JSON gets the fraction of wall time the GPU spent in kernels.
 
 `--media full` (the default on a GPU) benchmarks on 320 px JPEG posters and 10.24 s FLAC clips, the
 sizes a real catalogue has; `small` uses the demo's 64 px images and 0.5 s clips.
@@ -56,9 +57,15 @@ from mmrec.inference import RunVocabulary, embed_items
 from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
-# audio features per clip in the workers (Kaldi fbank on the CPU) or batched in the encoder (on the GPU)
-VARIANTS = {"fbank in workers": ["model.encoders.audio.features_on_device=false"],
-            "fbank on device": ["model.encoders.audio.features_on_device=true"]}
+WORKERS, DEVICE = "features in workers", "features on device"
+
+
+def variants(config: Path) -> dict[str, list[str]]:
+    """The last feature steps (audio: Kaldi fbank; image: scale + normalise) per item in the workers,
+    or batched in the encoders, on the GPU when there is one (`features_on_device`)."""
+    present = [m for m in ("image", "audio") if m in load_run_config(config, []).model.encoders]
+    return {name: [f"model.encoders.{m}.features_on_device={flag}" for m in present]
+            for name, flag in ((WORKERS, "false"), (DEVICE, "true"))}
 
 
 def _shown(path: Path) -> str:
@@ -222,9 +229,9 @@ def make_shards(work: Path, args) -> Path:
 
 
 def add_ratios(result: dict) -> None:
-    """Each run's ratios to the encoders alone (fbank excluded: the first variant's encoders figure)."""
+    """Each run's ratios to the encoders alone (the first variant's encoders figure: features excluded)."""
     runs = result["runs"]
-    reference = runs["fbank in workers"].get("encoders_items_per_s")
+    reference = runs[WORKERS].get("encoders_items_per_s")
     result["encoders_items_per_s"] = reference
     for r in runs.values():
         if reference:
@@ -274,11 +281,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data.resolve() if args.data else make_shards(Path(tmp), args)
-        for name, overrides in VARIANTS.items():
+        for name, overrides in variants(config).items():
             runs[name], model, pre, vocab = measure(config, overrides, data, Path(tmp), args, device, autocast)
             add_ratios(result)
             out.write_text(json.dumps(result, indent=2) + "\n")  # after each variant: a cut-short run keeps it
-            if args.profile and not args.input_only and name == "fbank on device":
+            if args.profile and not args.input_only and name == DEVICE:
                 result["profile"] = profile_end_to_end(model, data, pre, vocab.attributes, args, device, autocast,
                                                        out.with_suffix(".profile.txt"))
                 out.write_text(json.dumps(result, indent=2) + "\n")

@@ -33,7 +33,8 @@ class EncoderConfig:
     gradient_checkpointing: bool = False  # trade compute for memory in the trainable blocks
     max_tokens: int | None = None  # text: max sequence length; audio: max fbank frames (family default if None)
     # hf-ast: compute the fbank inside the encoder (on the GPU, batched) instead of per clip in the
-    # DataLoader workers; the features are the same (encoders/fbank.py)
+    # DataLoader workers; the features are the same (encoders/fbank.py). Image families: the workers
+    # resize and crop, the encoder scales and normalises the uint8 pixels on its device.
     features_on_device: bool = False
     arch: dict[str, Any] = field(default_factory=dict)  # architecture, e.g. {"hidden_size": 32}; see above
 

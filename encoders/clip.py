@@ -27,7 +27,7 @@ from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
 from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
-from encoders.image import ImagePreprocessor
+from encoders.image import ImageInput, ImagePreprocessor, with_preprocessing
 from encoders.registry import register_encoder
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -82,7 +82,7 @@ def _create_clip(cfg: EncoderConfig, family: str, **extra: Any) -> tuple[nn.Modu
     return model, model_name
 
 
-class OpenCLIPVisionEncoder(ModalityEncoder):
+class OpenCLIPVisionEncoder(ImageInput, ModalityEncoder):
     """The image tower (`model.visual`) of an open_clip ViT CLIP model."""
 
     modality = "image"
@@ -108,8 +108,8 @@ class OpenCLIPVisionEncoder(ModalityEncoder):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.visual.set_grad_checkpointing(enable)
 
-    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
-        pooled, tokens = self.visual(pixel_values)  # (B, D), (B, T, W) normed patch tokens
+    def forward(self, pixel_values: torch.Tensor | None = None, pixels: torch.Tensor | None = None) -> EncoderOutput:
+        pooled, tokens = self.visual(self.pixel_values_of(pixel_values, pixels))  # (B, D), (B, T, W) normed patch tokens
         if self.visual.proj is not None:
             tokens = tokens @ self.visual.proj  # (B, T, D), into the space pooled lives in
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, T)
@@ -176,7 +176,7 @@ def create_open_clip_vision(cfg: EncoderConfig) -> tuple[OpenCLIPVisionEncoder, 
     model, _ = _create_clip(cfg, "open-clip-vision")
     preprocess = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
     encoder = OpenCLIPVisionEncoder(cfg, model.visual)  # the text tower is dropped with `model`
-    return encoder, ImagePreprocessor(image_transform_v2(preprocess, is_train=False))
+    return with_preprocessing(cfg, encoder, image_transform_v2(preprocess, is_train=False))
 
 
 @register_encoder("open-clip-text", tiny_arch=TINY_ARCH)

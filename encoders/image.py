@@ -26,6 +26,7 @@ import timm
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms as T
 
 from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
 from encoders.registry import register_encoder
@@ -38,21 +39,78 @@ CNN_FAMILY = "timm-cnn"
 CNN_TINY_ARCH = {"model_name": "test_resnet", "input_size": [32, 24]}
 
 
+def split_normalize(transform: Callable) -> tuple[Callable, tuple[torch.Tensor, torch.Tensor]]:
+    """An eval transform ending in ToTensor + Normalize -> (PIL -> uint8 (3, H, W) transform, (mean, std))."""
+    steps = list(getattr(transform, "transforms", []))
+    if (len(steps) < 2 or not isinstance(steps[-1], T.Normalize)
+            or type(steps[-2]).__name__ not in ("ToTensor", "MaybeToTensor")):
+        raise ValueError(f"features_on_device for images needs an eval transform that ends in ToTensor + "
+                         f"Normalize, got {transform}")
+    mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in (steps[-1].mean, steps[-1].std))
+    return T.Compose(steps[:-2] + [T.PILToTensor()]), (mean, std)
+
+
+class PixelNormalize(nn.Module):
+    """uint8 (B, 3, H, W) -> what ToTensor + Normalize give: x / 255, minus mean, over std (float32).
+
+    Its buffers are not saved: checkpoints are the same with features_on_device on or off.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.reshape(-1, 1, 1), persistent=False)  # (3, 1, 1)
+        self.register_buffer("std", std.reshape(-1, 1, 1), persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(pixels.device.type, enabled=False):
+            return (pixels.float() / 255 - self.mean) / self.std
+
+
 class ImagePreprocessor(Preprocessor):
-    """PIL image -> resized, centre-cropped, normalised (3, H, W) tensor (a picklable torchvision transform)."""
+    """PIL image -> resized, centre-cropped, normalised (3, H, W) tensor (a picklable torchvision transform).
+
+    With `on_device` (the encoder's `features_on_device`) it stops before ToTensor + Normalize and
+    gives uint8 `pixels`: a quarter of the bytes to move between processes and to the GPU, and less
+    work per image in the workers; the encoder's `PixelNormalize` does the rest on its device.
+    """
 
     modality = "image"
 
-    def __init__(self, transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(self, transform: Callable[[Image.Image], torch.Tensor], on_device: bool = False):
         self.transform = transform
+        self.on_device = on_device
+        self.geometry, self.normalization = split_normalize(transform) if on_device else (None, None)
 
     def __call__(self, raw: Image.Image) -> dict[str, torch.Tensor]:
         if not isinstance(raw, Image.Image):
             raise TypeError(f"image preprocessing takes a PIL image, got {type(raw).__name__}")
+        if self.on_device:
+            return {"pixels": self.geometry(raw.convert("RGB"))}  # (3, H, W) uint8
         return {"pixel_values": self.transform(raw.convert("RGB"))}  # (3, H, W)
 
 
-class TimmViTEncoder(ModalityEncoder):
+class ImageInput:
+    """For image encoders: take normalised `pixel_values`, or uint8 `pixels` when features_on_device is on."""
+
+    def pixel_values_of(self, pixel_values: torch.Tensor | None, pixels: torch.Tensor | None) -> torch.Tensor:
+        if pixels is None:
+            return pixel_values
+        # a submodule (set by with_preprocessing), so no class-level default: that would shadow it
+        normalize = getattr(self, "pixel_normalize", None)
+        if normalize is None:
+            raise ValueError("got uint8 pixels, but features_on_device is off for this image encoder")
+        return normalize(pixels)
+
+
+def with_preprocessing(cfg: EncoderConfig, encoder: ModalityEncoder, transform: Callable) -> tuple:
+    """(encoder, its ImagePreprocessor); with features_on_device the normalisation moves into the encoder."""
+    preprocessor = ImagePreprocessor(transform, on_device=cfg.features_on_device)
+    if cfg.features_on_device:
+        encoder.pixel_normalize = PixelNormalize(*preprocessor.normalization)
+    return encoder, preprocessor
+
+
+class TimmViTEncoder(ImageInput, ModalityEncoder):
     """Wraps a timm ViT built with `num_classes=0`."""
 
     modality = "image"
@@ -77,8 +135,8 @@ class TimmViTEncoder(ModalityEncoder):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
-    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
-        tokens = self.model.forward_features(pixel_values)  # (B, T, D), prefix tokens included
+    def forward(self, pixel_values: torch.Tensor | None = None, pixels: torch.Tensor | None = None) -> EncoderOutput:
+        tokens = self.model.forward_features(self.pixel_values_of(pixel_values, pixels))  # (B, T, D), prefix tokens included
         pooled = self.model.forward_head(tokens, pre_logits=True)  # (B, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)  # (B, T) every patch is real
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
@@ -118,7 +176,7 @@ def _strict_load() -> Iterator[_KeyReport]:
         logger.propagate = propagate
 
 
-class TimmCNNEncoder(ModalityEncoder):
+class TimmCNNEncoder(ImageInput, ModalityEncoder):
     """Wraps a timm CNN built with `num_classes=0`; its stages are the blocks that `trainable_layers` counts."""
 
     modality = "image"
@@ -147,8 +205,8 @@ class TimmCNNEncoder(ModalityEncoder):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
 
-    def forward(self, pixel_values: torch.Tensor) -> EncoderOutput:
-        fmap = self.model.forward_features(pixel_values)  # (B, D, h, w)
+    def forward(self, pixel_values: torch.Tensor | None = None, pixels: torch.Tensor | None = None) -> EncoderOutput:
+        fmap = self.model.forward_features(self.pixel_values_of(pixel_values, pixels))  # (B, D, h, w)
         pooled = self.model.forward_head(fmap, pre_logits=True)  # (B, D)
         tokens = fmap.flatten(2).transpose(1, 2)  # (B, h * w, D)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
@@ -199,8 +257,7 @@ def create_timm_vit(cfg: EncoderConfig) -> tuple[TimmViTEncoder, ImagePreprocess
     if img_size is not None:
         args["input_size"] = (3, *img_size)
     data_cfg = timm.data.resolve_model_data_config(model, args=args)
-    transform = timm.data.create_transform(**data_cfg, is_training=False)
-    return encoder, ImagePreprocessor(transform)
+    return with_preprocessing(cfg, encoder, timm.data.create_transform(**data_cfg, is_training=False))
 
 
 @register_encoder(CNN_FAMILY, tiny_arch=CNN_TINY_ARCH)
@@ -222,4 +279,4 @@ def create_timm_cnn(cfg: EncoderConfig) -> tuple[TimmCNNEncoder, ImagePreprocess
     data_cfg = timm.data.resolve_model_data_config(model, args=args)
     # resize the shorter side and centre-crop to exactly input_size (crop_pct 1: keep the whole poster)
     transform = timm.data.create_transform(**{**data_cfg, "crop_pct": 1.0}, is_training=False)
-    return encoder, ImagePreprocessor(transform)
+    return with_preprocessing(cfg, encoder, transform)

@@ -88,8 +88,9 @@ def create_encoder(cfg: EncoderConfig | Mapping[str, Any]) -> tuple[ModalityEnco
         out = encoder(**batch)  # out.pooled: (2, 384)
     """
     cfg = _as_config(cfg)
-    if cfg.features_on_device and cfg.name != "hf-ast":
-        raise ValueError(f"features_on_device applies to hf-ast only (its fbank), not to {cfg.name!r}")
+    if cfg.features_on_device and cfg.name in ("hf-text", "open-clip-text"):
+        raise ValueError(f"features_on_device applies to audio (the fbank) and images (the normalisation), "
+                         f"not to the text encoder {cfg.name!r}")
     encoder, preprocessor = _lookup(cfg.name)(cfg)
     encoder.apply_trainability()
     if cfg.gradient_checkpointing:

@@ -331,8 +331,27 @@ def test_ast_features_on_device_give_the_workers_outputs():
     with torch.no_grad():
         a, b = cpu_side(**batch), on_device(**batch_dev)
     torch.testing.assert_close(b.pooled, a.pooled, rtol=0, atol=1e-4)
-    with pytest.raises(ValueError, match="hf-ast only"):
-        _build("timm-vit", features_on_device=True)
+    with pytest.raises(ValueError, match="not to the text encoder 'hf-text'"):
+        _build("hf-text", features_on_device=True)
+
+
+@pytest.mark.parametrize("family", ["timm-vit", "timm-cnn", "open-clip-vision"])
+def test_image_features_on_device_send_uint8_and_change_nothing(family):
+    """The workers send resized uint8 pixels (a quarter of the bytes) and the encoder normalises them:
+    the same outputs to the bit, the same checkpoint keys, and a preprocessor that still pickles."""
+    workers, prep = _build(family)
+    on_device, prep_dev = _build(family, features_on_device=True)
+    assert list(on_device.state_dict()) == list(workers.state_dict())  # checkpoints fit either way
+    on_device.load_state_dict(workers.state_dict())
+    batch = _batch(prep, family)
+    batch_dev = pickle.loads(pickle.dumps(prep_dev)).collate([prep_dev(x) for x in _raw_items(family)])
+    assert set(batch_dev) == {"pixels"} and batch_dev["pixels"].dtype == torch.uint8
+    assert batch_dev["pixels"].shape == batch["pixel_values"].shape
+    with torch.no_grad():
+        a, b = workers(**batch), on_device(**batch_dev)
+    assert torch.equal(a.pooled, b.pooled) and torch.equal(a.tokens, b.tokens)
+    with pytest.raises(ValueError, match="features_on_device is off"):
+        workers(**batch_dev)
 
 
 def test_audio_accepts_numpy_and_mono_vectors():
