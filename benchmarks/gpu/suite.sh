@@ -28,6 +28,7 @@ if ! "$PY" -c "import webdataset, open_clip, soundfile" 2>/dev/null && ls .whl/*
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+df -h /dev/shm || true  # DataLoader workers hand batches over in shared memory: a small /dev/shm breaks them
 "$PY" -c "import torch, transformers, timm, webdataset, open_clip, soundfile; print('torch', torch.__version__, \
 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__, 'timm', timm.__version__)" || exit 1
 if "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
