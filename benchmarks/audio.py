@@ -44,12 +44,15 @@ sys.path.insert(0, str(REPO))
 
 from encoders.audio import create_hf_ast  # noqa: E402
 from encoders.base import EncoderConfig  # noqa: E402
-from mmrec.baselines import popularity_vectors  # noqa: E402
 from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
-from mmrec.factory import load_model  # noqa: E402
-from mmrec.inference import (RunVocabulary, assemble, cold_items, embed_items, evaluate_split,  # noqa: E402
-                             read_split, user_vectors)
+from mmrec.data.split_files import RunSplits  # noqa: E402
+from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
+from mmrec.embedding import assemble, embed_items  # noqa: E402
+from mmrec.eval.baselines import popularity_vectors  # noqa: E402
+from mmrec.eval.protocol import EvalProtocol, evaluate_split  # noqa: E402
+from mmrec.model.factory import load_model  # noqa: E402
+from mmrec.model.model import user_vectors  # noqa: E402
 from mmrec.training import train  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
@@ -135,10 +138,10 @@ def oracle_vectors(work: Path, vocab: RunVocabulary, generator: torch.Generator)
     return users, items
 
 
-def score(user_vecs: torch.Tensor, item_vecs: torch.Tensor, data: Path, vocab: RunVocabulary,
-          candidates: torch.Tensor) -> dict:
-    """Cold test clips ranked among `candidates` (the never-trained clips), train and valid masked."""
-    result = evaluate_split(user_vecs, item_vecs, vocab, data, "test", ("train", "valid"), KS, candidates)
+def score(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSplits, rule: EvalProtocol) -> dict:
+    """Cold test clips ranked among the never-trained clips, train and valid masked (the engine's rule
+    for a cold-items split)."""
+    result = evaluate_split(user_vecs, item_vecs, splits, rule, KS)
     return {k: v for k, v in result["ranking"].items() if k.split("@")[0] in ("recall", "ndcg") or k in ("users", "candidates")}
 
 
@@ -158,15 +161,17 @@ def main(argv: list[str] | None = None) -> int:
                         str(args.work), "--split", "cold-items", "--seed", "0", "--no-progress", "--overwrite"],
                        check=True, stdout=subprocess.DEVNULL)
     vocab = RunVocabulary.from_data(data)
-    train_rows = read_split(data, "train", vocab)
-    U, N = len(vocab.user_ids), len(vocab.item_ids)
-    candidates = cold_items(data, vocab)
-    results: dict[str, dict] = {"popularity": score(*popularity_vectors(train_rows, U, N), data, vocab, candidates)}
+    splits = RunSplits(data, vocab)
+    rule = EvalProtocol.for_split("test", load_manifest(data)["split"])
+    if rule.candidates != "cold":
+        sys.exit(f"{data} is not a cold-items split without warm_holdout; rebuild it (delete {args.work})")
+    U, N = splits.num_users, splits.num_items
+    results: dict[str, dict] = {"popularity": score(*popularity_vectors(splits["train"], U, N), splits, rule)}
     g = torch.Generator().manual_seed(0)
-    randoms = [score(torch.randn(U + 1, 8, generator=g), torch.randn(N, 8, generator=g), data, vocab, candidates)
+    randoms = [score(torch.randn(U + 1, 8, generator=g), torch.randn(N, 8, generator=g), splits, rule)
                for _ in range(20)]
     results["random (mean of 20)"] = {k: float(np.mean([r[k] for r in randoms])) for k in randoms[0]}
-    oracles = [score(*oracle_vectors(args.work, vocab, g), data, vocab, candidates) for _ in range(20)]
+    oracles = [score(*oracle_vectors(args.work, vocab, g), splits, rule) for _ in range(20)]
     results[ORACLE] = {k: float(np.mean([r[k] for r in oracles])) for k in oracles[0]}
 
     log("stage 1: the AST learns to name the digit of the clips that are not held out")
@@ -185,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         full = assemble([embed_items(model, data, pre, vocab.attributes)], N)
         dropped = assemble([embed_items(model, data, pre, vocab.attributes, drop=("audio",))], N)
         users = user_vectors(model)
-        results[name] = {**score(users, full, data, vocab, candidates), "epochs": state.epoch, "best_step": state.best_step,
+        results[name] = {**score(users, full, splits, rule), "epochs": state.epoch, "best_step": state.best_step,
                          "train_seconds": round(time.perf_counter() - t0, 1)}
-        results[f"{name}, audio dropped at inference"] = score(users, dropped, data, vocab, candidates)
+        results[f"{name}, audio dropped at inference"] = score(users, dropped, splits, rule)
         log(f"   ndcg@10 {results[name]['ndcg@10']:.4f}, audio dropped "
             f"{results[f'{name}, audio dropped at inference']['ndcg@10']:.4f}")
 

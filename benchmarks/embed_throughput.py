@@ -10,7 +10,7 @@ Figures on the same shards, model and batch size, so their ratios explain where 
   autocast on a GPU that has it), the reference the issue sets the goal against;
 - `loader_items_per_s`: reading shards, decoding media and preprocessing (tokenise, resize, fbank)
   in the DataLoader workers, with no model at all: the input pipeline's ceiling;
-- `embed_items_items_per_s`: `mmrec.inference.embed_items`, the streaming core of `mmrec embed`
+- `embed_items_items_per_s`: `mmrec.embedding.embed_items`, the streaming core of `mmrec embed`
   (loader + copy to the device + encoders + fusion + export vectors) over all shards at once;
 - `end_to_end_items_per_s`: `mmrec embed` itself (`mmrec.embedding.embed` on a run folder holding
   this model): shards read in groups, one part file per group, then the merge into EMB/ (item and user
@@ -46,15 +46,17 @@ from pathlib import Path
 import torch
 import webdataset as wds
 
-from mmrec.batch import BatchCollator, ExampleBuilder
 from mmrec.config import load_run_config
+from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, decode_image, decode_sample, decode_waveform, item_loader, shard_urls
 from mmrec.data.sharding import ShardOptions, shard_catalogue
+from mmrec.data.split_files import RunSplits
 from mmrec.data.splits import SplitConfig
-from mmrec.embedding import embed
-from mmrec.factory import ModelSizes, create_model, save_model
-from mmrec.inference import RunVocabulary, embed_items
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.embedding import embed, embed_items
+from mmrec.model.factory import ModelSizes, create_model, save_model
+from mmrec.precision import bf16_autocast
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS, DEVICE = "features in workers", "features on device"
@@ -201,7 +203,7 @@ def measure(config: Path, overrides: list[str], data: Path, work: Path, args, de
     cfg = load_run_config(config, overrides)
     vocab = RunVocabulary.from_data(data)
     torch.manual_seed(0)
-    sizes = ModelSizes(len(vocab.user_ids), len(vocab.item_ids), vocab.attributes, vocab.global_mean)
+    sizes = ModelSizes.for_training(vocab, RunSplits(data, vocab))
     model, pre = create_model(cfg.model, sizes)
     model.to(device).eval()
     loader, first_batch = loader_rate(data, pre, args.batch_size, args.workers)
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     device = torch.device("cuda" if gpu else "cpu")
     config = (args.config or REPO / "configs" / ("base.yaml" if gpu else "tiny.yaml")).resolve()
-    autocast = gpu and torch.cuda.is_bf16_supported()
+    autocast = bf16_autocast(device)
     device_name = torch.cuda.get_device_name(0) if gpu else "cpu"
     tag = f"{'input_' if args.input_only else ''}{config.stem}_{device_name.replace(' ', '_')}"
     out = args.out or REPO / "benchmarks" / "results" / f"embed_throughput_{tag}.json"

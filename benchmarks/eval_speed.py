@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmrec.metrics import SCORE_BLOCK_BYTES, UserItems, top_k
+from mmrec.eval.metrics import SCORE_BLOCK_BYTES, UserItems, top_k
 
 REPO = Path(__file__).resolve().parents[1]
 EXCLUDED_PER_USER = 20

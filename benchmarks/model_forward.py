@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from mmrec.batch import BatchCollator, ExampleBuilder
 from mmrec.config import load_run_config
+from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, item_loader
 from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.factory import ModelSizes, create_model
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.model.factory import ModelSizes, create_model
 
 REPO = Path(__file__).resolve().parents[1]
 

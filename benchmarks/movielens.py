@@ -26,28 +26,31 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a checkout without `pip install -e .`
 
-from mmrec.baselines import bias_vectors, implicit_als_vectors, popularity_vectors  # noqa: E402
-from mmrec.cache import build_frozen_model, cache_features, decode_features  # noqa: E402
+from mmrec.cache import build_frozen_model, cache_features  # noqa: E402
 from mmrec.config import RunConfig, load_run_config  # noqa: E402
+from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
-from mmrec.factory import load_model  # noqa: E402
-from mmrec.inference import (RunVocabulary, assemble, cold_items, embed_items, evaluate_split,  # noqa: E402
-                             read_split, user_vectors)
-from mmrec.model import ModelConfig  # noqa: E402
+from mmrec.data.split_files import RunSplits  # noqa: E402
+from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
+from mmrec.embedding import assemble, embed_items  # noqa: E402
+from mmrec.eval.baselines import bias_vectors, implicit_als_vectors, popularity_vectors  # noqa: E402
+from mmrec.eval.protocol import EvalProtocol, evaluate_split  # noqa: E402
+from mmrec.model.config import ModelConfig  # noqa: E402
+from mmrec.model.factory import load_model  # noqa: E402
+from mmrec.model.model import user_vectors  # noqa: E402
 from mmrec.training import train  # noqa: E402
 
 CONFIG = REPO / "configs" / "movielens.yaml"
@@ -133,17 +136,22 @@ def train_poster_cnn(work: Path, data: Path, base: list[str]) -> Path:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def run_splits(data: Path) -> RunSplits:
+    """The dataset's split files, parsed once for every scorer of this benchmark."""
+    return RunSplits(data, RunVocabulary.from_data(data))
+
+
 def vocab_arrays(data: Path):
-    vocab = RunVocabulary.from_data(data)
-    return vocab, read_split(data, "train", vocab), len(vocab.user_ids), len(vocab.item_ids)
+    splits = run_splits(data)
+    return splits.vocab, splits["train"], splits.num_users, splits.num_items
 
 
 def score(user_vecs, item_vecs, data: Path, protocol: str, split: str = "test") -> dict:
-    """Rating and/or ranking metrics of one scorer, by the protocol's rules."""
-    vocab = RunVocabulary.from_data(data)
-    masked = ("train", "valid") if split == "test" else ("train",)
-    candidates = cold_items(data, vocab) if protocol == "cold" else None
-    result = evaluate_split(user_vecs, item_vecs, vocab, data, split, masked, KS, candidates)
+    """Rating and/or ranking metrics of one scorer, by the engine's one evaluation rule (the cold
+    protocol's cold-items split ranks its cold items among the cold items)."""
+    rule = EvalProtocol.for_split(split, load_manifest(data)["split"])
+    result = evaluate_split(user_vecs, item_vecs, run_splits(data), rule, KS)
     if protocol == "rating":
         return {k: result["rating"][k] for k in ("rmse", "mae", "count")}
     return {k: v for k, v in result["ranking"].items() if k.split("@")[0] in ("recall", "ndcg") or k in ("users", "candidates")}

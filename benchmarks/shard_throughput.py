@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mmrec.data.sharding import ShardOptions, shard_catalogue
 from mmrec.data.splits import SplitConfig
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from mmrec.batch import BatchCollator, ExampleBuilder
 from mmrec.cache import build_frozen_model, cache_features
 from mmrec.config import load_run_config
+from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, item_loader
 from mmrec.data.sharding import ShardOptions, shard_catalogue
 from mmrec.data.splits import SplitConfig
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -41,7 +41,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,13 +53,11 @@ except ImportError:  # a checkout without `pip install -e .`: the package sits n
     sys.path.insert(0, str(REPO_ROOT))
 
 from mmrec.data.catalogue_io import (  # noqa: E402
-    add_shard_arguments,
-    parse_recipe_args,
-    run_shard,
-    shard_argv,
     write_interactions_csv,
     write_items_jsonl,
 )
+from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs  # noqa: E402
+from mmrec.data.sharding import shard_catalogue  # noqa: E402
 
 # FSDD names its files {digit}_{speaker}_{take}; the shared copy is FLAC, the upstream repo WAV.
 CLIP_RE = re.compile(r"^(?P<digit>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)$")
@@ -253,8 +251,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how much likelier a liked digit's clip is to be rated")
     parser.add_argument("--with-text", action="store_true",
                         help='add a text "spoken digit by <speaker>" (never names the digit)')
-    add_shard_arguments(parser, default_split="cold-items")
-    args = parse_recipe_args(parser, argv)
+    add_shard_options(parser, default_split="cold-items")
+    parser.add_argument("--no-shard", action="store_true", help="only write OUT/catalogue; shard it later")
+    args = parser.parse_args(argv)
     if args.num_users < 1 or args.ratings_per_user < 1 or args.liked_weight <= 0:
         parser.error("--num-users and --ratings-per-user must be >= 1 and --liked-weight > 0")
     return args
@@ -296,12 +295,12 @@ def main(argv: list[str] | None = None) -> int:
           "made-up users who each like 1-3 digits (see synthetic_users.json, README.txt)")
     print(f"  built in {time.perf_counter() - start:.1f} s; terms: FSDD is CC BY-SA 4.0")
 
-    if args.no_shard:
-        print("--no-shard: shard later with: mmrec "
-              + " ".join(shard_argv(args, items_path, inter_path, args.out.resolve() / "data")))
-        return 0
     data = args.out.resolve() / "data"
-    run_shard(shard_argv(args, items_path, inter_path, data))
+    split, options = shard_configs(args)
+    if args.no_shard:
+        print("--no-shard: shard later with: " + shard_command(items_path, inter_path, data, split, options))
+        return 0
+    print(shard_catalogue(items_path, inter_path, data, split, options).summary())
     print(f"shards: {data} (split {args.split}, seed {args.seed}; see {data / 'manifest.json'})")
     return 0
 

@@ -47,13 +47,11 @@ except ImportError:  # a checkout without `pip install -e .`: the package sits n
     sys.path.insert(0, str(REPO_ROOT))
 
 from mmrec.data.catalogue_io import (  # noqa: E402
-    add_shard_arguments,
-    parse_recipe_args,
-    run_shard,
-    shard_argv,
     write_interactions_csv,
     write_items_jsonl,
 )
+from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs  # noqa: E402
+from mmrec.data.sharding import shard_catalogue  # noqa: E402
 
 RATINGS_HEADER = ["userId", "movieId", "rating", "timestamp"]
 NO_GENRES = "(no genres listed)"
@@ -220,8 +218,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: OUT/catalogue and OUT/data")
     parser.add_argument("--max-tags", type=int, default=20, help="user tags kept per movie")
-    add_shard_arguments(parser, default_split="random")
-    return parse_recipe_args(parser, argv)
+    add_shard_options(parser, default_split="random")
+    parser.add_argument("--no-shard", action="store_true", help="only write OUT/catalogue; shard it later")
+    return parser.parse_args(argv)
 
 
 def check_inputs(ml_dir: Path, posters: Path | None) -> None:
@@ -265,12 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  built in {time.perf_counter() - start:.1f} s; terms: research/non-commercial "
           "(MovieLens), posters internal benchmarking only")
 
-    if args.no_shard:
-        print("--no-shard: shard later with: mmrec "
-              + " ".join(shard_argv(args, items_path, inter_path, args.out.resolve() / "data")))
-        return 0
     data = args.out.resolve() / "data"
-    run_shard(shard_argv(args, items_path, inter_path, data))
+    split, options = shard_configs(args)
+    if args.no_shard:
+        print("--no-shard: shard later with: " + shard_command(items_path, inter_path, data, split, options))
+        return 0
+    print(shard_catalogue(items_path, inter_path, data, split, options).summary())
     print(f"shards: {data} (split {args.split}, seed {args.seed}; see {data / 'manifest.json'})")
     return 0
 

@@ -27,8 +27,9 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: the package sits next to this folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmrec.data.catalogue_io import add_shard_arguments, parse_recipe_args, run_shard, shard_argv  # noqa: E402
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue  # noqa: E402
+from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs  # noqa: E402
+from mmrec.data.sharding import shard_catalogue  # noqa: E402
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-size-media", action="store_true",
                    help="320 px JPEG images and 10.24 s clips (real-catalogue sizes, for throughput benchmarks) "
                         "instead of the fast 64 px / 0.5 s demo media")
-    add_shard_arguments(p, default_split="cold-items")
-    return parse_recipe_args(p, argv)
+    add_shard_options(p, default_split="cold-items")
+    p.add_argument("--no-shard", action="store_true", help="only write OUT/catalogue; shard it later")
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -60,11 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"catalogue: {catalogue}: {summary['num_items']} items, {summary['num_users']} users, "
           f"{summary['num_ratings']} ratings, present {summary['present']} "
           f"({time.perf_counter() - start:.1f} s)")
-    argv_shard = shard_argv(args, Path(summary["items"]), Path(summary["interactions"]), args.out.resolve() / "data")
+    split, options = shard_configs(args)
+    items, interactions, data = Path(summary["items"]), Path(summary["interactions"]), args.out.resolve() / "data"
     if args.no_shard:
-        print("--no-shard: shard later with: mmrec " + " ".join(argv_shard))
+        print("--no-shard: shard later with: " + shard_command(items, interactions, data, split, options))
     else:
-        run_shard(argv_shard)
+        print(shard_catalogue(items, interactions, data, split, options).summary())
     return summary
 
 

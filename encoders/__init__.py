@@ -12,8 +12,27 @@ tensors in DataLoader workers and collates a batch, the encoder maps the batch t
 This package never imports `mmrec`, and never downloads weights.
 """
 
-from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
-from encoders.registry import create_encoder, list_encoders, register_encoder, tiny_config
+import importlib
+
+from encoders.config import EncoderConfig
+
+# Everything else is imported on first use (PEP 562), so that reading a config needs no torch.
+_LAZY = {
+    "EncoderOutput": "encoders.base",
+    "ModalityEncoder": "encoders.base",
+    "Preprocessor": "encoders.base",
+    "create_encoder": "encoders.registry",
+    "list_encoders": "encoders.registry",
+    "register_encoder": "encoders.registry",
+    "tiny_config": "encoders.registry",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'encoders' has no attribute {name!r}")
+
 
 __all__ = [
     "EncoderConfig",

@@ -8,13 +8,26 @@ from YAML); `list_fusions()` names the registered families. This package never i
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fusion.transformer import FusionConfig, FusionOutput, FusionTransformer, drop_modalities
+from fusion.config import FusionConfig
 
-# name -> (config class, model class)
-_FUSIONS: dict[str, tuple[type, type]] = {"transformer": (FusionConfig, FusionTransformer)}
+if TYPE_CHECKING:
+    from fusion.transformer import FusionTransformer
+
+# name -> (config class, module and class of the model), the model imported on first use so that
+# reading a config needs no torch
+_FUSIONS: dict[str, tuple[type, str]] = {"transformer": (FusionConfig, "fusion.transformer:FusionTransformer")}
+_LAZY = {"FusionOutput": "fusion.transformer", "FusionTransformer": "fusion.transformer",
+         "drop_modalities": "fusion.transformer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fusion' has no attribute {name!r}")
 
 
 def list_fusions() -> list[str]:
@@ -37,7 +50,9 @@ def create_fusion(cfg: FusionConfig | Mapping[str, Any], input_dims: Mapping[str
     name = cfg.get("name", "transformer") if isinstance(cfg, Mapping) else getattr(cfg, "name", None)
     if name not in _FUSIONS:
         raise ValueError(f"fusion {name!r} not found. Available: {list_fusions()}")
-    config_cls, model_cls = _FUSIONS[name]
+    config_cls, target = _FUSIONS[name]
+    module, cls_name = target.split(":")
+    model_cls = getattr(importlib.import_module(module), cls_name)
     if isinstance(cfg, Mapping):
         fields = {f.name for f in dataclasses.fields(config_cls)}
         unknown = sorted(set(cfg) - fields)

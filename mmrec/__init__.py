@@ -2,6 +2,55 @@
 
 Catalogue (text, image, audio; any may be missing) + interaction log in; WebDataset shards,
 a trained fusion model, item/user embeddings and an honest offline evaluation out.
+
+    import mmrec
+    report = mmrec.shard_catalogue("items.jsonl", "interactions.csv", "data", mmrec.SplitConfig("cold-items"))
+    cfg = mmrec.load_run_config("tiny")
+    mmrec.train(cfg, "data", "run")
+    mmrec.embed("run", "data", "emb")
+    report, paths = mmrec.evaluate_run("run", "data", "report")
+
+The flow and the files each step writes: docs/design.md. Names are imported on first use, so
+`import mmrec` stays cheap (no torch until a model or a loader is touched).
 """
 
-__version__ = "0.1.0"
+import importlib
+
+__version__ = "0.2.0"
+
+# public name -> module that defines it
+_API = {
+    # configs
+    "RunConfig": "mmrec.config", "DataConfig": "mmrec.config", "TrainConfig": "mmrec.config",
+    "load_run_config": "mmrec.config", "list_presets": "mmrec.config",
+    "ModelConfig": "mmrec.model.config", "TaskConfig": "mmrec.model.config",
+    # data
+    "shard_catalogue": "mmrec.data.sharding", "ShardOptions": "mmrec.data.sharding",
+    "SplitConfig": "mmrec.data.splits", "load_manifest": "mmrec.data.reader",
+    "RunVocabulary": "mmrec.data.vocabulary", "RunSplits": "mmrec.data.split_files",
+    "write_synthetic_catalogue": "mmrec.data.synthetic", "SyntheticCatalogueConfig": "mmrec.data.synthetic",
+    # model
+    "create_model": "mmrec.model.factory", "build_model": "mmrec.model.factory",
+    "load_model": "mmrec.model.factory", "save_model": "mmrec.model.factory",
+    "ModelSizes": "mmrec.model.factory", "RecModel": "mmrec.model.model",
+    # training, embedding, caching
+    "train": "mmrec.training", "embed": "mmrec.embedding", "cache_features": "mmrec.cache",
+    # evaluation
+    "EvalProtocol": "mmrec.eval.protocol", "evaluate_run": "mmrec.eval.evaluation",
+    "write_report": "mmrec.eval.report",
+    # serving
+    "Embeddings": "mmrec.serving", "recommend": "mmrec.serving", "similar": "mmrec.serving",
+    "search": "mmrec.serving",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'mmrec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

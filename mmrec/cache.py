@@ -20,11 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -32,25 +28,13 @@ import webdataset as wds
 from tqdm import tqdm
 
 from mmrec import __version__
-from mmrec.batch import collate_features  # noqa: F401 (re-exported)
 from mmrec.data import schema
+from mmrec.data.features import FEATURE_PATTERN
 from mmrec.data.reader import load_manifest
-from mmrec.data.sharding import sha256_of
-from mmrec.inference import item_batches
-from mmrec.model import RecModel
-
-FEATURE_PATTERN = "features-%06d.tar"
-
-
-@dataclass
-class CachedItem:
-    """An item whose encoder outputs were precomputed: modality -> {"pooled", "tokens", "mask"}."""
-
-    index: int
-    item_id: str
-    features: dict[str, dict[str, torch.Tensor]]
-    attributes: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
+from mmrec.embedding import item_batches
+from mmrec.files import replace_with, sha256_of, temp_sibling
+from mmrec.model.model import RecModel
+from mmrec.precision import bf16_autocast
 
 
 def encoder_fingerprints(model: RecModel) -> dict[str, str]:
@@ -69,23 +53,6 @@ def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
-
-
-def _load_npy(data: bytes) -> torch.Tensor:
-    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
-
-
-def decode_features(sample: dict[str, Any]) -> CachedItem:
-    """Raw feature-shard members -> `CachedItem` (runs in DataLoader workers)."""
-    meta = json.loads(sample["json"])
-    features = {}
-    for m in meta["modalities"]:
-        f = {"pooled": _load_npy(sample[f"{m}.pooled.npy"])}
-        if f"{m}.tokens.npy" in sample:
-            f["tokens"] = _load_npy(sample[f"{m}.tokens.npy"])
-            f["mask"] = _load_npy(sample[f"{m}.mask.npy"]).bool()
-        features[m] = f
-    return CachedItem(meta["index"], meta["item_id"], features, meta.get("attributes", []), meta.get("metadata", {}))
 
 
 def _check_frozen(model: RecModel) -> None:
@@ -108,15 +75,14 @@ def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, o
     data_dir, out = Path(data_dir), Path(out)
     source = load_manifest(data_dir)
     per_shard = items_per_shard or max(s["num_items"] for s in source["shards"])
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out, ".partial")
     tmp.mkdir(parents=True)
     budgets = {m: model.fusion.config.budget(m) for m in model.modalities}
     device = torch.device(device)
     loader = item_batches(data_dir, preprocessors, [], batch_size=batch_size, num_workers=num_workers, device=device,
                           extra=_item_meta)
     # bf16 on a GPU that has it, as a training run's encoders compute from media (stored as fp16 anyway)
-    autocast = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = bf16_autocast(device)
     model.to(device).eval()
     per_file: dict[str, int] = {}
     bar = tqdm(total=source["num_items"], desc="cache", unit="item", disable=not progress)
@@ -158,24 +124,20 @@ def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, o
         "shards": shards,
     }
     (tmp / schema.MANIFEST).write_text(json.dumps(manifest, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_with(tmp, out)
     return manifest
 
 
 def build_frozen_model(cfg, data_dir: str | Path) -> tuple[RecModel, dict]:
-    """The model a training run with `cfg` builds first (same seed, same construction order), so its
-    encoders, and hence the cache's fingerprint, are those the run will have."""
-    from accelerate.utils import set_seed
-
-    from mmrec.factory import ModelSizes, create_model
-    from mmrec.inference import RunVocabulary
+    """The model a training run with `cfg` builds first (`build_model`: same seed, same construction
+    order), so its encoders, and hence the cache's fingerprint, are those the run will have."""
+    from mmrec.data.split_files import RunSplits
+    from mmrec.data.vocabulary import RunVocabulary
+    from mmrec.model.factory import ModelSizes, build_model
 
     vocab = RunVocabulary.from_data(data_dir)
-    set_seed(cfg.train.seed)
-    model, preprocessors = create_model(cfg.model, ModelSizes(len(vocab.user_ids), len(vocab.item_ids),
-                                                              vocab.attributes, vocab.global_mean))
+    sizes = ModelSizes.for_training(vocab, RunSplits(data_dir, vocab))
+    model, preprocessors = build_model(cfg.model, sizes, cfg.train.seed)
     _check_frozen(model)
     return model, preprocessors
 

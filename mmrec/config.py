@@ -1,10 +1,15 @@
 """The run configuration: one dataclass tree, loaded from YAML (`configs/`) with dotted overrides.
 
-    cfg = load_run_config("configs/tiny.yaml", ["model.fusion.layers=4"])
+    cfg = load_run_config("tiny", ["model.fusion.layers=4"])      # a preset shipped with the package
+    cfg = load_run_config("my.yaml", ["train.lr=3e-4"])            # or any YAML file
 
 Sections: `model` (encoders, fusion, embedding width), `tasks` (loss weights), `data` (what is
 read and how it is batched) and `train` (optimisation, validation, checkpoints). Unknown keys are
-errors that name the valid ones; the resolved config is written into every run folder.
+errors that name the valid ones; the resolved config is written into every run folder. Reading a
+config imports no torch.
+
+Presets (`mmrec/configs/*.yaml`, installed with the package): `tiny` (CPU: tests, the demo), `base`
+(GPU: BERT-base / ViT-B/16 / AST-base sizes), `movielens` (the MovieLens benchmark's model).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrec.config_io import load_config, save_config
-from mmrec.model import ModelConfig
-from mmrec.tasks import TaskConfig
+from mmrec.model.config import ModelConfig, TaskConfig
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @dataclass
@@ -83,9 +89,26 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, validation, checkpoints
 
 
+def list_presets() -> list[str]:
+    """Names of the configs shipped with the package (`--config NAME`)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A YAML file that exists, else the shipped preset of that name (`tiny`, `tiny.yaml`)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if str(path.parent) in (".", "configs") and preset.is_file():
+        return preset  # a bare name, or configs/NAME.yaml from a checkout's old docs
+    raise ValueError(f"config {str(name_or_path)!r} is neither a file nor a preset; presets: {list_presets()}")
+
+
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (None: defaults) and apply `section.key=value` overrides."""
-    return load_config(RunConfig, path, overrides)
+    """Read a YAML config or preset (None: defaults) and apply `section.key=value` overrides."""
+    return load_config(RunConfig, None if path is None else resolve_config(path), overrides)
 
 
-__all__ = ["DataConfig", "RunConfig", "TrainConfig", "load_run_config", "save_config"]
+__all__ = ["DataConfig", "RunConfig", "TrainConfig", "list_presets", "load_run_config", "resolve_config",
+           "save_config"]

@@ -23,9 +23,10 @@ run, whatever the grouping (each item's computation does not depend on the other
 from __future__ import annotations
 
 import json
-import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import torch
 from accelerate import PartialState
@@ -33,13 +34,132 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from mmrec.data.reader import DecodedItem, load_manifest
-from mmrec.data.sharding import sha256_of
-from mmrec.factory import WEIGHTS_FILE, load_model
-from mmrec.inference import RunVocabulary, embed_batches, item_batches, user_vectors
+from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
+from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.files import replace_with, sha256_of, temp_sibling
+from mmrec.model.factory import WEIGHTS_FILE, load_model
+from mmrec.model.model import RecModel, user_vectors
+from mmrec.precision import bf16_autocast
 
 PARTS = "parts"
 SHARDS_PER_WORKER = 8  # per part: enough that workers stay busy across a group's uneven end
+
+
+@dataclass
+class EmbeddedItems:
+    """What one pass of the item tower over some items gives, rows in the order the items came."""
+
+    indices: torch.Tensor  # (n,) item indices
+    vectors: torch.Tensor  # (n, E + 2) export vectors [q_i, b_i, 1]
+    states: torch.Tensor | None = None  # (n, D) text-only fused states, when asked for
+    ablated: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (n, E + 2) without it
+
+
+def item_batches(data_dir: str | Path, preprocessors: dict, attributes: list[str], *, batch_size: int = 128,
+                 num_workers: int = 0, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 decode: Callable[[dict], Any] = decode_sample, shards: list[int] | None = None,
+                 extra: Callable[[Any], Any] | None = None):
+    """Eval-mode loader of preprocessed ItemBatches (pinned for the GPU when `device` is one).
+
+    With `extra` (a module-level function of a decoded item) it gives (ItemBatch, [extra(item), ...])
+    from the same read, e.g. each item's title.
+    """
+    pin = torch.device(device).type == "cuda"
+    builder, collator = ExampleBuilder(preprocessors, attributes), BatchCollator(preprocessors)
+    transform, collate = builder, collator
+    if extra is not None:
+        pair = WithExtra(builder, collator, extra)
+        transform, collate = pair.transform, pair.collate
+    return item_loader(data_dir, "eval", ReaderConfig(batch_size=batch_size, num_workers=num_workers, pin_memory=pin),
+                       transform=transform, collate=collate, rank=rank, world_size=world_size, decode=decode,
+                       shards=shards)
+
+
+def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attributes: list[str], *,
+                batch_size: int = 128, num_workers: int = 0, device: torch.device | str = "cpu",
+                rank: int = 0, world_size: int = 1, autocast: bool = False,
+                decode: Callable[[dict], Any] = decode_sample, shards: list[int] | None = None,
+                drop: tuple[str, ...] = (), with_state: bool = False) -> tuple[torch.Tensor, ...]:
+    """This rank's share of the items, each exactly once: (item indices (n,), export vectors (n, E + 2)).
+
+    `autocast` runs the encoders in bf16 on CUDA; the vectors are returned in float32 on the CPU.
+    `data_dir` may be a feature cache with `decode=mmrec.cache.decode_features`. `shards` limits
+    the pass to some shards; `drop` removes modalities at inference (ablation); `with_state` also
+    returns the fused text-only states (n, D) that `mmrec search` matches queries against (the full
+    state for items without text).
+    """
+    batches = item_batches(data_dir, preprocessors, attributes, batch_size=batch_size, num_workers=num_workers,
+                           device=device, rank=rank, world_size=world_size, decode=decode, shards=shards)
+    out = embed_batches(model, batches, device=device, autocast=autocast, drop=drop, with_state=with_state)
+    return (out.indices, out.vectors, out.states) if with_state else (out.indices, out.vectors)
+
+
+def embed_batches(model: RecModel, batches: Iterable[ItemBatch], *, device: torch.device | str = "cpu",
+                  autocast: bool = False, drop: tuple[str, ...] = (), with_state: bool = False,
+                  ablate: tuple[str, ...] = ()) -> EmbeddedItems:
+    """The item tower over `batches` (host-side ItemBatches), rows in batch order.
+
+    `ablate`: for each of these modalities, also the vectors of the items as if they lacked it (the
+    report's modality ablation), from the same encoder outputs: one pass instead of one per modality.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    indices, vectors, states = [], [], []
+    ablated: dict[str, list[torch.Tensor]] = {m: [] for m in ablate}
+    # Results come back with non-blocking copies and one synchronisation at the end: a blocking
+    # `.cpu()` per batch would make the host wait for the GPU, which then idles while the host
+    # launches the next batch's kernels.
+    to_host = dict(device="cpu", non_blocking=device.type == "cuda")
+    with torch.no_grad():
+        for batch in batches:
+            indices.append(batch.item_index)  # still on the host
+            batch = batch.to(device, non_blocking=True)
+            for m in drop:  # ablation: the model sees the item as if it lacked m
+                batch.present[m] = torch.zeros_like(batch.present[m])
+                batch.inputs.pop(m, None)
+                batch.features.pop(m, None)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                items, encoded = model.items(batch)
+                vectors.append(model.item_export(items).float().to(**to_host))
+                if with_state and items.state is not None:
+                    state = items.state
+                    if "text" in encoded:
+                        # Free-text search compares a text-only query with the items' text-only states;
+                        # items without text keep their full state (the best description they have).
+                        has_text = batch.present["text"]
+                        text_only = {m: has_text if m == "text" else torch.zeros_like(has_text) for m in encoded}
+                        state = torch.where(has_text[:, None], model.fuse(encoded, text_only), state)
+                    states.append(state.float().to(**to_host))
+                for m in ablate:  # what `drop=(m,)` gives, without running the encoders again
+                    present = {k: torch.zeros_like(v) if k == m else v for k, v in batch.present.items()}
+                    rest = {k: v for k, v in encoded.items() if k != m}
+                    state = model.fuse(rest, present) if model.fusion is not None else None
+                    ablated[m].append(model.item_export(model.item_output(state, batch.item_index)).float().to(**to_host))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the non-blocking copies above are complete only now
+    model.train(was_training)
+    if not indices:
+        width = model.fusion.output_dim if model.fusion else 0
+        return EmbeddedItems(torch.zeros(0, dtype=torch.long), torch.zeros(0, model.export_dim),
+                             torch.zeros(0, width) if with_state else None,
+                             {m: torch.zeros(0, model.export_dim) for m in ablate})
+    return EmbeddedItems(torch.cat(indices), torch.cat(vectors),
+                         (torch.cat(states) if states else torch.zeros(0)) if with_state else None,
+                         {m: torch.cat(v) for m, v in ablated.items()})
+
+
+def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], num_items: int) -> torch.Tensor:
+    """Merge per-rank (indices, vectors) into one (num_items, d) matrix; every item exactly once."""
+    idx = torch.cat([p[0] for p in parts])
+    vecs = torch.cat([p[1] for p in parts])
+    if idx.numel() != num_items or torch.unique(idx).numel() != num_items:
+        raise RuntimeError(f"embedding covered {torch.unique(idx).numel()} distinct of {num_items} items "
+                           f"({idx.numel()} rows): the shards and the vocabulary disagree")
+    out = torch.empty(num_items, vecs.shape[1])
+    out[idx] = vecs
+    return out
 
 
 def item_title(item: DecodedItem) -> str:
@@ -109,7 +229,7 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
             path.unlink()  # made from other data: its items are recomputed
     state.wait_for_everyone()
     done = {p for shards in valid_parts(out, manifest)[0].values() for p in shards}
-    autocast = state.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = bf16_autocast(state.device)
     mine = list(range(state.process_index, len(manifest["shards"]), state.num_processes))
     todo = [i for i in mine if manifest["shards"][i]["path"] not in done]
     per_part = shards_per_part or max(1, num_workers) * SHARDS_PER_WORKER
@@ -123,13 +243,13 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
                                                  num_workers, state.device, autocast, bar)
         first = manifest["shards"][group[0]]
         path = out / PARTS / f"{Path(first['path']).stem}+{len(group)}.safetensors"
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temp_sibling(path)
         tensors = {"indices": idx, "embeddings": vecs}
         if states.numel():
             tensors["states"] = states
         covered = {manifest["shards"][i]["path"]: manifest["shards"][i]["sha256"] for i in group}
         save_file(tensors, str(tmp), metadata={"shards": json.dumps(covered), "titles": json.dumps(titles)})
-        os.replace(tmp, path)  # a part exists whole or not at all
+        replace_with(tmp, path)  # a part exists whole or not at all
     bar.close()
     state.wait_for_everyone()
     summary = {}

@@ -87,8 +87,8 @@ def similar(emb: Embeddings, item_id: str, k: int = 10) -> list[tuple[int, float
 
 @torch.no_grad()
 def search(run_dir: str | Path, emb: Embeddings, query: str, k: int = 10) -> list[tuple[int, float]]:
-    from mmrec.batch import ItemBatch
-    from mmrec.factory import load_model
+    from mmrec.data.batch import ItemBatch
+    from mmrec.model.factory import load_model
 
     if emb.states is None or not emb.states.numel():
         raise ValueError("these embeddings have no fused content states (an ID-only model cannot search)")

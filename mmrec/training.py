@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,14 +34,20 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
+from mmrec.cache import check_cache
 from mmrec.config import RunConfig, save_config
-from mmrec.cache import check_cache, decode_features
+from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
+from mmrec.data.features import decode_features
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
-from mmrec.factory import ModelSizes, create_model, save_model
-from mmrec.inference import RunVocabulary, assemble, cold_items, embed_items, evaluate_split, user_vectors
-from mmrec.model import RecModel
-from mmrec.tasks import MultiTaskLoss
+from mmrec.data.split_files import RunSplits
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.embedding import assemble, embed_items
+from mmrec.eval.protocol import EvalProtocol, evaluate_split
+from mmrec.files import replace_with, temp_sibling
+from mmrec.model.factory import ModelSizes, build_model, save_model
+from mmrec.model.model import RecModel, user_vectors
+from mmrec.model.tasks import MultiTaskLoss
+from mmrec.precision import resolve_mixed_precision
 
 CHECKPOINTS, BEST_MODEL, METRICS, STATE = "checkpoints", "model", "metrics.jsonl", "trainer_state.json"
 
@@ -69,12 +74,6 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)  # validation results
-
-
-def _mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def _param_groups(model: RecModel, tasks: MultiTaskLoss, lr: float, encoder_lr: float, weight_decay: float,
@@ -126,7 +125,7 @@ class Trainer:
             # without a GPU, processes started by torchrun (`accelerate launch --multi_gpu`) must
             # still form a process group: cpu=True makes it a gloo MULTI_CPU run
             cpu=not torch.cuda.is_available(),
-            mixed_precision=_mixed_precision(t.mixed_precision),
+            mixed_precision=resolve_mixed_precision(t.mixed_precision),
             gradient_accumulation_steps=t.grad_accum,
             log_with=log_with,
             project_dir=str(self.run_dir),
@@ -137,12 +136,11 @@ class Trainer:
         set_seed(t.seed)
         self.manifest = load_manifest(self.data_dir)
         self.vocab = RunVocabulary.from_data(self.data_dir)
-        self.sizes = ModelSizes(len(self.vocab.user_ids), len(self.vocab.item_ids), self.vocab.attributes,
-                                self.vocab.global_mean)
-        index = InteractionIndex.from_csv(self.data_dir / "interactions" / "train.csv", self.vocab.item_index(),
-                                          self.vocab.user_index())
+        self.splits = RunSplits(self.data_dir, self.vocab)  # each split file parsed once for the whole run
+        self.sizes = ModelSizes.for_training(self.vocab, self.splits)
+        index = InteractionIndex.from_split(self.splits["train"], len(self.vocab.item_ids))
         item_seen = torch.from_numpy(index.offsets[1:] > index.offsets[:-1])
-        self.model, self.preprocessors = create_model(cfg.model, self.sizes, item_seen)
+        self.model, self.preprocessors = build_model(cfg.model, self.sizes, t.seed, item_seen)
         self.tasks = MultiTaskLoss(cfg.tasks, self.model, len(self.vocab.attributes))
 
         # items come from the media shards, or from a feature cache of these (frozen) encoders
@@ -171,14 +169,13 @@ class Trainer:
         acc.register_for_checkpointing(self.scheduler)
         self.total_steps = total_steps
         self.state = TrainerState()
-        # cold-items protocol: the valid cold items are ranked among the cold items (fixed for the run)
         self.has_valid = self.manifest["interactions"]["valid"]["rows"] > 0
         if not self.has_valid and t.selection_metric != "last":
             raise ValueError(f"{self.data_dir} has an empty valid split, so nothing can select the best model by "
                              f"{t.selection_metric}: set train.selection_metric=last (keeps the final epoch's "
                              "model; early stopping is then off) or shard with a valid fraction")
-        cold_split = self.manifest["split"]["protocol"] == "cold-items"
-        self.valid_candidates = cold_items(self.data_dir, self.vocab) if cold_split else None
+        # the one evaluation rule (mmrec.eval.protocol): validation measures what `mmrec eval` reports
+        self.valid_protocol = EvalProtocol.for_split("valid", self.manifest["split"])
 
     # ------------------------------------------------------------------------------------ run folder
 
@@ -208,14 +205,12 @@ class Trainer:
         final = self.run_dir / CHECKPOINTS / f"step-{self.state.step:08d}"
         tmp = final.with_name(final.name + ".tmp")
         if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            temp_sibling(final).mkdir(parents=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         if acc.is_main_process:
             (tmp / STATE).write_text(json.dumps(asdict(self.state)))
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # a reader sees either no checkpoint or a whole one
+            replace_with(tmp, final)  # a reader sees either no checkpoint or a whole one
             for old in _checkpoints(self.run_dir)[: -self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -240,14 +235,13 @@ class Trainer:
         part = embed_items(self.model, self.item_source, self.preprocessors, self.vocab.attributes, decode=self.decode,
                            batch_size=d.eval_batch_size, num_workers=d.num_workers, device=acc.device,
                            rank=acc.process_index, world_size=acc.num_processes,
-                           autocast=acc.mixed_precision == "bf16")
+                           autocast=acc.mixed_precision == "bf16")  # as this run trains (resolve_mixed_precision)
         parts = gather_object([part])
         result: list = [None]
         if acc.is_main_process:
             k = int(self.cfg.train.selection_metric.split("@")[1]) if "@" in self.cfg.train.selection_metric else 10
             item_vecs = assemble(parts, len(self.vocab.item_ids))
-            metrics = evaluate_split(user_vectors(self.model), item_vecs, self.vocab, self.data_dir, "valid", ("train",),
-                                     (k,), self.valid_candidates)
+            metrics = evaluate_split(user_vectors(self.model), item_vecs, self.splits, self.valid_protocol, (k,))
             result = [{**{f"valid/{m}": v for m, v in metrics["rating"].items()},
                        **{f"valid/{m}": v for m, v in metrics["ranking"].items()}}]
         broadcast_object_list(result)  # every rank takes the same early-stopping decision
@@ -263,11 +257,9 @@ class Trainer:
             self.state.best_metric, self.state.best_step = value, self.state.step
             self.state.evals_without_improvement = 0
             if self.accelerator.is_main_process:
-                tmp = self.run_dir / (BEST_MODEL + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
+                tmp = temp_sibling(self.run_dir / BEST_MODEL)
                 save_model(self.accelerator.unwrap_model(self.step_module).model, self.sizes, tmp)
-                shutil.rmtree(self.run_dir / BEST_MODEL, ignore_errors=True)
-                os.replace(tmp, self.run_dir / BEST_MODEL)
+                replace_with(tmp, self.run_dir / BEST_MODEL)
         else:
             self.state.evals_without_improvement += 1
         self._log({**record, "best_step": self.state.best_step})

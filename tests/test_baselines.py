@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from mmrec.baselines import _als_sweep, _rows_by, implicit_als_vectors
-from mmrec.inference import SplitArrays
+from mmrec.data.split_files import SplitArrays
+from mmrec.eval.baselines import _als_sweep, _rows_by, implicit_als_vectors
 
 
 def test_als_sweep_is_the_dense_weighted_ridge_solution():

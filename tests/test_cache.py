@@ -4,17 +4,19 @@ import json
 
 import pytest
 import torch
+from test_training import TINY
 
-from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex
-from mmrec.cache import build_frozen_model, cache_features, check_cache, decode_features
+from mmrec.cache import build_frozen_model, cache_features, check_cache
 from mmrec.cli import main
 from mmrec.config import load_run_config
+from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex
+from mmrec.data.features import decode_features
 from mmrec.data.reader import ReaderConfig, item_loader
 from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.inference import RunVocabulary
-from mmrec.tasks import MultiTaskLoss
+from mmrec.data.split_files import RunSplits
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.model.tasks import MultiTaskLoss
 from mmrec.training import train
-from test_training import TINY
 
 FROZEN = ["model.encoders.text.trainable_layers=0", "model.encoders.image.trainable_layers=0",
           "model.encoders.audio.trainable_layers=0", "model.fusion.modality_dropout=0.0",
@@ -36,7 +38,7 @@ def test_cache_path_gives_the_raw_path_losses(data, tmp_path):
     check_cache(model, tmp_path / "feats")
 
     vocab = RunVocabulary.from_data(data)
-    index = InteractionIndex.from_csv(data / "interactions" / "train.csv", vocab.item_index(), vocab.user_index())
+    index = InteractionIndex.from_split(RunSplits(data, vocab)["train"], len(vocab.item_ids))
     builder = ExampleBuilder(pre, vocab.attributes, index, pairs_per_item=4)
 
     def batch_from(source, **kw):

@@ -20,12 +20,10 @@ from pathlib import Path
 import pytest
 
 from mmrec.data.catalogue_io import (
-    add_shard_arguments,
-    parse_recipe_args,
-    shard_argv,
     write_interactions_csv,
     write_items_jsonl,
 )
+from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS = REPO_ROOT / "datasets"
@@ -71,15 +69,24 @@ def test_writers_reject_recipe_bugs(tmp_path):
         write_interactions_csv(tmp_path / "inter.csv", [("u", "1", "4.0")])
 
 
-def test_shard_options_pass_through():
-    parser = argparse.ArgumentParser(allow_abbrev=False)
-    add_shard_arguments(parser, default_split="cold-items")
-    args = parse_recipe_args(parser, ["--seed", "3", "--workers", "2", "--overwrite"])
-    assert shard_argv(args, Path("i.jsonl"), Path("i.csv"), Path("d")) == [
-        "shard", "--items", "i.jsonl", "--interactions", "i.csv", "--out", "d",
-        "--split", "cold-items", "--seed", "3", "--workers", "2", "--overwrite"]
-    with pytest.raises(SystemExit):  # nothing would read them: a typo must not pass silently
-        parse_recipe_args(parser, ["--no-shard", "--overwrite"])
+def test_recipes_take_the_sharders_own_options():
+    """One declaration of the shard options: a recipe parses exactly what `mmrec shard` parses."""
+    from mmrec.cli import build_parser
+
+    recipe = argparse.ArgumentParser(allow_abbrev=False)
+    add_shard_options(recipe, default_split="cold-items")
+    argv = ["--seed", "3", "--workers", "2", "--overwrite", "--warm-holdout", "0.1", "--ratios", "0.7,0.2,0.1"]
+    split, options = shard_configs(recipe.parse_args(argv))
+    cli = build_parser().parse_args(["shard", "--items", "i", "--interactions", "c", "--out", "d",
+                                     "--split", "cold-items", *argv])
+    assert (split, options) == shard_configs(cli)
+    assert (split.protocol, split.seed, split.warm_holdout, options.workers, options.overwrite) == (
+        "cold-items", 3, 0.1, 2, True)
+    line = shard_command(Path("i.jsonl"), Path("i.csv"), Path("d"), split, options)
+    assert line == ("mmrec shard --items i.jsonl --interactions i.csv --out d --split cold-items --seed 3 "
+                    "--ratios 0.7,0.2,0.1 --warm-holdout 0.1 --workers 2 --overwrite")
+    with pytest.raises(SystemExit):  # a typo fails in the recipe's own parser
+        recipe.parse_args(["--overwrit"])
 
 
 # -- MovieLens ---------------------------------------------------------------------------------

@@ -4,20 +4,21 @@ recommend / similar / search commands, on a small trained run."""
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from test_training import TINY, make_dataset
 
 from mmrec.cli import main
 from mmrec.config import load_run_config
-from mmrec.factory import load_model
-from mmrec.inference import RunVocabulary, embed_batches, embed_items, item_batches, read_split
+from mmrec.data.split_files import read_split
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.embedding import embed_batches, embed_items, item_batches
+from mmrec.model.factory import load_model
 from mmrec.training import train
-from test_training import TINY, make_dataset
 
 
 @pytest.fixture(scope="module")

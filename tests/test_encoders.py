@@ -282,8 +282,8 @@ def test_fbank_matches_ast_feature_extractor(rate):
     At 8 kHz both see the same torchaudio resampling to 16 kHz; a 3 s clip is longer than max_length
     frames, so the early cut before resampling/fbank is covered too.
     """
-    from transformers import ASTFeatureExtractor
     import torchaudio
+    from transformers import ASTFeatureExtractor
 
     _, prep = _build("hf-ast", arch={"max_length": 48})  # 48 frames = 0.49 s
     reference = ASTFeatureExtractor(num_mel_bins=16, max_length=48)

@@ -1,19 +1,20 @@
 """The multitask model on real item batches: shapes, the dot-product contract, missing-modality
 invariance, every loss falling on an overfit batch, save -> load, configs."""
 
-import json
 
 import pytest
 import torch
 
-from mmrec.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
 from mmrec.config import load_run_config
 from mmrec.config_io import apply_overrides
+from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
 from mmrec.data.reader import ReaderConfig, item_loader
 from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.factory import ModelSizes, create_model, load_model, save_model
-from mmrec.model import ModelConfig
-from mmrec.tasks import MultiTaskLoss, TaskConfig
+from mmrec.data.split_files import RunSplits
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.model.config import ModelConfig
+from mmrec.model.factory import ModelSizes, create_model, load_model, save_model
+from mmrec.model.tasks import MultiTaskLoss
 
 TINY = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
@@ -28,14 +29,11 @@ def dataset(small_catalogue, tmp_path):
 def build(data, manifest, overrides=(), seed=0):
     torch.manual_seed(seed)
     cfg = load_run_config(TINY, list(overrides))
-    item_ids = json.loads((data / "item_ids.json").read_text())
-    train = (data / "interactions" / "train.csv").read_text().splitlines()[1:]
-    users = sorted({line.split(",")[0] for line in train})
-    ratings = [float(line.split(",")[2]) for line in train]
-    sizes = ModelSizes(len(users), len(item_ids), manifest["attributes"], sum(ratings) / len(ratings))
+    vocab = RunVocabulary.from_data(data)  # the vocabulary training uses, not a copy of its rules
+    splits = RunSplits(data, vocab)
+    sizes = ModelSizes.for_training(vocab, splits)
     model, pre = create_model(cfg.model, sizes)
-    index = InteractionIndex.from_csv(data / "interactions" / "train.csv", {i: k for k, i in enumerate(item_ids)},
-                                      {u: k for k, u in enumerate(users)})
+    index = InteractionIndex.from_split(splits["train"], sizes.num_items)
     return cfg, model, pre, sizes, index
 
 
@@ -178,7 +176,7 @@ def test_id_only_model_is_matrix_factorisation(dataset):
 
 def test_rating_l2_is_the_classic_per_rating_ridge_term(dataset):
     """rating_l2 adds lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2) to each pair's squared error, weighted like it."""
-    from mmrec.tasks import RatingTask
+    from mmrec.model.tasks import RatingTask
 
     data, manifest = dataset
     model, _ = create_model(ModelConfig(encoders={}, item_id_embeddings=True, embedding_dim=8),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrec.report import write_report
+from mmrec.eval.report import write_report
 
 SHA = {"train": "a1" * 32, "valid": "b2" * 32, "test": "c3" * 32}
 

@@ -1,13 +1,11 @@
 """A catalogue full of the faults real ones have: every row is accounted for, none crashes the run."""
 
-import io
 import json
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
-
 from conftest import write_jpeg, write_png, write_tone
+
 from mmrec.cli import main
 from mmrec.data.quarantine import read_quarantine
 from mmrec.data.reader import ReaderConfig, item_loader

@@ -1,7 +1,6 @@
 """items -> shards -> reader: contents, missing modalities, manifest, hashes, options."""
 
 import hashlib
-import io
 import json
 
 import numpy as np

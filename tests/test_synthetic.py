@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
 SMALL = dict(num_items=60, num_users=20, num_ratings=600)
 REPO = Path(__file__).resolve().parents[1]

@@ -15,13 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrec.baselines import popularity_vectors
 from mmrec.config import load_run_config
+from mmrec.data.reader import load_manifest
 from mmrec.data.sharding import ShardOptions, shard_catalogue
+from mmrec.data.split_files import RunSplits
 from mmrec.data.splits import SplitConfig
-from mmrec.factory import load_model
-from mmrec.inference import RunVocabulary, cold_items, embed_items, evaluate_split, read_split, user_vectors
-from mmrec.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.embedding import embed_items
+from mmrec.eval.baselines import popularity_vectors
+from mmrec.eval.protocol import EvalProtocol, evaluate_split
+from mmrec.model.factory import load_model
+from mmrec.model.model import user_vectors
 from mmrec.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,10 +120,12 @@ def test_content_ranks_cold_items_better_than_popularity(tmp_path):
     idx, vecs = embed_items(model, data, pre, vocab.attributes)
     item_vecs = torch.empty_like(vecs)
     item_vecs[idx] = vecs
-    cand = cold_items(data, vocab)
-    ours = evaluate_split(user_vectors(model), item_vecs, vocab, data, "test", ("train", "valid"), (10,), cand)
-    pop_u, pop_i = popularity_vectors(read_split(data, "train", vocab), len(vocab.user_ids), len(vocab.item_ids))
-    pop = evaluate_split(pop_u, pop_i, vocab, data, "test", ("train", "valid"), (10,), cand)
+    splits = RunSplits(data, vocab)
+    rule = EvalProtocol.for_split("test", load_manifest(data)["split"])
+    assert rule.candidates == "cold"  # a cold-items split without warm_holdout: cold among cold
+    ours = evaluate_split(user_vectors(model), item_vecs, splits, rule, (10,))
+    pop_u, pop_i = popularity_vectors(splits["train"], splits.num_users, splits.num_items)
+    pop = evaluate_split(pop_u, pop_i, splits, rule, (10,))
     print("cold-item NDCG@10: ours", ours["ranking"]["ndcg@10"], "popularity", pop["ranking"]["ndcg@10"])
     assert ours["ranking"]["users"] == pop["ranking"]["users"] > 100
     assert ours["ranking"]["ndcg@10"] > 1.5 * pop["ranking"]["ndcg@10"]

@@ -10,11 +10,8 @@ that looks complete.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import multiprocessing
-import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -32,6 +29,7 @@ from mmrec.data.items import ItemRecord, parse_items
 from mmrec.data.media import EncodedItem, encode_item_media
 from mmrec.data.quarantine import QuarantineEntry, summarize_reasons, write_quarantine
 from mmrec.data.splits import SplitConfig, split_interactions
+from mmrec.files import replace_with, sha256_of, temp_sibling
 
 
 @dataclass
@@ -115,14 +113,6 @@ def _modalities_of(members: dict[str, bytes]) -> list[str]:
     return present
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_split_csv(path: Path, rows: Iterable[Interaction]) -> int:
     n = 0
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -194,8 +184,7 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     started = time.perf_counter()
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = temp_sibling(out, ".partial")
     (tmp / schema.ITEMS_DIR).mkdir(parents=True)
     (tmp / schema.INTERACTIONS_DIR).mkdir()
 
@@ -272,7 +261,5 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
     with open(tmp / schema.MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, ensure_ascii=False)
 
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    replace_with(tmp, out)
     return ShardReport(out, manifest, quarantine, time.perf_counter() - started)

@@ -5,7 +5,7 @@ the same way, DESIGN.md "Evaluation rules"), the headline table (ours against ev
 split), beyond-accuracy, slices and the modality ablation; each table names the split and protocol its
 numbers come from, and each plot is linked under its table.
 
-    from mmrec.report import write_report
+    from mmrec.eval.report import write_report
     paths = write_report(report, "REPORT")  # {"json": ..., "md": ..., "metrics_at_k": ..., ...}
 
 Every section but `protocol` is optional: a report from a run without baselines or ablation still

@@ -4,7 +4,7 @@
   a ranking-only baseline;
 - bias-only: r_hat = mu + b_u + b_i fitted by regularised alternating least squares (Koren 2010,
   "Factor in the neighbors", section 2.1); ranks items by b_i.
-Both are (user_vecs, item_vecs) pairs, so `mmrec.inference.evaluate_split` scores them unchanged.
+Both are (user_vecs, item_vecs) pairs, so `mmrec.eval.protocol.evaluate_split` scores them unchanged.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmrec.inference import SplitArrays
+from mmrec.data.split_files import SplitArrays
 
 
 def popularity_vectors(train: SplitArrays, num_users: int, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:

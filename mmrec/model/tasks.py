@@ -15,39 +15,14 @@ Shape legend: B items, P pairs, E embedding width, D fusion width, A attributes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoders import EncoderOutput
-from mmrec.batch import ItemBatch
-from mmrec.model import ItemOutput, RecModel
-
-
-@dataclass
-class TaskConfig:
-    """Which tasks train, and their weights in the total loss."""
-
-    rating_weight: float = 1.0  # rating MSE
-    # L2 of the classic MF objective, per rating pair: lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2). Unlike
-    # weight decay it shrinks an item rated once far more than one rated a hundred times (ridge).
-    rating_l2: float = 0.0
-    feature_weight: float = 1.0  # generation of a masked modality's pooled feature
-    feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
-    attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
-    retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
-    retrieval_temperature: float = 0.1  # softmax temperature for retrieval
-
-    def __post_init__(self) -> None:
-        if self.feature_loss not in ("cosine", "mse"):
-            raise ValueError(f"feature_loss must be 'cosine' or 'mse', got {self.feature_loss!r}")
-        for name in ("rating_weight", "rating_l2", "feature_weight", "attribute_weight", "retrieval_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.retrieval_temperature <= 0:
-            raise ValueError(f"retrieval_temperature must be > 0, got {self.retrieval_temperature}")
+from mmrec.data.batch import ItemBatch
+from mmrec.model.config import TaskConfig
+from mmrec.model.model import ItemOutput, RecModel
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
     mmrec eval --run RUN --data DATA --split test --k 10,20,50 --out REPORT [--emb EMB]
 
-Protocol (DESIGN.md "Evaluation rules"): full ranking over all items; scoring `test` masks each
-user's train and valid items, scoring `valid` masks train (`--mask train` masks train only, as
-MMRec does); every held-out interaction is relevant unless `--threshold` sets a minimum rating.
+Protocol (`mmrec.eval.protocol`, the same rule training validation uses): full ranking; scoring
+`test` masks each user's train and valid items, scoring `valid` masks train (`--mask train` masks
+train only, as MMRec does); every held-out interaction is relevant unless `--threshold` sets a
+minimum rating.
 Sections of the report:
 - rating: RMSE / MAE on every held-out row (users unseen in training score mu + b_i);
 - ranking: Recall / NDCG / Hit / MRR @K over users with a relevant item, among all items (for the
@@ -26,61 +27,41 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from mmrec.baselines import bias_vectors, popularity_vectors
 from mmrec.data.reader import load_manifest
-from mmrec.data.sharding import sha256_of
-from mmrec.factory import WEIGHTS_FILE
-from mmrec.inference import RunVocabulary, SplitArrays, evaluate_split, ranked_lists, read_split, user_vectors
+from mmrec.data.split_files import RunSplits
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.embedding import assemble, embed_batches, item_batches
+from mmrec.eval.baselines import bias_vectors, popularity_vectors
+from mmrec.eval.protocol import EvalProtocol, evaluate_split, ranked_lists
+from mmrec.eval.report import write_report
+from mmrec.files import sha256_of
+from mmrec.model.factory import WEIGHTS_FILE, load_model
+from mmrec.model.model import user_vectors
+from mmrec.precision import bf16_autocast
 
 ACTIVITY_BUCKETS = ((1, 5), (6, 20), (21, 50), (51, None))
-
-
-def _keep(rows: SplitArrays, mask: np.ndarray) -> SplitArrays:
-    return SplitArrays(rows.users[mask], rows.items[mask], rows.ratings[mask])
-
-
-def _filtered_split(data_dir: Path, split: str, vocab: RunVocabulary, threshold: float | None,
-                    users: np.ndarray | None = None) -> SplitArrays:
-    rows = read_split(data_dir, split, vocab)
-    keep = np.ones(len(rows.users), dtype=bool)
-    if threshold is not None:
-        keep &= rows.ratings >= threshold
-    if users is not None:
-        keep &= np.isin(rows.users, users)
-    return _keep(rows, keep)
 
 
 class _Evaluator:
     """Scores one (user vectors, item vectors) pair under the report's protocol."""
 
-    def __init__(self, data_dir: Path, vocab: RunVocabulary, split: str, masked: tuple[str, ...], ks: list[int],
-                 threshold: float | None, candidates: str):
-        self.data_dir, self.vocab, self.split, self.masked, self.ks = data_dir, vocab, split, masked, ks
-        self.threshold = threshold
-        self.train = read_split(data_dir, "train", vocab)
-        n = len(vocab.item_ids)
-        self.popularity = np.bincount(self.train.items, minlength=n)
+    def __init__(self, splits: RunSplits, protocol: EvalProtocol, ks: list[int]):
+        self.splits, self.protocol, self.ks = splits, protocol, ks
+        self.popularity = splits.item_popularity()
         self.warm = np.nonzero(self.popularity > 0)[0]
         self.cold = np.nonzero(self.popularity == 0)[0]
-        activity = np.bincount(self.train.users[self.train.users >= 0], minlength=len(vocab.user_ids))
-        # the headline's candidate items: everything, or (cold-start track) only the cold items
-        self.candidates = self.cold if candidates == "cold" else None
+        train = splits["train"]
+        activity = np.bincount(train.users[train.users >= 0], minlength=splits.num_users)
         self.buckets = {}
         for lo, hi in ACTIVITY_BUCKETS:
             name = f"{lo}+" if hi is None else f"{lo}-{hi}"
             self.buckets[name] = np.nonzero((activity >= lo) & ((activity <= hi) if hi else True))[0]
 
-    def _run(self, user_vecs, item_vecs, candidates="headline", users=None) -> dict:
-        if isinstance(candidates, str):
-            candidates = self.candidates
-        if self.threshold is None and users is None:
-            return evaluate_split(user_vecs, item_vecs, self.vocab, self.data_dir, self.split, self.masked,
-                                  tuple(self.ks), candidates)
-        # relevance threshold or user subset: evaluate on a filtered copy of the held-out split
-        held = _filtered_split(self.data_dir, self.split, self.vocab, self.threshold, users)
-        return evaluate_split(user_vecs, item_vecs, self.vocab, self.data_dir, self.split, self.masked,
-                              tuple(self.ks), candidates, held=held)
+    def _run(self, user_vecs, item_vecs, candidates="protocol", users=None) -> dict:
+        held = self.protocol.held_out(self.splits, users)
+        return evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held)
 
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, slices: bool = True) -> dict:
         full = self._run(user_vecs, item_vecs)
@@ -96,10 +77,11 @@ class _Evaluator:
 
     def beyond(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, embed_dim: int) -> dict:
         """Coverage, average popularity and intra-list diversity of the top-K lists of evaluated users."""
-        held = _filtered_split(self.data_dir, self.split, self.vocab, self.threshold)
+        held = self.protocol.held_out(self.splits)
         users = np.unique(held.users[held.users >= 0])
-        cand = np.arange(len(self.vocab.item_ids)) if self.candidates is None else self.candidates
-        top = ranked_lists(user_vecs, item_vecs, self.vocab, self.data_dir, users, self.masked, cand, max(self.ks))
+        cand = self.protocol.candidate_items(self.splits)
+        cand = np.arange(self.splits.num_items) if cand is None else cand
+        top = ranked_lists(user_vecs, item_vecs, self.splits, users, self.protocol.masked, cand, max(self.ks))
         q = item_vecs[:, :embed_dim]
         q = F.normalize(q - q.mean(0), dim=-1)  # centred: what distinguishes items, not what they share
         out = {}
@@ -120,20 +102,17 @@ class _Evaluator:
 def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: dict[str, torch.Tensor], model,
              split: str = "test", ks: list[int] | None = None, mask: str = "auto",
              threshold: float | None = None, candidates: str = "auto") -> dict:
-    """The report dict (DESIGN.md report.json) for a model's exported vectors on `split`.
+    """The report dict (docs/design.md report.json) for a model's exported vectors on `split`.
 
-    `candidates`: "all" items, "cold" items only, or "auto" = cold for the cold-items protocol
-    without warm_holdout (whose held-out items are then all cold: ranked among all items they would compete with warm items
-    that carry popularity and ID terms, and the track would measure that instead of content).
+    `mask` and `candidates` choose the protocol (`mmrec.eval.protocol`: "auto" is the rule that
+    training validation uses too).
     """
     ks = sorted(ks or [10, 20, 50])
     vocab = RunVocabulary.load(run_dir)
     manifest = load_manifest(data_dir)
-    masked = {"auto": ("train", "valid") if split == "test" else ("train",), "train": ("train",)}[mask]
-    if candidates == "auto":  # cold only when every held-out item is cold
-        split_info = manifest["split"]
-        candidates = "cold" if split_info["protocol"] == "cold-items" and not split_info.get("warm_holdout") else "all"
-    ev = _Evaluator(data_dir, vocab, split, masked, ks, threshold, candidates)
+    protocol = EvalProtocol.for_split(split, manifest["split"], mask=mask, candidates=candidates, threshold=threshold)
+    splits = RunSplits(data_dir, vocab)  # every split file parsed once for the whole report
+    ev = _Evaluator(splits, protocol, ks)
     user_vecs = user_vectors(model)  # on the CPU, wherever the model is
 
     report = {"protocol": {
@@ -142,10 +121,9 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         "seed": manifest["split"]["seed"],
         "params": {k: v for k, v in manifest["split"].items() if k not in ("protocol", "seed", "cold_items")},
         "split_sha256": {name: info["sha256"] for name, info in manifest["interactions"].items()},
-        "masked_splits": list(masked),
+        "masked_splits": list(protocol.masked),
         "relevance_threshold": threshold,
-        "candidates": ("cold items only (no training interaction): the cold-start track" if candidates == "cold"
-                       else "all items") + "; slices: warm among warm items, cold among cold items",
+        "candidates": protocol.describe() + "; slices: warm among warm items, cold among cold items",
         "checkpoint": f"{run_dir / 'model'} (sha256 {sha256_of(run_dir / 'model' / WEIGHTS_FILE)[:16]})",
         "data": str(data_dir.resolve()),
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -154,10 +132,37 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     ours = ev.score(user_vecs, item_vecs)
     report.update(ours)
     report["beyond"] = ev.beyond(user_vecs, item_vecs, model.config.embedding_dim)
-    n_users, n_items = len(vocab.user_ids), len(vocab.item_ids)
-    pop = ev.score(*popularity_vectors(ev.train, n_users, n_items))
+    n_users, n_items = splits.num_users, splits.num_items
+    pop = ev.score(*popularity_vectors(splits["train"], n_users, n_items))
     pop.pop("rating")  # popularity predicts no rating
-    bias = ev.score(*bias_vectors(ev.train, n_users, n_items), slices=False)
+    bias = ev.score(*bias_vectors(splits["train"], n_users, n_items), slices=False)
     report["baselines"] = {"popularity": pop, "bias_only": bias}
     report["ablation"] = {f"without_{m}": ev.score(user_vecs, vecs, slices=False) for m, vecs in ablated.items()}
     return report
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, split: str = "test",
+                 ks: list[int] | None = None, emb: str | Path | None = None, mask: str = "auto",
+                 threshold: float | None = None, candidates: str = "auto", ablation: bool = True,
+                 batch_size: int = 128, num_workers: int = 0) -> tuple[dict, dict[str, Path]]:
+    """`mmrec eval`: score a run's model on `split` and write REPORT (report.json, report.md, plots).
+
+    The item vectors come from `emb` (an `mmrec embed` folder) or from one pass of the item tower,
+    which also gives every modality's ablation (the encoders run once). Returns (report, written paths).
+    """
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, preprocessors, _ = load_model(run_dir / "model", device=device)
+    vocab = RunVocabulary.load(run_dir)
+    n = len(vocab.item_ids)
+    item_vecs = load_file(Path(emb) / "item_embeddings.safetensors")["embeddings"] if emb is not None else None
+    ablate = tuple(model.modalities) if ablation else ()
+    ablated = {}
+    if item_vecs is None or ablate:
+        batches = item_batches(data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
+                               num_workers=num_workers, device=device)
+        tower = embed_batches(model, batches, device=device, autocast=bf16_autocast(device), ablate=ablate)
+        item_vecs = assemble([(tower.indices, tower.vectors)], n) if item_vecs is None else item_vecs
+        ablated = {m: assemble([(tower.indices, v)], n) for m, v in tower.ablated.items()}
+    report = evaluate(run_dir, data_dir, item_vecs, ablated, model, split, ks, mask, threshold, candidates)
+    return report, write_report(report, out)

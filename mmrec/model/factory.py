@@ -12,12 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from encoders import Preprocessor, create_encoder
 from fusion import create_fusion
-from mmrec.config_io import from_dict, save_config, to_dict
-from mmrec.model import ModelConfig, RecModel
+from mmrec.config_io import from_dict, save_config
+from mmrec.data.split_files import RunSplits
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.model.config import ModelConfig
+from mmrec.model.model import RecModel
 
 CONFIG_FILE, META_FILE, WEIGHTS_FILE = "config.yaml", "model.json", "model.safetensors"
 
@@ -29,7 +33,12 @@ class ModelSizes:
     num_users: int
     num_items: int
     attributes: list[str] = field(default_factory=list)  # attribute vocabulary, in head order
-    global_mean: float = 0.0  # mu: mean training rating
+    global_mean: float = 0.0  # mu: mean training rating (stored here, in model.json, and nowhere else)
+
+    @classmethod
+    def for_training(cls, vocab: RunVocabulary, splits: RunSplits) -> "ModelSizes":
+        """The sizes of a model trained on `splits` with `vocab`."""
+        return cls(len(vocab.user_ids), len(vocab.item_ids), list(vocab.attributes), splits.train_mean_rating())
 
 
 def create_model(cfg: ModelConfig, sizes: ModelSizes, item_seen: torch.Tensor | None = None) -> tuple[RecModel, dict[str, Preprocessor]]:
@@ -46,6 +55,15 @@ def create_model(cfg: ModelConfig, sizes: ModelSizes, item_seen: torch.Tensor | 
         fusion = create_fusion(cfg.fusion, input_dims={m: e.output_dim for m, e in encoders.items()})
     model = RecModel(cfg, encoders, fusion, sizes.num_users, sizes.num_items, sizes.global_mean, item_seen)
     return model, preprocessors
+
+
+def build_model(cfg: ModelConfig, sizes: ModelSizes, seed: int,
+                item_seen: torch.Tensor | None = None) -> tuple[RecModel, dict[str, Preprocessor]]:
+    """`create_model` from a fixed seed: what a training run builds first, and what `mmrec cache`
+    builds to compute the features that run will read (same seed, same construction order, so the
+    same random-init encoder weights and the same cache fingerprint)."""
+    set_seed(seed)
+    return create_model(cfg, sizes, item_seen)
 
 
 def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path) -> Path:
@@ -76,4 +94,4 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model.to(device), preprocessors, sizes
 
 
-__all__ = ["ModelSizes", "create_model", "load_model", "save_model", "to_dict"]
+__all__ = ["ModelSizes", "build_model", "create_model", "load_model", "save_model"]

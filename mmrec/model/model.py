@@ -16,50 +16,15 @@ Shape legend: B items in the batch, P (item, user) pairs, E embedding width, D f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from encoders import EncoderConfig, EncoderOutput, ModalityEncoder
-from fusion import FusionConfig, FusionTransformer
-from mmrec.batch import ItemBatch
-
-MODALITY_ORDER = ("text", "image", "audio")
-
-
-@dataclass
-class ModelConfig:
-    """The whole model. `fusion.modalities` always follows `encoders` (in text, image, audio order)."""
-
-    encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality -> encoder; empty = ID-only MF
-    fusion: FusionConfig = field(default_factory=FusionConfig)  # cross-modal fusion transformer
-    embedding_dim: int = 32  # E: width of p_u and q_i
-    item_id_embeddings: bool = False  # add learned per-item q/b terms for items seen in training
-    item_id_dropout: float = 0.0  # training: hide an item's ID terms with this probability, so the content
-    #                               path must predict its ratings alone (cold start; DropoutNet, Volkovs et al. 2017)
-    init_std: float = 0.01  # std of the ID embeddings at initialisation
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.encoders) - set(MODALITY_ORDER))
-        if unknown:
-            raise ValueError(f"unknown modality {unknown} in model.encoders; expected any of {list(MODALITY_ORDER)}")
-        if not 0.0 <= self.item_id_dropout < 1.0:
-            raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
-        if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if not self.encoders and not self.item_id_embeddings:
-            raise ValueError("the model has no item representation: configure model.encoders or set "
-                             "model.item_id_embeddings=true (ID-only matrix factorisation)")
-        if self.encoders:
-            self.fusion.modalities = self.modalities
-            self.fusion.input_dims = {m: d for m, d in self.fusion.input_dims.items() if m in self.encoders}
-            if isinstance(self.fusion.token_budget, dict):
-                self.fusion.token_budget = {m: n for m, n in self.fusion.token_budget.items() if m in self.encoders}
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(m for m in MODALITY_ORDER if m in self.encoders)
+from encoders import EncoderOutput, ModalityEncoder
+from fusion import FusionTransformer
+from mmrec.data.batch import ItemBatch
+from mmrec.model.config import ModelConfig
 
 
 @dataclass
@@ -72,7 +37,7 @@ class ItemOutput:
 
 
 class RecModel(nn.Module):
-    """Encoders + fusion + ID embeddings; the tasks (`mmrec.tasks`) own the heads and losses."""
+    """Encoders + fusion + ID embeddings; the tasks (`mmrec.model.tasks`) own the heads and losses."""
 
     def __init__(self, config: ModelConfig, encoders: dict[str, ModalityEncoder], fusion: FusionTransformer | None,
                  num_users: int, num_items: int, global_mean: float = 0.0, item_seen: torch.Tensor | None = None):
@@ -194,3 +159,9 @@ class RecModel(nn.Module):
         u = self.user_index(users)
         p, b = self.user_p(u), self.user_b(u).squeeze(-1)
         return torch.cat([p, torch.ones_like(b)[:, None], (self.global_mean + b)[:, None]], dim=-1)
+
+
+def user_vectors(model: RecModel) -> torch.Tensor:
+    """(U + 1, E + 2) exported user vectors, the last row for users unseen in training."""
+    with torch.no_grad():
+        return model.user_export(torch.arange(model.num_users + 1, device=model.user_p.weight.device)).float().cpu()

@@ -9,16 +9,17 @@ modalities cost no encoder work.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from encoders import EncoderOutput, Preprocessor
-from mmrec.data.reader import DecodedItem
+
+if TYPE_CHECKING:  # types only: the model imports ItemBatch and must not pull in the reader (webdataset, PIL)
+    from mmrec.data.reader import DecodedItem
+    from mmrec.data.split_files import SplitArrays
 
 
 @dataclass
@@ -80,18 +81,10 @@ class InteractionIndex:
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
 
     @classmethod
-    def from_csv(cls, path: str | Path, item_to_index: Mapping[str, int], user_to_index: Mapping[str, int]) -> "InteractionIndex":
-        """Read a split file; rows whose user is not in `user_to_index` are skipped (unknown users)."""
-        items, users, ratings = [], [], []
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                u = user_to_index.get(row["user_id"])
-                if u is None:
-                    continue
-                items.append(item_to_index[row["item_id"]])
-                users.append(u)
-                ratings.append(float(row["rating"]))
-        return cls(np.asarray(items, dtype=np.int64), np.asarray(users), np.asarray(ratings), len(item_to_index))
+    def from_split(cls, rows: "SplitArrays", num_items: int) -> "InteractionIndex":
+        """The pairs of a parsed split file; rows of users outside the vocabulary (-1) are left out."""
+        known = rows.users >= 0
+        return cls(rows.items[known], rows.users[known], rows.ratings[known], num_items)
 
     def pairs(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.offsets[item], self.offsets[item + 1]

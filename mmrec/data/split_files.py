@@ -1,0 +1,83 @@
+"""The dataset's split files as index arrays in a run's vocabulary, each parsed once per command.
+
+    splits = RunSplits(data_dir, vocab)
+    splits["train"].items  # (R,) item indices of every training row
+
+Everything downstream (training validation, `mmrec eval`, the baselines, `benchmarks/`) takes these
+arrays, never a folder to re-read.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmrec.data.schema import INTERACTIONS_DIR, SPLITS
+from mmrec.data.vocabulary import RunVocabulary
+
+
+@dataclass
+class SplitArrays:
+    """One split file as index arrays (user -1 = not in the training vocabulary)."""
+
+    users: np.ndarray  # (R,) int64
+    items: np.ndarray  # (R,) int64
+    ratings: np.ndarray  # (R,) float32
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, keep: np.ndarray) -> "SplitArrays":
+        """The rows where the boolean mask `keep` is True."""
+        return SplitArrays(self.users[keep], self.items[keep], self.ratings[keep])
+
+
+def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary) -> SplitArrays:
+    """Parse DATA/interactions/{split}.csv into index arrays."""
+    items_of, users_of = vocab.item_index(), vocab.user_index()
+    users, items, ratings = [], [], []
+    with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            users.append(users_of.get(row["user_id"], -1))
+            items.append(items_of[row["item_id"]])
+            ratings.append(float(row["rating"]))
+    return SplitArrays(np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64),
+                       np.asarray(ratings, dtype=np.float32))
+
+
+class RunSplits:
+    """train / valid / test of one dataset folder, each read on first use and kept."""
+
+    def __init__(self, data_dir: str | Path, vocab: RunVocabulary):
+        self.data_dir, self.vocab = Path(data_dir), vocab
+        self._parsed: dict[str, SplitArrays] = {}
+
+    def __getitem__(self, split: str) -> SplitArrays:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+        if split not in self._parsed:
+            self._parsed[split] = read_split(self.data_dir, split, self.vocab)
+        return self._parsed[split]
+
+    @property
+    def num_users(self) -> int:
+        return len(self.vocab.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.vocab.item_ids)
+
+    def item_popularity(self) -> np.ndarray:
+        """(N,) training interactions per item."""
+        return np.bincount(self["train"].items, minlength=self.num_items)
+
+    def cold_items(self) -> np.ndarray:
+        """Indices of the items with no training interaction (the cold-start candidates)."""
+        return np.nonzero(self.item_popularity() == 0)[0]
+
+    def train_mean_rating(self) -> float:
+        """mu: the mean training rating."""
+        return float(self["train"].ratings.astype(np.float64).mean())

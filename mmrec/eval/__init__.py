@@ -1,0 +1,1 @@
+"""Evaluation: the one protocol rule, metrics, the full report, baselines and report rendering."""

@@ -1,0 +1,136 @@
+"""The one evaluation rule: which items are masked and which items are ranked, for any split.
+
+Training validation, `mmrec eval`, the baselines and `benchmarks/` all score through this module,
+so model selection measures exactly what the headline reports (docs/design.md "Evaluation rules"):
+
+- masked: scoring `test` excludes each user's train and valid items from the ranking, scoring
+  `valid` excludes train (`mask="train"`: train only, as MMRec does);
+- candidates: all items, except on a `cold-items` split without `warm_holdout`, whose held-out
+  items are all cold: there they are ranked among the cold items only (ranked among all items, a
+  cold item would compete with warm items that carry popularity and ID terms, and the track would
+  measure that instead of content). With `warm_holdout` the held-out rows mix warm and cold items,
+  so both splits rank among all items and the report's slices separate the two;
+- relevance: every held-out row whose user was seen in training (optionally rating >= threshold).
+
+The score of (u, i) is `user_vecs[u] @ item_vecs[i]` (the ranking score contract), so any scorer
+fits: the model, a baseline, or vectors read back from `mmrec embed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmrec.data.split_files import RunSplits, SplitArrays
+from mmrec.eval.metrics import UserItems, ranking_metrics, rating_metrics, top_k
+
+MASK_CHOICES = ("auto", "train")
+CANDIDATE_CHOICES = ("auto", "all", "cold")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How one split is scored: held-out split, masked splits, candidate items, relevance threshold."""
+
+    split: str  # the held-out split scored: "valid" or "test"
+    masked: tuple[str, ...]  # splits whose items are excluded from each user's ranking
+    candidates: str  # "all" items, or "cold" items only (no training interaction)
+    threshold: float | None = None  # only held-out ratings >= this are relevant (None: every row)
+
+    @classmethod
+    def for_split(cls, split: str, split_info: dict, *, mask: str = "auto", candidates: str = "auto",
+                  threshold: float | None = None) -> "EvalProtocol":
+        """The rule for `split` of a dataset whose manifest "split" entry is `split_info`."""
+        if split not in ("valid", "test"):
+            raise ValueError(f"can only score a held-out split, 'valid' or 'test', not {split!r}")
+        if mask not in MASK_CHOICES:
+            raise ValueError(f"mask must be one of {MASK_CHOICES}, got {mask!r}")
+        if candidates not in CANDIDATE_CHOICES:
+            raise ValueError(f"candidates must be one of {CANDIDATE_CHOICES}, got {candidates!r}")
+        masked = ("train", "valid") if split == "test" and mask == "auto" else ("train",)
+        if candidates == "auto":
+            only_cold = split_info["protocol"] == "cold-items" and not split_info.get("warm_holdout")
+            candidates = "cold" if only_cold else "all"
+        return cls(split, masked, candidates, threshold)
+
+    def candidate_items(self, splits: RunSplits) -> np.ndarray | None:
+        """Item indices ranked (None: every item)."""
+        return splits.cold_items() if self.candidates == "cold" else None
+
+    def describe(self) -> str:
+        return ("cold items only (no training interaction): the cold-start track" if self.candidates == "cold"
+                else "all items")
+
+    def held_out(self, splits: RunSplits, users: np.ndarray | None = None) -> SplitArrays:
+        """The held-out rows that count: above the threshold, optionally only of `users`."""
+        rows = splits[self.split]
+        keep = np.ones(len(rows), dtype=bool)
+        if self.threshold is not None:
+            keep &= rows.ratings >= self.threshold
+        if users is not None:
+            keep &= np.isin(rows.users, users)
+        return rows.subset(keep)
+
+
+@torch.no_grad()
+def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSplits, protocol: EvalProtocol,
+                   ks: tuple[int, ...] = (10,), candidates: np.ndarray | None | str = "protocol",
+                   held: SplitArrays | None = None) -> dict:
+    """Rating error on every held-out row, and full ranking for known users with masked items excluded.
+
+    Args:
+        user_vecs: (U + 1, d): one row per vocabulary user, the last for users unseen in training.
+        item_vecs: (N, d) in item-index order.
+        candidates: item indices to rank among; "protocol" (default) takes the protocol's, None all items.
+        held: the held-out rows to score (default: the protocol's).
+
+    Returns:
+        {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
+    """
+    held = protocol.held_out(splits) if held is None else held
+    if isinstance(candidates, str):
+        candidates = protocol.candidate_items(splits)
+    num_users = splits.num_users
+    users = user_vecs.float().cpu()
+    u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, num_users))
+    predicted = (users[u_rows] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
+    result = {"rating": rating_metrics(predicted.numpy(), held.ratings)}
+
+    n_items = item_vecs.shape[0]
+    cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    in_cand = np.zeros(n_items, dtype=bool)
+    in_cand[cand] = True
+    # ranking needs a user vector of its own, and a relevant item among the candidates
+    known = (held.users >= 0) & in_cand[held.items]
+    eval_users = np.unique(held.users[known])  # rank only for users with something held out
+    row_of = np.full(num_users, -1, dtype=np.int64)
+    row_of[eval_users] = np.arange(len(eval_users))
+    relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
+    top = ranked_lists(users, item_vecs, splits, eval_users, protocol.masked, cand, max(ks))
+    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": len(cand)}
+    return result
+
+
+def ranked_lists(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSplits, users: np.ndarray,
+                 masked: tuple[str, ...], candidates: np.ndarray, k: int) -> np.ndarray:
+    """(len(users), k) item indices: each user's top-k among `candidates`, their `masked` items excluded.
+
+    Scores and ranks on the GPU when there is one (chunked over users), else on the CPU.
+    """
+    row_of = np.full(splits.num_users, -1, dtype=np.int64)
+    row_of[users] = np.arange(len(users))
+    col_of = np.full(item_vecs.shape[0], -1, dtype=np.int64)
+    col_of[candidates] = np.arange(len(candidates))
+    ex_u, ex_i = [], []
+    for name in masked:
+        s = splits[name]
+        keep = (s.users >= 0) & (row_of[np.maximum(s.users, 0)] >= 0) & (col_of[s.items] >= 0)
+        ex_u.append(row_of[s.users[keep]])
+        ex_i.append(col_of[s.items[keep]])
+    exclude = UserItems.from_pairs(np.concatenate(ex_u), np.concatenate(ex_i), len(users))
+    u, i = user_vecs[torch.from_numpy(users)], item_vecs[torch.from_numpy(candidates)]
+    if torch.cuda.is_available():
+        u, i = u.cuda(), i.cuda()
+    return candidates[top_k(u, i, k, exclude=exclude).numpy()]

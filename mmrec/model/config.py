@@ -1,0 +1,71 @@
+"""The model's and the tasks' configs: plain dataclasses, importable without torch.
+
+`ModelConfig` is the whole model (encoders, fusion, ID embeddings); `TaskConfig` the losses and
+their weights. `mmrec.config.RunConfig` holds both, with the data and training sections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from encoders.config import EncoderConfig
+from fusion.config import FusionConfig
+from mmrec.data.schema import MODALITIES
+
+
+@dataclass
+class ModelConfig:
+    """The whole model. `fusion.modalities` always follows `encoders` (in text, image, audio order)."""
+
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality -> encoder; empty = ID-only MF
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # cross-modal fusion transformer
+    embedding_dim: int = 32  # E: width of p_u and q_i
+    item_id_embeddings: bool = False  # add learned per-item q/b terms for items seen in training
+    item_id_dropout: float = 0.0  # training: hide an item's ID terms with this probability, so the content
+    #                               path must predict its ratings alone (cold start; DropoutNet, Volkovs et al. 2017)
+    init_std: float = 0.01  # std of the ID embeddings at initialisation
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.encoders) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"unknown modality {unknown} in model.encoders; expected any of {list(MODALITIES)}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
+        if not self.encoders and not self.item_id_embeddings:
+            raise ValueError("the model has no item representation: configure model.encoders or set "
+                             "model.item_id_embeddings=true (ID-only matrix factorisation)")
+        if self.encoders:
+            self.fusion.modalities = self.modalities
+            self.fusion.input_dims = {m: d for m, d in self.fusion.input_dims.items() if m in self.encoders}
+            if isinstance(self.fusion.token_budget, dict):
+                self.fusion.token_budget = {m: n for m, n in self.fusion.token_budget.items() if m in self.encoders}
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in MODALITIES if m in self.encoders)
+
+
+@dataclass
+class TaskConfig:
+    """Which tasks train, and their weights in the total loss."""
+
+    rating_weight: float = 1.0  # rating MSE
+    # L2 of the classic MF objective, per rating pair: lambda * (|p_u|^2 + |q_i|^2 + b_u^2 + b_i^2). Unlike
+    # weight decay it shrinks an item rated once far more than one rated a hundred times (ridge).
+    rating_l2: float = 0.0
+    feature_weight: float = 1.0  # generation of a masked modality's pooled feature
+    feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
+    attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
+    retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
+    retrieval_temperature: float = 0.1  # softmax temperature for retrieval
+
+    def __post_init__(self) -> None:
+        if self.feature_loss not in ("cosine", "mse"):
+            raise ValueError(f"feature_loss must be 'cosine' or 'mse', got {self.feature_loss!r}")
+        for name in ("rating_weight", "rating_l2", "feature_weight", "attribute_weight", "retrieval_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.retrieval_temperature <= 0:
+            raise ValueError(f"retrieval_temperature must be > 0, got {self.retrieval_temperature}")
