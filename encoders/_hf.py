@@ -1,4 +1,8 @@
-"""Helpers shared by the Hugging Face families (`hf-text`, `hf-ast`)."""
+"""What the Hugging Face families (`hf-text`, `hf-ast`) share: `HFEncoder`, the base of their encoders
+(the wrapped model, its blocks for top-N training, its final norm, activation checkpointing), and the
+two ways to get the model: `from_folder` (a local `pretrained` folder) or `checked_config` (random init
+from `arch`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from typing import Any
 
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+
+from encoders.base import EncoderConfig, ModalityEncoder
 
 
 def local_folder(pretrained: str, family: str) -> Path:
@@ -19,11 +25,17 @@ def local_folder(pretrained: str, family: str) -> Path:
     return path
 
 
-def no_arch_with_pretrained(arch: dict[str, Any], family: str) -> None:
-    # The folder's config.json rules; silently ignoring `arch` would hide a config mistake.
-    if arch:
-        raise ValueError(f"{family}: arch {sorted(arch)} given together with pretrained; the folder's "
+def from_folder(cfg: EncoderConfig, family: str, model_cls: Any) -> tuple[PreTrainedModel, Path]:
+    """`model_cls.from_pretrained` on the local folder `cfg.pretrained`; returns (model, folder).
+
+    The folder's config.json defines the architecture, so `cfg.arch` must be empty: silently ignoring
+    it would hide a config mistake.
+    """
+    if cfg.arch:
+        raise ValueError(f"{family}: arch {sorted(cfg.arch)} given together with pretrained; the folder's "
                          "config.json defines the architecture, so remove arch (it is for random init)")
+    folder = local_folder(cfg.pretrained, family)
+    return model_cls.from_pretrained(folder, local_files_only=True), folder
 
 
 def checked_config(config_cls: type[PretrainedConfig], arch: dict[str, Any], family: str) -> PretrainedConfig:
@@ -40,20 +52,48 @@ def checked_config(config_cls: type[PretrainedConfig], arch: dict[str, Any], fam
     return config_cls(**arch)
 
 
-def enable_grad_checkpointing(model: PreTrainedModel, enable: bool) -> None:
-    """Turn Hugging Face activation checkpointing on or off (it acts in train mode only)."""
-    new_api = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5.x; the old names warn there
-    if not enable:
-        (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
-        return
-    # Non-reentrant: the reentrant variant (transformers 4.x default) gives no parameter gradients when a
-    # block's input does not require grad, which is exactly the case for top-N training over frozen
-    # embeddings.
-    kwargs = {"use_reentrant": False}
-    if new_api:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+class HFEncoder(ModalityEncoder):
+    """Base of the Hugging Face encoders: `self.model` is the wrapped `PreTrainedModel`.
+
+    A family sets `family`, `block_paths` (where its transformer blocks may live) and `head_paths`
+    (the modules above the last block) and writes `forward`.
+    """
+
+    family: str = ""
+    block_paths: tuple[str, ...] = ()  # the first that names a module of the model is used
+    head_paths: tuple[str, ...] = ()  # those the model has train with the top blocks
+
+    def __init__(self, config: EncoderConfig, model: PreTrainedModel):
+        super().__init__(config)
+        self.model = model
+        # a path, not the module: a second module attribute would put the blocks twice in the state dict
+        self._blocks_path = blocks_path(model, self.block_paths, self.family)
+
+    @property
+    def output_dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.get_submodule(self._blocks_path))
+
+    def head_modules(self) -> list[nn.Module]:
+        return [m for p in self.head_paths if (m := submodule(self.model, p)) is not None]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn Hugging Face activation checkpointing on or off (it acts in train mode only)."""
+        model = self.model
+        new_api = hasattr(model, "activation_checkpointing_enable")  # transformers >= 5.x; the old names warn there
+        if not enable:
+            (model.activation_checkpointing_disable if new_api else model.gradient_checkpointing_disable)()
+            return
+        # Non-reentrant: the reentrant variant (transformers 4.x default) gives no parameter gradients when a
+        # block's input does not require grad, which is exactly the case for top-N training over frozen
+        # embeddings.
+        kwargs = {"use_reentrant": False}
+        if new_api:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def submodule(model: nn.Module, path: str) -> nn.Module | None:

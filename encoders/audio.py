@@ -17,7 +17,6 @@ first bottleneck of an AST on a fast GPU.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
 from encoders import _hf
-from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
+from encoders.base import EncoderConfig, EncoderOutput, Preprocessor
 from encoders.fbank import KaldiFbank
 from encoders.registry import register_encoder
 
@@ -36,6 +35,7 @@ TINY_ARCH = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2
              "num_mel_bins": 16, "max_length": 24, "patch_size": 4, "frequency_stride": 4, "time_stride": 4}
 # transformers 5.x keeps the blocks in `layers`, 4.x in `encoder.layer`
 _BLOCK_PATHS = ("layers", "encoder.layer")
+_HEAD_PATHS = ("layernorm",)
 FRAME_MS, SHIFT_MS = 25.0, 10.0  # Kaldi fbank defaults, which ASTFeatureExtractor keeps
 
 
@@ -94,33 +94,25 @@ class AudioPreprocessor(Preprocessor):
         return {"waveform": waves, "num_samples": torch.stack([e["num_samples"] for e in examples])}
 
 
-class ASTEncoder(ModalityEncoder):
+class ASTEncoder(_hf.HFEncoder):
     """Tokens = last hidden states ([CLS], [DIST], patches), pooled = mean of [CLS] and [DIST]."""
 
     modality = "audio"
+    family = FAMILY
+    block_paths = _BLOCK_PATHS
+    head_paths = _HEAD_PATHS
 
     def __init__(self, config: EncoderConfig, model: ASTModel, feature_extractor: ASTFeatureExtractor | None = None):
-        super().__init__(config)
-        self.model = model
-        self._blocks_path = _hf.blocks_path(model, _BLOCK_PATHS, FAMILY)
+        super().__init__(config, model)
         self.fbank = None
         if config.features_on_device:
             fe = feature_extractor
             self.fbank = KaldiFbank(fe.num_mel_bins, fe.max_length, fe.sampling_rate)
             self.normalize = (fe.mean, 2 * fe.std) if fe.do_normalize else None
 
-    @property
-    def output_dim(self) -> int:
-        return self.model.config.hidden_size
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.model.get_submodule(self._blocks_path))
-
-    def head_modules(self) -> list[nn.Module]:
-        return [self.model.layernorm]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        _hf.enable_grad_checkpointing(self.model, enable)
+    def no_weight_decay(self) -> set[str]:
+        """The learned tokens and position embeddings (timm's convention, as timm's ViT names its own)."""
+        return {f"model.embeddings.{n}" for n in ("cls_token", "distillation_token", "position_embeddings")}
 
     def forward(self, input_values: torch.Tensor | None = None, waveform: torch.Tensor | None = None,
                 num_samples: torch.Tensor | None = None) -> EncoderOutput:
@@ -141,13 +133,10 @@ class ASTEncoder(ModalityEncoder):
 def create_hf_ast(cfg: EncoderConfig) -> tuple[ASTEncoder, AudioPreprocessor]:
     """Build from a local folder (`pretrained`) or randomly from `arch` (`ASTConfig` kwargs)."""
     if cfg.pretrained is not None:
-        _hf.no_arch_with_pretrained(cfg.arch, FAMILY)
-        folder = _hf.local_folder(cfg.pretrained, FAMILY)
-        model = ASTModel.from_pretrained(folder, local_files_only=True)
+        model, folder = _hf.from_folder(cfg, FAMILY, ASTModel)
         has_fe = (folder / "preprocessor_config.json").is_file()
     else:
-        arch: dict[str, Any] = dict(cfg.arch)
-        model = ASTModel(_hf.checked_config(ASTConfig, arch, FAMILY))
+        model = ASTModel(_hf.checked_config(ASTConfig, dict(cfg.arch), FAMILY))
         has_fe = False
     config = model.config
     if has_fe:

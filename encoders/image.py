@@ -4,9 +4,11 @@ which learns far better than a ViT from a few thousand images when no pretrained
 
 `arch` = {"model_name": <timm model, default vit_base_patch16_224>, **model kwargs}; the model is
 built with `num_classes=0` (no classifier). Weights: `pretrained` = a checkpoint file (safetensors,
-or a torch state dict read with `weights_only=True`) loaded through timm's offline path
-`pretrained_cfg_overlay=dict(file=...)`, or a folder in timm's `local-dir:` layout (config.json +
-model.safetensors, as saved by `timm.models.save_for_hf`), whose config.json names the model.
+or a torch state dict read with `weights_only=True`) that fits that model, or a folder in timm's
+`local-dir:` layout (config.json + model.safetensors, as saved by `timm.models.save_for_hf`), whose
+config.json names the model. The checkpoint goes through timm's conversion for the architecture and
+loses its classifier, as in timm's own pretrained loading, and must then fit the model exactly:
+a missing or an unexpected key is an error, never a silently random layer.
 
 Tokens are `forward_features` (ViT: class/register tokens first, then patches; CNN: the final feature
 map's positions, row by row), pooled is the model's own pre-logits head (`forward_head(...,
@@ -16,9 +18,9 @@ pre_logits=True)`: the class token or the average, by model). A CNN's `arch` may
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator
+import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ TINY_ARCH = {"model_name": "vit_tiny_patch16_224", "img_size": 32, "patch_size":
              "num_heads": 2}
 CNN_FAMILY = "timm-cnn"
 CNN_TINY_ARCH = {"model_name": "test_resnet", "input_size": [32, 24]}
+_FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # what timm.models.save_for_hf writes
 
 
 def split_normalize(transform: Callable) -> tuple[Callable, tuple[torch.Tensor, torch.Tensor]]:
@@ -142,40 +145,6 @@ class TimmViTEncoder(ImageInput, ModalityEncoder):
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled)
 
 
-class _KeyReport(logging.Handler):
-    """Collects timm's missing/unexpected-key report for one pretrained load."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.problems: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith(("Missing keys", "Unexpected keys")):
-            self.problems.append(message)
-        elif record.levelno >= logging.WARNING:
-            logging.getLogger("timm.models").handle(record)  # not ours to swallow
-
-
-@contextlib.contextmanager
-def _strict_load() -> Iterator[_KeyReport]:
-    # timm loads non-strictly whenever the checkpoint's classifier is dropped (num_classes=0), and only
-    # logs missing/unexpected keys, so a checkpoint that does not fit the model would leave layers
-    # silently random. Its report is on the `timm.models._builder` logger (missing keys at INFO).
-    logger = logging.getLogger("timm.models._builder")
-    report = _KeyReport()
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(report)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield report
-    finally:
-        logger.removeHandler(report)
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
 class TimmCNNEncoder(ImageInput, ModalityEncoder):
     """Wraps a timm CNN built with `num_classes=0`; its stages are the blocks that `trainable_layers` counts."""
 
@@ -219,22 +188,64 @@ def _create_model(cfg: EncoderConfig, family: str = FAMILY) -> nn.Module:
     if cfg.pretrained is None:
         return timm.create_model(model_name, pretrained=False, num_classes=0, **arch)
     path = Path(cfg.pretrained).expanduser()
-    with _strict_load() as report:
-        if path.is_dir():
-            # timm's own folder layout: its config.json names the architecture
-            model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0, **arch)
-        elif path.is_file():
-            # custom_load=False: older timm keeps the tag's JAX .npz loader for a file overlay
-            overlay = {"file": str(path), "custom_load": False}
-            model = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, num_classes=0,
-                                      **arch)
-        else:
-            raise ValueError(f"{family}: pretrained={cfg.pretrained!r} is neither a checkpoint file nor a timm "
-                             "folder; weights are never downloaded")
-    if report.problems:
-        raise ValueError(f"{family}: {path} does not fit the model built from arch={cfg.arch}: "
-                         + " ".join(report.problems) + " Set arch (model_name and kwargs) to the checkpoint's model.")
+    if path.is_dir():
+        # timm's own folder layout: its config.json names the architecture
+        model = timm.create_model(f"local-dir:{path}", pretrained=False, num_classes=0, **arch)
+        found = [path / name for name in _FOLDER_WEIGHTS if (path / name).is_file()]
+        if not found:
+            raise ValueError(f"{family}: {path} holds none of {list(_FOLDER_WEIGHTS)}; save the model with "
+                             "timm.models.save_for_hf, or point pretrained at the checkpoint file")
+        _load_checkpoint(model, found[0], cfg, family)
+    elif path.is_file():
+        model = timm.create_model(model_name, pretrained=False, num_classes=0, **arch)
+        _load_checkpoint(model, path, cfg, family)
+    else:
+        raise ValueError(f"{family}: pretrained={cfg.pretrained!r} is neither a checkpoint file nor a timm "
+                         "folder; weights are never downloaded")
     return model
+
+
+def _load_checkpoint(model: nn.Module, file: Path, cfg: EncoderConfig, family: str) -> None:
+    """Load a checkpoint into `model` as timm's pretrained loader does, refusing one that does not fit.
+
+    Not timm's loader itself: it loads non-strictly whenever it drops the checkpoint's classifier
+    (num_classes=0) and only logs what did not match, so a checkpoint of another model would leave layers
+    silently random. Here the keys `load_state_dict` reports decide.
+    """
+    if file.suffix in (".npz", ".npy"):  # timm would hand these to a model-specific, non-strict JAX loader
+        raise ValueError(f"{family}: {file} is a NumPy checkpoint; load it into the timm model once and save "
+                         "its state_dict (safetensors or torch)")
+    # timm's conversion for this architecture (other checkpoint layouts, other image sizes), where its module
+    # has one: the `pretrained_filter_fn` timm's builder passes for a pretrained load
+    convert = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else tuple(classifiers)
+    classifier_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
+
+    def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+        if convert is not None:
+            state_dict = convert(state_dict, model)
+        # a num_classes=0 model has no classifier: drop the checkpoint's, as timm does
+        return {k: v for k, v in state_dict.items() if k not in classifier_keys}
+
+    def mismatch(problem: str) -> ValueError:
+        return ValueError(f"{family}: {file} does not fit the model built from arch={cfg.arch}: {problem}. "
+                          "Set arch (model_name and kwargs) to the checkpoint's model.")
+
+    try:
+        # safetensors, or torch.load(weights_only=True); unwraps {"state_dict": ...} and EMA weights
+        result = timm.models.load_checkpoint(model, str(file), strict=False, filter_fn=filter_fn, weights_only=True)
+    except RuntimeError as e:  # same keys, other shapes; torch lists every one of them
+        names = re.findall(r"size mismatch for ([^:]+):", str(e))
+        raise mismatch(f"other shapes for {_few(names)}" if names else str(e).strip().splitlines()[0]) from e
+    problems = [f"{what} keys {_few(keys)}" for what, keys in (("missing", result.missing_keys),
+                                                              ("unexpected", result.unexpected_keys)) if keys]
+    if problems:
+        raise mismatch("; ".join(problems))
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    return "[" + ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "") + "]"
 
 
 @register_encoder(FAMILY, tiny_arch=TINY_ARCH)

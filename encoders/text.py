@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 from encoders import _hf
-from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
+from encoders.base import EncoderConfig, EncoderOutput, Preprocessor
 from encoders.registry import register_encoder
 
 FAMILY = "hf-text"
@@ -73,33 +73,20 @@ class TextPreprocessor(Preprocessor):
         return {"input_ids": input_ids, "attention_mask": attention_mask.long()}
 
 
-class HFTextEncoder(ModalityEncoder):
+class HFTextEncoder(_hf.HFEncoder):
     """Tokens = last hidden states, pooled = their masked mean."""
 
     modality = "text"
+    family = FAMILY
+    block_paths = _BLOCK_PATHS
+    head_paths = _HEAD_PATHS
 
     def __init__(self, config: EncoderConfig, model: nn.Module):
-        super().__init__(config)
         # The pooler (tanh over [CLS]) is unused: dropping it keeps DDP from finding parameters
         # that never receive a gradient.
         if getattr(model, "pooler", None) is not None:
             model.pooler = None
-        self.model = model
-        # a path, not the module: a second module attribute would put the blocks twice in the state dict
-        self._blocks_path = _hf.blocks_path(model, _BLOCK_PATHS, FAMILY)
-
-    @property
-    def output_dim(self) -> int:
-        return self.model.config.hidden_size
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.model.get_submodule(self._blocks_path))
-
-    def head_modules(self) -> list[nn.Module]:
-        return [m for p in _HEAD_PATHS if (m := _hf.submodule(self.model, p)) is not None]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        _hf.enable_grad_checkpointing(self.model, enable)
+        super().__init__(config, model)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
         tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, D)
@@ -113,9 +100,7 @@ class HFTextEncoder(ModalityEncoder):
 def create_hf_text(cfg: EncoderConfig) -> tuple[HFTextEncoder, TextPreprocessor]:
     """Build from a local folder (`pretrained`) or randomly from `arch` (BERT config kwargs)."""
     if cfg.pretrained is not None:
-        _hf.no_arch_with_pretrained(cfg.arch, FAMILY)
-        folder = _hf.local_folder(cfg.pretrained, FAMILY)
-        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        model, folder = _hf.from_folder(cfg, FAMILY, AutoModel)
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     else:
         arch: dict[str, Any] = dict(cfg.arch)

@@ -1,7 +1,8 @@
 """Cross-modal fusion: encoder outputs of the present modalities -> one item embedding.
 
 `create_fusion(cfg)` builds a fusion model from a `FusionConfig` (or a dict of its fields, as read
-from YAML); `list_fusions()` names the registered families. This package never imports `mmrec` or
+from YAML), input widths included; `list_fusions()` names the registered families. The model takes
+one `FusionInput` (tokens, mask, pooled) per modality. This package never imports `mmrec` or
 `encoders`: it takes encoder outputs as tensors and knows nothing of users, ratings or losses.
 """
 
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 # name -> (config class, module and class of the model), the model imported on first use so that
 # reading a config needs no torch
 _FUSIONS: dict[str, tuple[type, str]] = {"transformer": (FusionConfig, "fusion.transformer:FusionTransformer")}
-_LAZY = {"FusionOutput": "fusion.transformer", "FusionTransformer": "fusion.transformer",
-         "drop_modalities": "fusion.transformer"}
+_LAZY = {"FusionInput": "fusion.transformer", "FusionOutput": "fusion.transformer",
+         "FusionTransformer": "fusion.transformer", "drop_modalities": "fusion.transformer"}
 
 
 def __getattr__(name: str):
@@ -35,17 +36,16 @@ def list_fusions() -> list[str]:
     return sorted(_FUSIONS)
 
 
-def create_fusion(cfg: FusionConfig | Mapping[str, Any], input_dims: Mapping[str, int] | None = None) -> FusionTransformer:
+def create_fusion(cfg: FusionConfig | Mapping[str, Any]) -> FusionTransformer:
     """Build a fusion model.
 
     Args:
-        cfg: a `FusionConfig`, or a dict of its fields (unknown keys are errors).
-        input_dims: encoder output width per modality (`encoder.output_dim`), for widths the config
-            does not already give.
+        cfg: a `FusionConfig`, or a dict of its fields (unknown keys are errors). Its `input_dims`
+            (each modality's `encoder.output_dim`) is the one place the input widths are given.
 
     Example:
-        fusion = create_fusion({"width": 32, "layers": 2, "heads": 2, "modalities": ["text", "image"]},
-                               input_dims={"text": 384, "image": 192})
+        fusion = create_fusion({"width": 32, "layers": 2, "heads": 2, "modalities": ["text", "image"],
+                                "input_dims": {"text": 384, "image": 192}})
     """
     name = cfg.get("name", "transformer") if isinstance(cfg, Mapping) else getattr(cfg, "name", None)
     if name not in _FUSIONS:
@@ -61,7 +61,8 @@ def create_fusion(cfg: FusionConfig | Mapping[str, Any], input_dims: Mapping[str
         cfg = config_cls(**cfg)
     elif not isinstance(cfg, config_cls):
         raise TypeError(f"fusion {name!r} needs a {config_cls.__name__} or a dict, got {type(cfg).__name__}")
-    return model_cls(cfg, input_dims=input_dims)
+    return model_cls(cfg)
 
 
-__all__ = ["FusionConfig", "FusionOutput", "FusionTransformer", "create_fusion", "drop_modalities", "list_fusions"]
+__all__ = ["FusionConfig", "FusionInput", "FusionOutput", "FusionTransformer", "create_fusion", "drop_modalities",
+           "list_fusions"]

@@ -12,10 +12,10 @@ from typing import Any
 
 @dataclass
 class FusionConfig:
-    """The fusion transformer's architecture.
+    """The fusion transformer's architecture, input widths included, so that a saved config rebuilds it.
 
-    `input_dims` may be left empty here and passed to `create_fusion` / `FusionTransformer` instead
-    (usually `encoder.output_dim` of each built encoder); the model's `config` then holds them all.
+    `input_dims` is the one place the input widths are given (each modality's `encoder.output_dim`).
+    It may stay empty while a config is only read or written, but building a model needs every one.
     """
 
     name: str = "transformer"  # registered fusion family: see fusion.list_fusions()

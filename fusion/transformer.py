@@ -23,8 +23,8 @@ its absent modalities, or the other items in the batch, happen to contain.
 Usage:
     cfg = FusionConfig(width=32, layers=2, heads=2, modalities=("text", "image"),
                        input_dims={"text": 384, "image": 768}, token_budget={"text": 8})
-    fusion = FusionTransformer(cfg)
-    out = fusion({"text": (tokens, mask, pooled), "image": (None, None, pooled)},
+    fusion = FusionTransformer(cfg)  # or fusion.create_fusion(cfg)
+    out = fusion({"text": FusionInput(tokens, mask), "image": FusionInput(pooled=pooled)},
                  present={"text": has_text, "image": has_image})
     out.item  # (B, D)
 
@@ -38,11 +38,9 @@ Shape legend:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +49,22 @@ from torch import nn
 from fusion.config import FusionConfig
 
 # ---------------------------------------------------------------------------------------------------
-# Config and output
+# Input and output
 # ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FusionInput:
+    """One modality's encoder output, the one form `FusionTransformer.forward` takes per modality.
+
+    A pooled-only modality (token budget 0) needs just `pooled`, a budgeted one just `tokens`; what the
+    budget does not use may be left None. Defined here, not taken from `encoders`, so that this package
+    depends on no encoder library: a caller converts, e.g. `FusionInput(out.tokens, out.mask, out.pooled)`.
+    """
+
+    tokens: torch.Tensor | None = None  # (B, T_m, D_m) encoder tokens
+    mask: torch.Tensor | None = None  # (B, T_m) bool, True = a real token; None = all real
+    pooled: torch.Tensor | None = None  # (B, D_m) one vector per item
 
 
 @dataclass
@@ -168,36 +180,25 @@ class FusionBlock(nn.Module):
 # Model
 # ---------------------------------------------------------------------------------------------------
 
-# One modality's encoder output: (tokens (B, T_m, D_m), mask (B, T_m) bool, pooled (B, D_m)); the part
-# the token budget does not use may be None. Any object with .tokens/.mask/.pooled (an encoder's
-# EncoderOutput) works too.
-ModalityInput = Any
-
-
 class FusionTransformer(nn.Module):
     """[ITEM] + projected modality tokens -> pre-LN transformer -> item embedding (B, D).
 
     Args:
-        config: the architecture.
-        input_dims: encoder output width per modality, merged into `config.input_dims` (they must
-            agree where both name a modality); every modality needs one.
+        config: the architecture, input widths included: `config.input_dims` is the one place they
+            are given (usually `encoder.output_dim` of each built encoder), so the config alone
+            rebuilds the model.
     """
 
-    def __init__(self, config: FusionConfig, input_dims: Mapping[str, int] | None = None):
+    def __init__(self, config: FusionConfig):
         super().__init__()
-        dims = dict(config.input_dims)
-        for m, dim in (input_dims or {}).items():
-            if m in dims and dims[m] != dim:
-                raise ValueError(f"input width of {m!r} is {dim} but FusionConfig.input_dims says {dims[m]}; make them agree")
-            dims[m] = dim
-        config = dataclasses.replace(config, input_dims=dims)  # re-runs the checks on the merged dims
+        dims = config.input_dims
         missing = [m for m in config.modalities if m not in dims]
         if missing:
             raise ValueError(
-                f"no input width for modalities {missing}; set FusionConfig.input_dims or pass "
+                f"no input width for modalities {missing}; set FusionConfig.input_dims, e.g. "
                 f"input_dims={{{', '.join(f'{m!r}: encoder.output_dim' for m in missing)}}}"
             )
-        self.config = config  # resolved: includes the input widths
+        self.config = config
         D = config.width
 
         # Per-modality projection to the fusion width; the LayerNorm puts encoders of very different
@@ -244,16 +245,24 @@ class FusionTransformer(nn.Module):
     def output_dim(self) -> int:
         return self.config.width
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters an optimizer should not decay (timm's convention: names relative to this module).
+
+        The learned tokens and embeddings are added to inputs, not multiplied with them: decay would
+        only pull them towards zero, as it does a bias.
+        """
+        return {"item_token", *(f"type_embed.{m}" for m in self.type_embed),
+                *(f"pos_embed.{m}" for m in self.pos_embed)}
+
     def forward(
-        self, inputs: Mapping[str, ModalityInput], present: Mapping[str, torch.Tensor] | None = None
+        self, inputs: Mapping[str, FusionInput], present: Mapping[str, torch.Tensor] | None = None
     ) -> FusionOutput:
         """Fuse the present modalities of a batch of items.
 
         Args:
-            inputs: modality -> (tokens (B, T_m, D_m), mask (B, T_m) bool, pooled (B, D_m)) or an
-                encoder output with those attributes. A pooled-only modality needs just `pooled`,
-                a budgeted one just `tokens` (mask None = all real). A configured modality missing
-                here is absent for every item.
+            inputs: modality -> `FusionInput` (tokens (B, T_m, D_m), mask (B, T_m) bool, pooled
+                (B, D_m)). A pooled-only modality needs just `pooled`, a budgeted one just `tokens`
+                (mask None = all real). A configured modality missing here is absent for every item.
             present: modality -> (B,) bool, True where the item has that modality. A modality in
                 `inputs` but not in `present` counts as present for every item; None = all present.
 
@@ -264,14 +273,17 @@ class FusionTransformer(nn.Module):
         unknown = sorted((set(inputs) | set(present or {})) - set(cfg.modalities))
         if unknown:
             raise ValueError(f"unknown modalities {unknown}; this fusion model expects {list(cfg.modalities)}")
-        parts = {m: _unpack(m, x) for m, x in inputs.items()}  # m -> (tokens, mask, pooled)
-        B = _batch_size(parts, present)
+        for m, x in inputs.items():
+            if not isinstance(x, FusionInput):
+                raise TypeError(f"inputs[{m!r}] must be a fusion.FusionInput, got {type(x).__name__}; "
+                                "wrap it: FusionInput(tokens=..., mask=..., pooled=...)")
+        B = _batch_size(inputs, present)
         device = self.item_token.device
 
         # Which modality each item has, after modality dropout.
         has = {}
         for m in cfg.modalities:
-            if m not in parts:
+            if m not in inputs:
                 has[m] = torch.zeros(B, dtype=torch.bool, device=device)
             elif present is None or m not in present:
                 has[m] = torch.ones(B, dtype=torch.bool, device=device)
@@ -283,7 +295,7 @@ class FusionTransformer(nn.Module):
         xs = [self.item_token.expand(B, 1, -1)]  # [(B, 1, D)]
         masks = [torch.ones(B, 1, dtype=torch.bool, device=device)]  # [(B, 1)]
         for m in cfg.modalities:
-            feats, valid = self._slot_inputs(m, parts.get(m), has[m])  # (B, T_m, D_m), (B, T_m)
+            feats, valid = self._slot_inputs(m, inputs.get(m), has[m])  # (B, T_m, D_m), (B, T_m)
             # Zero what is absent or padded *before* the projection: with `where` (not a multiply) even
             # NaN/inf garbage there cannot reach anything. A modality missing from `inputs` takes the
             # same path on zeros, so every parameter stays in the graph (DDP needs no unused-parameter search).
@@ -304,16 +316,14 @@ class FusionTransformer(nn.Module):
         x = torch.where(mask[..., None], x, 0)  # (B, S, D)
         return FusionOutput(item=x[:, 0], tokens=x, mask=mask, present=has)
 
-    def _slot_inputs(
-        self, m: str, part: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None] | None, has: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _slot_inputs(self, m: str, part: FusionInput | None, has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One modality's slot: features (B, n, D_m) and validity (B, n), n = max(budget, 1)."""
         B, D_m, budget = has.shape[0], self.config.input_dims[m], self.config.budget(m)
         n = max(budget, 1)
         if part is None:
             dtype = self.proj[m][0].weight.dtype
             return torch.zeros(B, n, D_m, dtype=dtype, device=has.device), torch.zeros(B, n, dtype=torch.bool, device=has.device)
-        tokens, mask, pooled = part
+        tokens, mask, pooled = part.tokens, part.mask, part.pooled
         if budget == 0:
             if pooled is None:
                 raise ValueError(f"modality {m!r} has token_budget 0 and needs its pooled vector (B, {D_m}); got None")
@@ -333,23 +343,13 @@ class FusionTransformer(nn.Module):
         return tokens, mask & has[:, None]  # (B, budget, D_m), (B, budget)
 
 
-def _unpack(m: str, x: ModalityInput) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    if isinstance(x, (tuple, list)):
-        if len(x) != 3:
-            raise ValueError(f"inputs[{m!r}] must be (tokens, mask, pooled), got a sequence of {len(x)}")
-        return tuple(x)
-    if all(hasattr(x, a) for a in ("tokens", "mask", "pooled")):
-        return x.tokens, x.mask, x.pooled
-    raise ValueError(f"inputs[{m!r}] must be (tokens, mask, pooled) or an encoder output, got {type(x).__name__}")
-
-
-def _batch_size(parts: Mapping[str, tuple], present: Mapping[str, torch.Tensor] | None) -> int:
+def _batch_size(inputs: Mapping[str, FusionInput], present: Mapping[str, torch.Tensor] | None) -> int:
     for m, p in (present or {}).items():
         if p.dim() != 1:
             raise ValueError(f"present[{m!r}] must be a (B,) bool tensor, got shape {tuple(p.shape)}")
     sizes = {f"present[{m!r}]": p.shape[0] for m, p in (present or {}).items()}
-    for m, part in parts.items():
-        sizes.update({f"inputs[{m!r}]": t.shape[0] for t in part if t is not None})
+    for m, x in inputs.items():
+        sizes.update({f"inputs[{m!r}]": t.shape[0] for t in (x.tokens, x.mask, x.pooled) if t is not None})
     if not sizes:
         raise ValueError("cannot tell the batch size: give at least one modality in inputs or present")
     if len(set(sizes.values())) > 1:

@@ -477,8 +477,50 @@ def test_timm_checkpoint_that_does_not_fit_is_an_error(tmp_path):
     model = timm.create_model(arch.pop("model_name"), num_classes=0, **arch)
     torch.save(model.state_dict(), tmp_path / "vit.pth")
     # global_pool="avg" moves the final norm to fc_norm: same shapes, different keys
-    with pytest.raises(ValueError, match="does not fit.*Missing keys"):
+    with pytest.raises(ValueError, match=r"does not fit.*missing keys \[fc_norm.weight, fc_norm.bias\]; "
+                                         r"unexpected keys \[norm.weight, norm.bias\]"):
         create_encoder(tiny_config("timm-vit", pretrained=str(tmp_path / "vit.pth"), arch={"global_pool": "avg"}))
+
+
+@pytest.mark.parametrize("family", ["timm-vit", "timm-cnn"])
+@pytest.mark.parametrize("change", ["missing", "unexpected", "shape"])
+def test_timm_checkpoint_with_a_missing_or_extra_key_is_refused(tmp_path, family, change):
+    """The keys load_state_dict reports decide: one missing, extra or reshaped tensor is enough."""
+    import timm
+    from safetensors.torch import save_file
+
+    arch = dict(encoders.image.TINY_ARCH if family == "timm-vit" else encoders.image.CNN_TINY_ARCH)
+    arch.pop("input_size", None)
+    state = timm.create_model(arch.pop("model_name"), num_classes=0, **arch).state_dict()
+    name = sorted(k for k in state if k.endswith(".weight") and "embed" not in k)[-1]  # e.g. norm.weight
+    if change == "missing":
+        del state[name]
+        expected = rf"missing keys \[{name}\]"
+    elif change == "shape":
+        state[name] = torch.zeros(3, 3)
+        expected = rf"other shapes for \[{name}\]"
+    else:
+        name = "extra_head.weight"
+        state[name] = torch.zeros(2, 2)
+        expected = rf"unexpected keys \[{name}\]"
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"{family}: .*model.safetensors does not fit the model .*{expected}\. Set"):
+        create_encoder(tiny_config(family, pretrained=str(tmp_path / "model.safetensors")))
+
+
+def test_timm_checkpoint_classifier_is_dropped(tmp_path):
+    """A checkpoint with its classifier (as released) fits the num_classes=0 model; the rest must match."""
+    import timm
+
+    arch = dict(encoders.image.TINY_ARCH)
+    torch.manual_seed(6)
+    model = timm.create_model(arch.pop("model_name"), num_classes=7, **arch).eval()
+    torch.save(model.state_dict(), tmp_path / "vit.pth")
+    encoder, prep = create_encoder(tiny_config("timm-vit", pretrained=str(tmp_path / "vit.pth")))
+    batch = _batch(prep, "timm-vit")
+    with torch.no_grad():
+        assert torch.equal(encoder(**batch).pooled, model.forward_head(model.forward_features(batch["pixel_values"]),
+                                                                       pre_logits=True))
 
 
 def test_ast_save_pretrained_roundtrip(tmp_path):

@@ -11,7 +11,15 @@ import sys
 import pytest
 import torch
 
-from fusion import FusionConfig, FusionOutput, FusionTransformer, create_fusion, drop_modalities, list_fusions
+from fusion import (
+    FusionConfig,
+    FusionInput,
+    FusionOutput,
+    FusionTransformer,
+    create_fusion,
+    drop_modalities,
+    list_fusions,
+)
 from fusion.transformer import FusionBlock
 
 MODS = ("text", "image", "audio")
@@ -22,8 +30,8 @@ BUDGETS = {"pooled": 0, "tokens": {"text": 4, "image": 8, "audio": 0}}  # image:
 
 def tiny(budget=0, **kw) -> FusionTransformer:
     torch.manual_seed(0)
-    cfg = FusionConfig(width=32, layers=2, heads=2, modalities=MODS, token_budget=budget, **kw)
-    return FusionTransformer(cfg, input_dims=DIMS).eval()
+    cfg = FusionConfig(width=32, layers=2, heads=2, modalities=MODS, input_dims=DIMS, token_budget=budget, **kw)
+    return FusionTransformer(cfg).eval()
 
 
 def make_inputs(B: int, seed: int = 1, lengths=T_IN, dims=DIMS) -> dict:
@@ -33,8 +41,13 @@ def make_inputs(B: int, seed: int = 1, lengths=T_IN, dims=DIMS) -> dict:
         tokens = torch.randn(B, T, dims[m], generator=g)
         mask = torch.ones(B, T, dtype=torch.bool)
         mask[:, T - 1 :] = torch.rand(B, 1, generator=g) < 0.5  # some items have a padded last token
-        out[m] = (tokens, mask, torch.randn(B, dims[m], generator=g))
+        out[m] = FusionInput(tokens, mask, torch.randn(B, dims[m], generator=g))
     return out
+
+
+def rows(x: FusionInput, i: int) -> FusionInput:
+    """Item i of a batch, as a batch of one."""
+    return FusionInput(*(None if t is None else t[i : i + 1] for t in (x.tokens, x.mask, x.pooled)))
 
 
 def bools(*xs) -> torch.Tensor:
@@ -98,16 +111,26 @@ def test_modality_missing_from_inputs_is_absent_for_all(budget):
     assert torch.equal(with_audio.item, without.item)
 
 
-def test_inputs_accept_encoder_output_objects_and_default_present():
+def test_present_defaults_to_everything_given():
+    model = tiny(BUDGETS["tokens"])
+    inputs = make_inputs(2)
+    a = model(inputs)  # present=None: everything given is present
+    b = model(inputs, {m: bools(1, 1) for m in MODS})
+    assert torch.equal(a.item, b.item)
+
+
+def test_inputs_take_one_form_only():
+    """FusionInput per modality; a bare (tokens, mask, pooled) tuple or a look-alike object is refused."""
+
     class EncOut:  # duck-typed like encoders.EncoderOutput
         def __init__(self, tokens, mask, pooled):
             self.tokens, self.mask, self.pooled = tokens, mask, pooled
 
     model = tiny(BUDGETS["tokens"])
-    inputs = make_inputs(2)
-    a = model(inputs)  # present=None: everything given is present
-    b = model({m: EncOut(*x) for m, x in inputs.items()}, {m: bools(1, 1) for m in MODS})
-    assert torch.equal(a.item, b.item)
+    x = make_inputs(2)["text"]
+    for old in [(x.tokens, x.mask, x.pooled), EncOut(x.tokens, x.mask, x.pooled)]:
+        with pytest.raises(TypeError, match=r"inputs\['text'\] must be a fusion.FusionInput.*wrap it"):
+            model({"text": old})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -128,9 +151,9 @@ def test_absent_modality_garbage_is_bit_identical(budget, new_T):
         # Every item in the batch lacks `m`, so its whole input can be replaced, length included.
         all_absent = {**present, m: torch.zeros(B, dtype=torch.bool)}
         base = model(inputs, all_absent).item
-        tokens, mask, pooled = inputs[m]
+        tokens, mask, pooled = inputs[m].tokens, inputs[m].mask, inputs[m].pooled
         T = new_T or tokens.shape[1]
-        junk = (garbage_like(tokens, T), torch.rand(B, T) < 0.5, garbage_like(pooled, seed=7))
+        junk = FusionInput(garbage_like(tokens, T), torch.rand(B, T) < 0.5, garbage_like(pooled, seed=7))
         assert torch.equal(model({**inputs, m: junk}, all_absent).item, base), m
 
         # Only some items lack `m`: garbage in their rows leaves every item bit-identical.
@@ -138,7 +161,7 @@ def test_absent_modality_garbage_is_bit_identical(budget, new_T):
         tokens2, pooled2 = tokens.clone(), pooled.clone()
         tokens2[absent] = garbage_like(tokens)[absent]
         pooled2[absent] = garbage_like(pooled)[absent]
-        assert torch.equal(model({**inputs, m: (tokens2, mask, pooled2)}, present).item, ref), m
+        assert torch.equal(model({**inputs, m: FusionInput(tokens2, mask, pooled2)}, present).item, ref), m
 
 
 def test_absent_modality_nonfinite_garbage_cannot_leak():
@@ -146,10 +169,11 @@ def test_absent_modality_nonfinite_garbage_cannot_leak():
     inputs = make_inputs(4)
     present = {"text": bools(1, 0, 1, 0), "image": bools(1, 1, 1, 1), "audio": bools(0, 1, 0, 1)}
     ref = model(inputs, present)
-    tokens, mask, pooled = (t.clone() for t in inputs["text"])
+    text = inputs["text"]
+    tokens, mask, pooled = text.tokens.clone(), text.mask, text.pooled.clone()
     tokens[1], pooled[1] = float("nan"), float("inf")
     tokens[3], pooled[3] = float("-inf"), float("nan")
-    out = model({**inputs, "text": (tokens, mask, pooled)}, present)
+    out = model({**inputs, "text": FusionInput(tokens, mask, pooled)}, present)
     assert torch.equal(out.item, ref.item)
     assert torch.isfinite(out.tokens).all()
 
@@ -164,8 +188,8 @@ def test_absent_modality_equals_a_model_without_that_modality():
         present_wo = {k: v for k, v in present.items() if k != m}
         rest = tuple(k for k in MODS if k != m)
         small = FusionTransformer(
-            FusionConfig(width=32, layers=2, heads=2, modalities=rest, token_budget={k: budget[k] for k in rest}),
-            input_dims={k: DIMS[k] for k in rest},
+            FusionConfig(width=32, layers=2, heads=2, modalities=rest, token_budget={k: budget[k] for k in rest},
+                         input_dims={k: DIMS[k] for k in rest})
         ).eval()
         result = small.load_state_dict(full.state_dict(), strict=False)
         assert not result.missing_keys
@@ -195,7 +219,7 @@ def test_item_does_not_depend_on_the_rest_of_the_batch(budget):
     present = {"text": bools(1, 0, 1, 1), "image": bools(1, 1, 0, 0), "audio": bools(0, 1, 1, 0)}
     batch = model(inputs, present).item
     for i in range(4):
-        one = model({m: tuple(t[i : i + 1] for t in x) for m, x in inputs.items()}, {m: p[i : i + 1] for m, p in present.items()})
+        one = model({m: rows(x, i) for m, x in inputs.items()}, {m: p[i : i + 1] for m, p in present.items()})
         torch.testing.assert_close(one.item[0], batch[i], rtol=0, atol=1e-6)
 
 
@@ -207,7 +231,7 @@ def test_padded_and_truncated_tokens_have_no_influence():
     text = torch.randn(B, 3, DIMS["text"], generator=g)  # 3 real tokens
     image = torch.randn(B, 5, DIMS["image"], generator=g)  # 5 real tokens (budget 8: padded)
     audio = torch.randn(B, DIMS["audio"], generator=g)
-    inputs = {"text": (text, None, None), "image": (image, None, None), "audio": (None, None, audio)}
+    inputs = {"text": FusionInput(text), "image": FusionInput(image), "audio": FusionInput(pooled=audio)}
     ref = model(inputs).item
 
     # Same real tokens followed by garbage marked as padding (mask False), at several lengths.
@@ -217,23 +241,23 @@ def test_padded_and_truncated_tokens_have_no_influence():
         mask_t = torch.arange(3 + extra) < 3
         mask_i = torch.arange(5 + extra) < 5
         padded = {
-            "text": (text_p, mask_t.expand(B, -1), None),
-            "image": (image_p, mask_i.expand(B, -1), None),
-            "audio": (None, None, audio),
+            "text": FusionInput(text_p, mask_t.expand(B, -1)),
+            "image": FusionInput(image_p, mask_i.expand(B, -1)),
+            "audio": FusionInput(pooled=audio),
         }
         assert torch.equal(model(padded).item, ref), extra
 
     # Real tokens beyond the budget are truncated: they cannot matter either.
     long_text = torch.cat([text, torch.randn(B, 1, DIMS["text"], generator=g), garbage_like(text, 9)], dim=1)
-    a = model({**inputs, "text": (long_text, None, None)}).item
+    a = model({**inputs, "text": FusionInput(long_text)}).item
     long_text[:, 4:] = garbage_like(text, long_text.shape[1] - 4, seed=11)
-    assert torch.equal(model({**inputs, "text": (long_text, None, None)}).item, a)
+    assert torch.equal(model({**inputs, "text": FusionInput(long_text)}).item, a)
 
 
 def test_padded_query_rows_are_finite_and_zeroed():
     model = tiny(BUDGETS["tokens"])
     inputs = make_inputs(2)
-    inputs["text"][1][:] = False  # a present modality with no real tokens at all
+    inputs["text"].mask[:] = False  # a present modality with no real tokens at all
     out = model(inputs, {"text": bools(1, 1), "image": bools(0, 1), "audio": bools(0, 0)})
     assert torch.isfinite(out.tokens).all()
     assert (out.tokens[~out.mask] == 0).all()
@@ -266,8 +290,8 @@ def test_gradients_reach_present_projections_only():
 
     # Inputs get gradient only where they are real.
     model.zero_grad(set_to_none=True)
-    tokens = inputs["text"][0].clone().requires_grad_(True)
-    model({**inputs, "text": (tokens, inputs["text"][1], None)}, present).item.sum().backward()
+    tokens = inputs["text"].tokens.clone().requires_grad_(True)
+    model({**inputs, "text": FusionInput(tokens, inputs["text"].mask)}, present).item.sum().backward()
     assert (tokens.grad[~present["text"]] == 0).all()
     assert (tokens.grad[:, 4:] == 0).all()  # beyond the budget
     assert tokens.grad[present["text"], :4].abs().sum() > 0
@@ -347,7 +371,7 @@ def test_overfits_a_tiny_synthetic_task():
     g = torch.Generator().manual_seed(0)
     inputs = make_inputs(N, seed=2)
     direction = torch.randn(DIMS["image"], generator=g)
-    labels = (inputs["image"][2] @ direction > 0).float()
+    labels = (inputs["image"].pooled @ direction > 0).float()
     present = {
         "text": torch.rand(N, generator=g) < 0.5,
         "image": torch.ones(N, dtype=torch.bool),
@@ -376,13 +400,11 @@ def test_overfits_a_tiny_synthetic_task():
 
 def test_factory():
     assert list_fusions() == ["transformer"]
-    model = create_fusion(
-        {"width": 32, "layers": 2, "heads": 2, "modalities": ["text", "image"], "token_budget": 3},
-        input_dims={"text": 12, "image": 10},
-    )
+    model = create_fusion({"width": 32, "layers": 2, "heads": 2, "modalities": ["text", "image"], "token_budget": 3,
+                           "input_dims": {"text": 12, "image": 10}})
     assert isinstance(model, FusionTransformer)
     assert model.config.modalities == ("text", "image")
-    assert model.config.input_dims == {"text": 12, "image": 10}  # resolved config holds the widths
+    assert model.config.input_dims == {"text": 12, "image": 10}  # the config alone rebuilds the model
     assert model.token_slices == {"text": slice(1, 4), "image": slice(4, 7)}
     same = create_fusion(FusionConfig(width=32, layers=2, heads=2, modalities=("text",), input_dims={"text": 12}))
     assert same.output_dim == 32
@@ -390,10 +412,25 @@ def test_factory():
         create_fusion({"name": "perceiver"})
     with pytest.raises(ValueError, match="unknown fusion config keys.*'widht'.*valid keys"):
         create_fusion({"widht": 32})
-    with pytest.raises(ValueError, match="no input width for modalities \\['audio'\\].*output_dim"):
-        create_fusion({"width": 32, "heads": 2}, input_dims={"text": 12, "image": 10})
-    with pytest.raises(ValueError, match="make them agree"):
-        create_fusion({"width": 32, "heads": 2, "input_dims": {"text": 12}}, input_dims={**DIMS, "text": 13})
+    with pytest.raises(ValueError, match="no input width for modalities \\['audio'\\].*input_dims.*output_dim"):
+        create_fusion({"width": 32, "heads": 2, "input_dims": {"text": 12, "image": 10}})
+
+
+def test_input_widths_have_one_source():
+    """FusionConfig.input_dims is the one place: a second source next to the config is refused."""
+    cfg = FusionConfig(width=32, layers=2, heads=2, modalities=MODS, input_dims=DIMS)
+    with pytest.raises(TypeError, match="input_dims"):
+        create_fusion(cfg, input_dims=DIMS)
+    with pytest.raises(TypeError, match="input_dims"):
+        FusionTransformer(cfg, input_dims=DIMS)
+
+
+def test_no_weight_decay_names_the_added_tokens_and_embeddings():
+    model = tiny(BUDGETS["tokens"])
+    names = dict(model.named_parameters())
+    exempt = model.no_weight_decay()
+    assert exempt <= set(names)
+    assert exempt == {"item_token", *(f"type_embed.{m}" for m in MODS), "pos_embed.text", "pos_embed.image"}
 
 
 @pytest.mark.parametrize(
@@ -430,11 +467,11 @@ def test_forward_validation():
     with pytest.raises(ValueError, match="inconsistent batch sizes"):
         model(inputs, {"text": bools(1, 1, 1)})
     with pytest.raises(ValueError, match=r"inputs\['text'\] tokens has shape \(2, 9, 5\), expected \(2, T, 12\)"):
-        model({**inputs, "text": (torch.randn(2, 9, 5), None, None)})
+        model({**inputs, "text": FusionInput(torch.randn(2, 9, 5))})
     with pytest.raises(ValueError, match="needs its pooled vector"):
-        model({**inputs, "audio": (torch.randn(2, 3, 7), None, None)})
+        model({**inputs, "audio": FusionInput(torch.randn(2, 3, 7))})
     with pytest.raises(ValueError, match="needs its tokens"):
-        model({**inputs, "text": (None, None, torch.randn(2, 12))})
+        model({**inputs, "text": FusionInput(pooled=torch.randn(2, 12))})
     with pytest.raises(ValueError, match="cannot tell the batch size"):
         model({})
 

@@ -6,19 +6,35 @@ their weights. `mmrec.config.RunConfig` holds both, with the data and training s
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from encoders.config import EncoderConfig
 from fusion.config import FusionConfig
 from mmrec.data.schema import MODALITIES
 
+# `fusion.modalities` left at FusionConfig's default (every modality) means: those in `model.encoders`
+_FOLLOW_ENCODERS = next(f.default for f in dataclasses.fields(FusionConfig) if f.name == "modalities")
+
 
 @dataclass
 class ModelConfig:
-    """The whole model. `fusion.modalities` always follows `encoders` (in text, image, audio order)."""
+    """The whole model.
+
+    The fusion model fuses exactly the modalities that have an encoder, in text, image, audio order
+    (`modalities`). `fusion` holds its architecture, and `fusion_config` derives the config it is built
+    from (the one a saved model records):
+    - `fusion.modalities`: leave it out (it follows `encoders`) or list exactly the encoders' modalities;
+      anything else is an error, never silently replaced.
+    - `fusion.token_budget`: a per-modality dict may name modalities without an encoder (so a preset's
+      budgets survive `model.encoders=...`); those entries do not apply.
+    - `fusion.input_dims`: leave it out: the widths come from the built encoders. A saved model's config
+      records them, and then they must match.
+    """
 
     encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality -> encoder; empty = ID-only MF
-    fusion: FusionConfig = field(default_factory=FusionConfig)  # cross-modal fusion transformer
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # cross-modal fusion transformer (see above)
     embedding_dim: int = 32  # E: width of p_u and q_i
     item_id_embeddings: bool = False  # add learned per-item q/b terms for items seen in training
     item_id_dropout: float = 0.0  # training: hide an item's ID terms with this probability, so the content
@@ -36,15 +52,33 @@ class ModelConfig:
         if not self.encoders and not self.item_id_embeddings:
             raise ValueError("the model has no item representation: configure model.encoders or set "
                              "model.item_id_embeddings=true (ID-only matrix factorisation)")
-        if self.encoders:
-            self.fusion.modalities = self.modalities
-            self.fusion.input_dims = {m: d for m, d in self.fusion.input_dims.items() if m in self.encoders}
-            if isinstance(self.fusion.token_budget, dict):
-                self.fusion.token_budget = {m: n for m, n in self.fusion.token_budget.items() if m in self.encoders}
+        if self.encoders and self.fusion.modalities not in (_FOLLOW_ENCODERS, self.modalities):
+            raise ValueError(f"model.fusion.modalities {list(self.fusion.modalities)} disagrees with model.encoders "
+                             f"{list(self.modalities)}: the fusion fuses exactly the modalities that have an encoder. "
+                             "Leave fusion.modalities out (it follows model.encoders) or set it to "
+                             f"{list(self.modalities)}")
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(m for m in MODALITIES if m in self.encoders)
+
+    def fusion_config(self, input_dims: Mapping[str, int]) -> FusionConfig:
+        """The config the fusion model is built from: `fusion` for exactly `modalities`, with these widths.
+
+        Args:
+            input_dims: each built encoder's output width (`encoder.output_dim`), by modality.
+        """
+        if set(input_dims) != set(self.modalities):
+            raise ValueError(f"input widths for {sorted(input_dims)}, but the model's encoders are "
+                             f"{list(self.modalities)}")
+        dims = {m: input_dims[m] for m in self.modalities}
+        if self.fusion.input_dims and self.fusion.input_dims != dims:
+            raise ValueError(f"model.fusion.input_dims {self.fusion.input_dims} disagrees with the encoders' output "
+                             f"widths {dims}; leave input_dims out: the widths come from the built encoders")
+        budget = self.fusion.token_budget
+        if isinstance(budget, Mapping):
+            budget = {m: n for m, n in budget.items() if m in self.encoders}  # see the class docstring
+        return dataclasses.replace(self.fusion, modalities=self.modalities, input_dims=dims, token_budget=budget)
 
 
 @dataclass

@@ -7,6 +7,7 @@ buffer). Loading rebuilds the architecture from the config, with no download, an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,8 @@ def create_model(cfg: ModelConfig, sizes: ModelSizes, item_seen: torch.Tensor | 
         encoders[m], preprocessors[m] = create_encoder(cfg.encoders[m])
     fusion = None
     if encoders:
-        fusion = create_fusion(cfg.fusion, input_dims={m: e.output_dim for m, e in encoders.items()})
+        fusion = create_fusion(cfg.fusion_config({m: e.output_dim for m, e in encoders.items()}))
+        cfg = dataclasses.replace(cfg, fusion=fusion.config)  # resolved: what save_model writes to config.yaml
     model = RecModel(cfg, encoders, fusion, sizes.num_users, sizes.num_items, sizes.global_mean, item_seen)
     return model, preprocessors
 

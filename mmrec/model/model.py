@@ -9,7 +9,7 @@ User tower: a user ID embedding p_u (E) and bias b_u; users unseen in training m
 Rating: r_hat(u, i) = mu + b_u + b_i + <p_u, q_i>  (Koren et al. 2009, "Matrix factorization
 techniques for recommender systems"). The exported vectors fold the biases into two extra
 dimensions, user = [p_u, 1, mu + b_u] and item = [q_i, b_i, 1], so the ranking score used
-everywhere is exactly their dot product (DESIGN.md "Ranking score contract").
+everywhere is exactly their dot product (docs/design.md "Ranking score contract").
 
 Shape legend: B items in the batch, P (item, user) pairs, E embedding width, D fusion width.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from encoders import EncoderOutput, ModalityEncoder
-from fusion import FusionTransformer
+from fusion import FusionInput, FusionTransformer
 from mmrec.data.batch import ItemBatch
 from mmrec.model.config import ModelConfig
 
@@ -44,6 +44,11 @@ class RecModel(nn.Module):
         super().__init__()
         if set(encoders) != set(config.encoders):
             raise ValueError(f"built encoders {sorted(encoders)} do not match model.encoders {sorted(config.encoders)}")
+        if fusion is not None and fusion.config != config.fusion:
+            # the config is what save_model writes, so it must describe the fusion actually built
+            raise ValueError("config.fusion is not the built fusion's config; build with "
+                             "create_fusion(config.fusion_config(widths)) and pass "
+                             "dataclasses.replace(config, fusion=fusion.config), as mmrec.model.factory does")
         self.config = config
         self.num_users, self.num_items = num_users, num_items
         self.encoders = nn.ModuleDict(encoders)
@@ -102,7 +107,7 @@ class RecModel(nn.Module):
 
     def fuse(self, encoded: dict[str, EncoderOutput], present: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D) fused item states from the encoder outputs of the present modalities."""
-        inputs = {m: (e.tokens, e.mask, e.pooled) for m, e in encoded.items()}
+        inputs = {m: FusionInput(e.tokens, e.mask, e.pooled) for m, e in encoded.items()}
         # every modality's presence, also those no item of the batch has (then absent from `inputs`):
         # a batch without any of the model's modalities still has a size, and gets the content-free state
         return self.fusion(inputs, {m: present[m] for m in self.modalities if m in present}).item

@@ -1,4 +1,4 @@
-"""Training tasks: each owns its heads and its loss, and reports it on its own (DESIGN.md "Tasks").
+"""Training tasks: each owns its heads and its loss, and reports it on its own (docs/design.md "Tasks").
 
 - rating: MSE between r_hat(u, i) = mu + b_u + b_i + <p_u, q_i> and explicit ratings;
   (rating and retrieval weigh each drawn pair by the interactions it stands for: item-centric
