@@ -35,13 +35,18 @@ class DataConfig:
     shuffle_buffer: int = 500  # items shuffled across shards
     steps_per_epoch: int | None = None  # batches per process per epoch (None: one pass over the items)
     eval_batch_size: int = 128  # items per batch when embedding for validation
+    # Preprocessing is deterministic, so what it makes can be kept in memory instead of decoding the media
+    # again every epoch: the validation batches (this rank's share) and, when loading runs in the training
+    # process (num_workers=0), each training item's encoder inputs, each up to this many MiB (0: re-read
+    # the shards every time). Same batches, same numbers: only decoding and preprocessing are saved.
+    memory_cache_mb: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
-        if self.pairs_per_item < 0 or self.num_workers < 0:
-            raise ValueError("data.pairs_per_item and data.num_workers must be >= 0")
+        if self.pairs_per_item < 0 or self.num_workers < 0 or self.memory_cache_mb < 0:
+            raise ValueError("data.pairs_per_item, data.num_workers and data.memory_cache_mb must be >= 0")
 
 
 @dataclass

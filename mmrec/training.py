@@ -26,6 +26,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -36,12 +37,12 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mmrec.cache import check_cache
 from mmrec.config import RunConfig, save_config
-from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
+from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch, PreparedItems
 from mmrec.data.features import decode_features
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.embedding import assemble, embed_items
+from mmrec.embedding import assemble, embed_batches, item_batches
 from mmrec.eval.protocol import EvalProtocol, evaluate_split
 from mmrec.files import replace_with, temp_sibling
 from mmrec.model.factory import ModelSizes, build_model, save_model
@@ -76,22 +77,47 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)  # validation results
 
 
+_ID_EMBEDDINGS = ("user_p.", "user_b.", "item_id_q.", "item_id_b.")
+
+
+def _no_decay_names(module: nn.Module) -> set[str]:
+    """Full names of the parameters `module` and its submodules exempt from weight decay.
+
+    Each model names its own through `no_weight_decay()` (timm's convention: names relative to the module
+    that defines it; timm's ViTs list pos_embed and cls_token, the fusion its tokens and embeddings), and
+    lookup tables (`nn.Embedding`: the text encoders' token and position embeddings) are exempt.
+    Matching a substring such as "embed" would also exempt a ViT's patch_embed projection, a weight
+    matrix like any other.
+    """
+    names = set()
+    for prefix, m in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        own = getattr(m, "no_weight_decay", None)
+        if callable(own):
+            names |= {dot + n for n in own()}
+        if isinstance(m, nn.Embedding):
+            names.add(dot + "weight")
+    return names
+
+
 def _param_groups(model: RecModel, tasks: MultiTaskLoss, lr: float, encoder_lr: float, weight_decay: float,
                   embedding_weight_decay: float = 0.0) -> list[dict]:
-    """Encoders at their own rate; weight decay on weight matrices, its own on the user / item ID embeddings,
-    none on biases, norms and the encoders' token embeddings."""
+    """AdamW groups: encoders at their own rate; the user / item ID embeddings at `embedding_weight_decay`;
+    no decay on biases and norms (ndim < 2) and on what the models exempt (`_no_decay_names`);
+    `weight_decay` on the other weight matrices."""
     groups: dict[tuple[bool, float], list] = {}
     encoder_params = {id(p) for p in model.encoders.parameters()}
     for module in (model, tasks):
+        no_decay = _no_decay_names(module)
         for name, p in module.named_parameters():
             if not p.requires_grad:
                 continue
-            if name.startswith(("user_p", "user_b", "item_id_q", "item_id_b")):
+            if name.startswith(_ID_EMBEDDINGS):
                 decay = embedding_weight_decay  # an item rated once would otherwise fit its bias to that rating
-            elif p.ndim >= 2 and "embed" not in name and "user_" not in name and "item_id" not in name:
-                decay = weight_decay
-            else:
+            elif p.ndim < 2 or name in no_decay:
                 decay = 0.0
+            else:
+                decay = weight_decay
             groups.setdefault((id(p) in encoder_params, decay), []).append(p)
     return [{"params": params, "lr": encoder_lr if is_encoder else lr, "weight_decay": decay}
             for (is_encoder, decay), params in groups.items()]
@@ -148,14 +174,19 @@ class Trainer:
         if cfg.data.features:
             check_cache(self.model, cfg.data.features)
             self.item_source, self.decode = Path(cfg.data.features), decode_features
-        self.builder = ExampleBuilder(self.preprocessors, self.vocab.attributes, index, cfg.data.pairs_per_item, t.seed)
+        # loading in this process: keep each item's preprocessed inputs after its first visit (see PreparedItems)
+        budget = cfg.data.memory_cache_mb * 2**20 if cfg.data.num_workers == 0 else 0
+        kept = PreparedItems(budget) if budget else None
+        self.builder = ExampleBuilder(self.preprocessors, self.vocab.attributes, index, cfg.data.pairs_per_item, t.seed,
+                                      kept=kept)
         self.loader = item_loader(
             self.item_source, "train",
             ReaderConfig(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                          shuffle_buffer=cfg.data.shuffle_buffer, seed=t.seed, steps_per_epoch=cfg.data.steps_per_epoch,
                          pin_memory=acc.device.type == "cuda"),
             transform=self.builder, collate=BatchCollator(self.preprocessors),
-            rank=acc.process_index, world_size=acc.num_processes, decode=self.decode)
+            rank=acc.process_index, world_size=acc.num_processes,
+            decode=kept.skip_decoding(self.decode) if kept else self.decode)
         self.steps_per_epoch = self.loader.steps_per_epoch  # batches per rank, equal on every rank
         total_steps = max(1, t.epochs * self.steps_per_epoch // t.grad_accum)
 
@@ -176,6 +207,7 @@ class Trainer:
                              "model; early stopping is then off) or shard with a valid fraction")
         # the one evaluation rule (mmrec.eval.protocol): validation measures what `mmrec eval` reports
         self.valid_protocol = EvalProtocol.for_split("valid", self.manifest["split"])
+        self._valid_batches: list[ItemBatch] | None = None  # see _validation_batches
 
     # ------------------------------------------------------------------------------------ run folder
 
@@ -231,12 +263,9 @@ class Trainer:
         if not self.has_valid:
             return {}  # nothing to measure ("last" keeps the model as it is)
         acc = self.accelerator
-        d = self.cfg.data
-        part = embed_items(self.model, self.item_source, self.preprocessors, self.vocab.attributes, decode=self.decode,
-                           batch_size=d.eval_batch_size, num_workers=d.num_workers, device=acc.device,
-                           rank=acc.process_index, world_size=acc.num_processes,
-                           autocast=acc.mixed_precision == "bf16")  # as this run trains (resolve_mixed_precision)
-        parts = gather_object([part])
+        out = embed_batches(self.model, self._validation_batches(), device=acc.device,
+                            autocast=acc.mixed_precision == "bf16")  # as this run trains (resolve_mixed_precision)
+        parts = gather_object([(out.indices, out.vectors)])
         result: list = [None]
         if acc.is_main_process:
             k = int(self.cfg.train.selection_metric.split("@")[1]) if "@" in self.cfg.train.selection_metric else 10
@@ -246,6 +275,30 @@ class Trainer:
                        **{f"valid/{m}": v for m, v in metrics["ranking"].items()}}]
         broadcast_object_list(result)  # every rank takes the same early-stopping decision
         return result[0]
+
+    def _validation_batches(self) -> Iterable[ItemBatch]:
+        """This rank's items, preprocessed, each exactly once: read from the shards the first time, and from
+        memory afterwards when they fit in `data.memory_cache_mb`."""
+        if self._valid_batches is not None:
+            return self._valid_batches
+        d, acc = self.cfg.data, self.accelerator
+        loader = item_batches(self.item_source, self.preprocessors, self.vocab.attributes, decode=self.decode,
+                              batch_size=d.eval_batch_size, num_workers=d.num_workers, device=acc.device,
+                              rank=acc.process_index, world_size=acc.num_processes)
+        return self._keeping(loader, d.memory_cache_mb * 2**20) if d.memory_cache_mb else loader
+
+    def _keeping(self, loader: Iterable[ItemBatch], budget: int) -> Iterator[ItemBatch]:
+        kept: list[ItemBatch] | None = []
+        size = 0
+        for batch in loader:
+            if kept is not None:
+                size += batch.nbytes()
+                if size <= budget:
+                    kept.append(batch)
+                else:
+                    kept = None  # over budget: read from the shards every time
+            yield batch
+        self._valid_batches = kept
 
     def _after_validation(self, metrics: dict) -> bool:
         """Record, keep the best model, decide early stopping. Returns True to stop."""

@@ -4,7 +4,10 @@ invariance, every loss falling on an overfit batch, save -> load, configs."""
 
 import pytest
 import torch
+import yaml
 
+from encoders import EncoderConfig, tiny_config
+from fusion import FusionConfig
 from mmrec.config import load_run_config
 from mmrec.config_io import apply_overrides
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
@@ -12,7 +15,7 @@ from mmrec.data.reader import ReaderConfig, item_loader
 from mmrec.data.sharding import ShardOptions, shard_catalogue
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.model.config import ModelConfig
+from mmrec.model.config import ModelConfig, TaskConfig
 from mmrec.model.factory import ModelSizes, create_model, load_model, save_model
 from mmrec.model.tasks import MultiTaskLoss
 
@@ -161,6 +164,19 @@ def test_save_then_load_gives_identical_outputs(dataset, tmp_path):
         users = torch.arange(sizes.num_users)
         assert torch.equal(model.user_export(users), loaded.user_export(users))
 
+    # config.yaml records the fusion as built: its modalities and the encoders' output widths
+    saved = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())
+    assert saved["fusion"]["modalities"] == ["text", "image", "audio"]
+    assert saved["fusion"]["input_dims"] == {m: e.output_dim for m, e in model.encoders.items()}
+    assert loaded.config.fusion == model.fusion.config
+    # models saved before the widths were recorded (input_dims: {}) load the same
+    saved["fusion"]["input_dims"] = {}
+    (tmp_path / "model" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    older, _, _ = load_model(tmp_path / "model")
+    assert older.config.fusion == model.fusion.config
+    with torch.no_grad():
+        assert torch.equal(older.eval().item_export(older.items(batch2)[0]), b)
+
 
 def test_id_only_model_is_matrix_factorisation(dataset):
     data, manifest = dataset
@@ -200,16 +216,30 @@ def test_rating_l2_is_the_classic_per_rating_ridge_term(dataset):
 
 
 def test_pairs_are_sampled_per_item_reproducibly(dataset):
+    """The draw depends on (seed, epoch, item) alone: two separately built builders (as two DataLoader
+    workers or a resumed run have) agree; another epoch or seed draws differently."""
+    import pickle
+
     data, manifest = dataset
-    _, _, pre, _, index = build(data, manifest)
-    builder = ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=5)
+    _, _, _, _, index = build(data, manifest)
     items = [it for b in item_loader(data, "eval", rank=0, world_size=1) for it in b]
-    for it in items:
-        users, _ = index.pairs(it.index)
-        ex = builder(it)
-        assert len(ex["users"]) == min(2, len(users)) and set(ex["users"]) <= set(users)
-        assert list(builder(it)["users"]) == list(ex["users"])  # same seed and epoch: same draw
     assert sum(len(index.pairs(i)[0]) for i in range(12)) == len(index)
+
+    def draws(seed, epoch=0, builder=None):
+        builder = builder or ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=seed)
+        builder.set_epoch(epoch)
+        return [list(builder(it)["users"]) for it in items]
+
+    first = draws(5)
+    for it, users in zip(items, first):
+        available = index.pairs(it.index)[0]
+        assert len(users) == min(2, len(available)) and set(users) <= set(available)
+    shipped = pickle.loads(pickle.dumps(ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=5)))
+    assert draws(5) == first and draws(5, builder=shipped) == first  # a fresh builder, one sent to a worker
+    choosy = [k for k, it in enumerate(items) if len(index.pairs(it.index)[0]) > 2]  # items where the draw can vary
+    assert choosy
+    assert [draws(5, epoch=1)[k] for k in choosy] != [first[k] for k in choosy]
+    assert [draws(6)[k] for k in choosy] != [first[k] for k in choosy]
 
 
 def test_configs_load_with_overrides_and_reject_unknown_keys():
@@ -224,3 +254,62 @@ def test_configs_load_with_overrides_and_reject_unknown_keys():
         load_run_config(TINY, ["model.encoders.text.trainable=all"])
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["model.fusion.layers"])
+
+
+def test_fusion_follows_the_encoders_explicitly():
+    """fusion.modalities left out follows model.encoders; set otherwise it is an error, never overwritten."""
+    encoders = {"text": EncoderConfig("hf-text"), "image": EncoderConfig("timm-vit")}
+    cfg = ModelConfig(encoders=encoders, fusion=FusionConfig(width=32, heads=2, token_budget={"text": 4, "audio": 2}))
+    assert cfg.fusion.modalities == ("text", "image", "audio")  # as written: nothing is replaced in place
+    built = cfg.fusion_config({"image": 10, "text": 12})
+    assert built.modalities == ("text", "image") and built.input_dims == {"text": 12, "image": 10}
+    assert built.token_budget == {"text": 4}  # the budget of a modality without an encoder does not apply
+    restated = ModelConfig(encoders=encoders, fusion=FusionConfig(modalities=("text", "image")))
+    assert restated.fusion_config({"text": 12, "image": 10}).modalities == ("text", "image")
+    with pytest.raises(ValueError, match=r"model.fusion.modalities \['text'\] disagrees with model.encoders "
+                                         r"\['text', 'image'\].*Leave fusion.modalities out"):
+        ModelConfig(encoders=encoders, fusion=FusionConfig(modalities=("text",)))
+    with pytest.raises(ValueError, match="disagrees with model.encoders"):
+        ModelConfig(encoders=encoders, fusion=FusionConfig(modalities=("image", "text")))  # the order is fixed
+    recorded = ModelConfig(encoders=encoders, fusion=FusionConfig(input_dims={"text": 12, "image": 9}))
+    with pytest.raises(ValueError, match=r"input_dims .* disagrees with the encoders' output widths"
+                                         r".*leave input_dims out"):
+        recorded.fusion_config({"text": 12, "image": 10})
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base", "movielens"])
+def test_presets_load_and_build_their_fusion_config(preset):
+    cfg = load_run_config(preset).model
+    built = cfg.fusion_config(dict.fromkeys(cfg.modalities, 8))
+    assert built.modalities == cfg.modalities
+    assert all(built.budget(m) == cfg.fusion.budget(m) for m in cfg.modalities)
+
+
+def test_weight_decay_groups():
+    """Decay on weight matrices, a ViT's patch projection included; none on what the models exempt
+    (pos_embed, cls_token, the fusion's tokens), biases and norms; the ID embeddings' own decay."""
+    from mmrec.training import _param_groups
+
+    cfg = ModelConfig(encoders={"image": tiny_config("timm-vit", trainable_layers=-1)}, item_id_embeddings=True,
+                      embedding_dim=8)
+    model, _ = create_model(cfg, ModelSizes(num_users=5, num_items=7))
+    tasks = MultiTaskLoss(TaskConfig(), model, 3)
+    groups = _param_groups(model, tasks, lr=1e-3, encoder_lr=1e-4, weight_decay=0.05, embedding_weight_decay=0.5)
+    got = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    trainable = [p for m in (model, tasks) for p in m.parameters() if p.requires_grad]
+    assert len(got) == len(trainable) == sum(len(g["params"]) for g in groups)  # each once
+    params = dict(model.named_parameters())
+
+    def of(name: str) -> tuple[float, float]:
+        return got[id(params[name])]
+
+    vit = "encoders.image.model."
+    assert of(vit + "patch_embed.proj.weight") == (1e-4, 0.05)  # a convolution, not an embedding table
+    assert of(vit + "blocks.0.attn.qkv.weight") == (1e-4, 0.05)
+    for name in ("pos_embed", "cls_token", "patch_embed.proj.bias", "blocks.0.norm1.weight"):
+        assert of(vit + name) == (1e-4, 0.0), name
+    for name in ("user_p.weight", "user_b.weight", "item_id_q.weight", "item_id_b.weight"):
+        assert of(name) == (1e-3, 0.5), name
+    for name in ("fusion.item_token", "fusion.type_embed.image", "fusion.blocks.0.ln_1.weight", "item_q.bias"):
+        assert of(name) == (1e-3, 0.0), name
+    assert of("fusion.blocks.0.attn.qkv.weight") == of("item_q.weight") == (1e-3, 0.05)

@@ -1,6 +1,6 @@
 """Item-centric batches: decoded items -> encoder inputs per modality + sampled training interactions.
 
-DESIGN.md "Training data flow": each item is encoded once per visit and paired with up to k of its
+docs/design.md "Training data flow": each item is encoded once per visit and paired with up to k of its
 training interactions from an in-memory item -> (user, rating) index. `ExampleBuilder` runs per item
 in DataLoader workers (preprocessing included); `collate_examples` builds an `ItemBatch`, in which
 each modality's encoder inputs cover only the items that have that modality (`rows`), so absent
@@ -64,6 +64,18 @@ class ItemBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "ItemBatch":
         return self.apply(lambda t: t.to(device, non_blocking=non_blocking))
 
+    def nbytes(self) -> int:
+        """Bytes held by all its tensors."""
+        total = 0
+
+        def count(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.element_size() * t.nelement()
+            return t
+
+        self.apply(count)
+        return total
+
     def pin_memory(self) -> "ItemBatch":
         """Page-locked copy (the DataLoader calls this with pin_memory=True), so `.to(cuda, non_blocking=True)`
         overlaps the copy with compute."""
@@ -94,21 +106,60 @@ class InteractionIndex:
         return int(self.offsets[-1])
 
 
+@dataclass
+class KeptItem:
+    """An item whose preprocessed inputs are already in `PreparedItems`: nothing was decoded."""
+
+    index: int
+
+
+class PreparedItems:
+    """Preprocessed encoder inputs kept in memory between epochs, up to a byte budget.
+
+    The preprocessing is deterministic (tokenise, resize and crop, fbank), so an item's inputs are the
+    same at every visit; only its sampled pairs change. Keeping them skips decoding and preprocessing
+    from the second epoch on, with identical batches. For loading in the training process itself
+    (num_workers=0): DataLoader workers would each get, and lose, a copy every epoch.
+    """
+
+    def __init__(self, budget_bytes: int):
+        self.budget, self.size = budget_bytes, 0
+        self.items: dict[int, dict[str, Any]] = {}
+
+    def put(self, index: int, prepared: dict[str, Any]) -> None:
+        size = sum(t.element_size() * t.nelement() for inputs in prepared["inputs"].values()
+                   for t in (inputs.values() if isinstance(inputs, dict) else [inputs]) if isinstance(t, torch.Tensor))
+        if self.size + size <= self.budget:
+            self.items[index] = prepared
+            self.size += size
+
+    def skip_decoding(self, decode: Callable[[dict], Any]) -> Callable[[dict], Any]:
+        """`decode`, except for samples already kept (their key is the item index, `schema.item_key`)."""
+        def decode_unless_kept(sample: dict) -> Any:
+            index = int(sample["__key__"])
+            return KeptItem(index) if index in self.items else decode(sample)
+
+        return decode_unless_kept
+
+
 class ExampleBuilder:
     """Per item, in DataLoader workers: preprocess each present modality and draw up to k pairs.
 
     Pairs are drawn with a generator seeded by (seed, epoch, item), so a seeded run is reproducible
-    whichever worker sees the item; call `set_epoch` to draw new pairs each epoch.
+    whichever worker sees the item; call `set_epoch` to draw new pairs each epoch. With `kept`, the
+    preprocessed inputs are taken from / added to that in-memory store (see `PreparedItems`).
     """
 
     def __init__(self, preprocessors: Mapping[str, Preprocessor], attributes: list[str],
-                 interactions: InteractionIndex | None = None, pairs_per_item: int = 8, seed: int = 0):
+                 interactions: InteractionIndex | None = None, pairs_per_item: int = 8, seed: int = 0,
+                 kept: PreparedItems | None = None):
         self.preprocessors = dict(preprocessors)
         self.attribute_index = {a: i for i, a in enumerate(attributes)}
         self.interactions = interactions
         self.pairs_per_item = pairs_per_item
         self.seed = seed
         self.epoch = 0
+        self.kept = kept
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -129,7 +180,8 @@ class ExampleBuilder:
             return None if item.waveform is None else (item.waveform, item.sample_rate)
         raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
 
-    def __call__(self, item: DecodedItem) -> dict[str, Any]:
+    def prepare(self, item: DecodedItem) -> dict[str, Any]:
+        """The deterministic part: the item's encoder inputs and attribute vector."""
         inputs = {}
         for modality, pre in self.preprocessors.items():
             raw = self.raw_input(item, modality)
@@ -139,6 +191,15 @@ class ExampleBuilder:
         for a in item.attributes:
             if a in self.attribute_index:
                 attrs[self.attribute_index[a]] = 1.0
+        return {"index": item.index, "inputs": inputs, "attributes": attrs}
+
+    def __call__(self, item: DecodedItem | KeptItem) -> dict[str, Any]:
+        if isinstance(item, KeptItem):
+            prepared = self.kept.items[item.index]
+        else:
+            prepared = self.prepare(item)
+            if self.kept is not None:
+                self.kept.put(item.index, prepared)
         users = ratings = np.zeros(0)
         weight = 1.0
         if self.interactions is not None and self.pairs_per_item > 0:
@@ -148,8 +209,7 @@ class ExampleBuilder:
                 rng = np.random.default_rng((self.seed, self.epoch, item.index))
                 pick = rng.choice(len(users), self.pairs_per_item, replace=False)
                 users, ratings = users[pick], ratings[pick]
-        return {"index": item.index, "inputs": inputs, "attributes": attrs, "users": users, "ratings": ratings,
-                "weight": weight}
+        return {**prepared, "users": users, "ratings": ratings, "weight": weight}
 
 
 def collate_features(examples: list[dict[str, torch.Tensor]]) -> EncoderOutput:
