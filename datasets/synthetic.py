@@ -2,7 +2,7 @@
 
 Builds, under --out DIR:
 
-    DIR/catalogue/items.jsonl, interactions.csv, users.jsonl, media/   (see mmrec.synthetic)
+    DIR/catalogue/items.jsonl, interactions.csv, users.jsonl, media/   (see mmrec.data.synthetic)
     DIR/data/                                                          `mmrec shard` output
 
 Usage (from the repository root):
@@ -11,8 +11,8 @@ Usage (from the repository root):
     python datasets/synthetic.py --out /tmp/synth --no-shard --num-items 200
     python datasets/synthetic.py --out /tmp/bench --full-size-media --split random   # throughput benchmarks
 
-The generator lives in `mmrec.synthetic` (the demo and the tests use it too); this script is only
-its command line. `datasets/` is not a package: see DESIGN.md.
+The generator lives in `mmrec.data.synthetic` (the demo and the tests use it too); this script is only
+its command line. `datasets/` is not a package: see docs/design.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The `mmrec` command line (DESIGN.md "Command line").
+"""The `mmrec` command line (docs/design.md "Command line").
 
 Each subcommand is a small function over the library; argument errors and input errors exit with
 status 2 and one clear line, never a traceback from deep inside.
@@ -27,7 +27,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
-                   help="a YAML file, or the name of a shipped preset (tiny, base, movielens: `mmrec configs`)")
+                   help="a YAML file, or the name of a shipped preset (tiny, base, movielens)")
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: data.path in the config)")
     p.add_argument("--out", type=Path, default=Path("run"), help="run folder (default: run)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
@@ -36,13 +36,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mmrec.config import load_run_config
-    from mmrec.training import train
 
-    cfg = load_run_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)  # before the training stack loads: a typo fails at once
     data = args.data or (Path(cfg.data.path) if cfg.data.path else None)
     if data is None:
         raise ValueError("no dataset: pass --data DATA or set data.path in the config")
     cfg.data.path = str(data)
+    from mmrec.training import train
+
     state = train(cfg, data, args.out, resume=args.resume)
     metric = cfg.train.selection_metric
     if int(os.environ.get("RANK", "0")) != 0:

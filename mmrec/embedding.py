@@ -1,9 +1,12 @@
-"""`mmrec embed`: every item in the shards through the item tower, and every user, into EMB/.
+"""The item tower over the shards: `mmrec embed`, and the passes that validation, `mmrec eval` and
+`mmrec cache` share (`item_batches`, `embed_items`, `embed_batches`, `assemble`).
+
+`mmrec embed`: every item in the shards through the item tower, and every user, into EMB/.
 
     mmrec embed --run RUN --data DATA --out EMB
     accelerate launch -m mmrec.cli embed --run RUN --data DATA --out EMB     (each rank its shards)
 
-Output (DESIGN.md): `item_embeddings.safetensors` (tensor `embeddings` [n_items, d]) + `item_ids.json`,
+Output (docs/design.md): `item_embeddings.safetensors` (tensor `embeddings` [n_items, d]) + `item_ids.json`,
 `user_embeddings.safetensors` + `user_ids.json`, whose dot products are exactly the model's scores.
 Also `item_states.safetensors` (text-only fused states, for `search`),
 `item_titles.json` and `embedding.json` (model checkpoint hash, dims, counts).

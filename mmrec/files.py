@@ -1,9 +1,10 @@
 """Writing files so that a reader never sees half of one, and hashing them.
 
-Every output of mmrec (dataset folders, feature caches, checkpoints, model folders, embedding parts,
-catalogue files) is written under a temporary sibling name and renamed into place when complete:
-a killed process leaves either the old output, or the new one whole, plus a temporary name that
-the next run clears. This module is the one place that does it.
+The outputs a later step trusts as a whole (dataset folders, feature caches, checkpoints, model
+folders, embedding parts, catalogue files, the run's vocabulary) are written under a temporary
+sibling name and renamed into place when complete: a killed process leaves either the old output,
+or the new one whole, plus a temporary name that the next run clears. This module is the one place
+that does it.
 
     tmp = temp_sibling(out, ".partial")   # cleared, not created
     ... write tmp (a file, or a folder) ...

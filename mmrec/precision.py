@@ -3,6 +3,8 @@
 bf16 where the device computes it natively (a CUDA GPU that supports it), full precision
 elsewhere: the CPU gains nothing from bf16 autocast and loses accuracy. A trained model's encoders
 therefore see the same precision in training and in every later pass on the same kind of device.
+Training's own validation follows the run's resolved `train.mixed_precision` (a run told "no" on
+such a GPU validates in full precision too).
 """
 
 from __future__ import annotations

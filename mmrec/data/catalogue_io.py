@@ -1,4 +1,4 @@
-"""Write a catalogue in the DESIGN.md input format: `items.jsonl` + `interactions.csv`.
+"""Write a catalogue in the docs/design.md input format: `items.jsonl` + `interactions.csv`.
 
 The `datasets/` recipes (MovieLens, FSDD) and the synthetic demo turn their sources into these two
 files and then shard them (`mmrec.data.shard_options` declares the sharder's options for them). The writers here do no validation beyond what catches a recipe

@@ -1,6 +1,6 @@
 """Read and validate the interaction log (`interactions.csv` or `.parquet`).
 
-Header `user_id,item_id,rating,timestamp` (DESIGN.md); `rating` is optional (implicit feedback =
+Header `user_id,item_id,rating,timestamp` (docs/design.md); `rating` is optional (implicit feedback =
 1.0), `timestamp` is optional (the temporal split needs it), and a `split` column feeds the `given`
 protocol. Every row either survives or becomes a quarantine entry with its reason.
 """

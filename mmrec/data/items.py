@@ -1,4 +1,4 @@
-"""Parse and validate `items.jsonl` (DESIGN.md "Catalogue input") line by line.
+"""Parse and validate `items.jsonl` (docs/design.md "Catalogue input") line by line.
 
 Parsing is cheap and runs in the main process; decoding media (the expensive part) is done later,
 per record, in worker processes (`mmrec.data.media`).
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mmrec.data.quarantine import QuarantineEntry
-from mmrec.data.schema import Q_ITEM, Q_MODALITY
+from mmrec.data.schema import MODALITIES, Q_ITEM, Q_MODALITY
 
 # Keys with a meaning of their own; everything else on a line is kept as metadata.
-_RESERVED = ("item_id", "text", "image", "audio", "attributes")
+_RESERVED = ("item_id", *MODALITIES, "attributes")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Read item shards back as decoded items, correctly across DataLoader workers and Accelerate ranks.
 
-Two modes (DESIGN.md "Training data flow"):
+Two modes (docs/design.md "Training data flow"):
 
 - train: an endless stream of shards, reshuffled each pass with a seed shared by all ranks, cut to a
   fixed number of batches per rank, so every rank runs the same number of steps and nothing hangs

@@ -1,6 +1,6 @@
 """The one shard schema: names and formats shared by the writer, the readers and `datasets/`.
 
-A dataset folder written by `mmrec shard` looks like this (see ../shared/DESIGN.md):
+A dataset folder written by `mmrec shard` looks like this (see docs/design.md):
 
     DATA/manifest.json                  schema version, counts, coverage, shards, splits
     DATA/item_ids.json                  item_id strings in item-index order

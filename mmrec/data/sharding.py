@@ -168,7 +168,7 @@ def _write_items(records: list[ItemRecord], items_dir: Path, options: ShardOptio
 
 def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
                     split: SplitConfig | None = None, options: ShardOptions | None = None) -> ShardReport:
-    """Validate a catalogue and interaction log and write a dataset folder (DESIGN.md layout).
+    """Validate a catalogue and interaction log and write a dataset folder (docs/design.md layout).
 
     Raises:
         ValueError: for problems with the inputs as a whole (missing file or column, an existing

@@ -1,4 +1,4 @@
-"""Leakage-safe split protocols for the interaction log (DESIGN.md "Split protocols").
+"""Leakage-safe split protocols for the interaction log (docs/design.md "Split protocols").
 
 Every protocol is a pure function of the (deduplicated) rows, the seed and its parameters, so the
 same inputs always give byte-identical split files. A (user, item) pair can only land in one split

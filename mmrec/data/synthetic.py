@@ -6,7 +6,7 @@ modality recovers it above chance but not perfectly, and fusing them helps. User
 styles; ratings follow r = 3 + affinity(user, style) + item quality + user bias + noise, and users
 rate more items of the styles they like, from a skewed popularity distribution. The style is written
 into `items.jsonl` as metadata and the users' tastes into `users.jsonl`, so tests and benchmarks can
-check what a model learned. The output is the catalogue input format of DESIGN.md.
+check what a model learned. The output is the catalogue input format of docs/design.md.
 """
 
 from __future__ import annotations

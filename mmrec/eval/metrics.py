@@ -1,6 +1,6 @@
 """Offline metrics: full-ranking top-K with masking, and rating error.
 
-Definitions (DESIGN.md "Evaluation rules"), averaged over users with at least one relevant item:
+Definitions (docs/design.md "Evaluation rules"), averaged over users with at least one relevant item:
 - Recall@K = hits in the top K / number of relevant items (as MMRec and RecBole define it);
 - NDCG@K   = DCG@K / IDCG@K with binary relevance, IDCG cut at min(#relevant, K);
 - Hit@K    = 1 if any relevant item is in the top K;

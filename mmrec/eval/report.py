@@ -1,7 +1,7 @@
 """Write an evaluation report folder: report.json, report.md and PNG plots.
 
 `report.md` is what a user opens first: the protocol block (a number is only compared with one measured
-the same way, DESIGN.md "Evaluation rules"), the headline table (ours against every baseline on the same
+the same way, docs/design.md "Evaluation rules"), the headline table (ours against every baseline on the same
 split), beyond-accuracy, slices and the modality ablation; each table names the split and protocol its
 numbers come from, and each plot is linked under its table.
 
@@ -130,7 +130,7 @@ def _plot(path: Path, draw: Callable[..., None], ncols: int = 1) -> Path:
     A bare `Figure` on an explicit Agg canvas, not pyplot: no display, no figure left open, and the
     caller's global backend untouched (a notebook calling write_report keeps its inline plots).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: `import mmrec.report` stays cheap
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: `import mmrec.eval.report` stays cheap
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(1.5 + 4.5 * ncols, 4.2), dpi=100, layout="constrained")
@@ -144,7 +144,7 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write report.json, report.md and the plots of an evaluation report into `out_dir`.
 
     Args:
-        report: the `mmrec eval` report dict (DESIGN.md "Output files"); only `protocol` and
+        report: the `mmrec eval` report dict (docs/design.md "Output files"); only `protocol` and
             `ranking` are expected, every other section is optional.
         out_dir: the report folder; created if missing.
 
