@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/mmrec demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

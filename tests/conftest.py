@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 # Read-only public data next to the repository (../shared/data); absent on a user's machine.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+# `mmrec demo` is the suite's longest piece (about two minutes). When a selected test needs it, it
+# starts in a subprocess as soon as collection ends and runs on one core while the other tests run on
+# the other (each process single-threaded: two OpenMP teams on two cores would spin against each
+# other); the tests that read it run last.
+_DEMO: dict = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: "demo" in getattr(item, "fixturenames", ()))  # stable: demo readers last
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or not any("demo" in getattr(i, "fixturenames", ()) for i in session.items):
+        return
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="mmrec-demo-"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log = open(root / "demo.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec", "demo", "--out", str(root / "demo")], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, text=True)
+    _DEMO.update(root=root, proc=proc, log=log)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _DEMO:
+        _DEMO["proc"].kill()
+        _DEMO["proc"].wait()
+        _DEMO["log"].close()
+        shutil.rmtree(_DEMO["root"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def demo() -> tuple[Path, str]:
+    """`mmrec demo` (one run for the whole session): (its output folder, what it printed).
+
+    Several tests read its run, embeddings and report instead of training their own.
+    """
+    assert _DEMO, "the demo was not started (pytest_collection_finish)"
+    returncode = _DEMO["proc"].wait(timeout=1800)
+    _DEMO["log"].seek(0)
+    printed = _DEMO["log"].read()
+    assert returncode == 0, f"mmrec demo failed (exit {returncode}):\n{printed[-3000:]}"
+    return _DEMO["root"] / "demo", printed
 
 
 @pytest.fixture(scope="session")

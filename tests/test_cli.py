@@ -4,23 +4,39 @@ import json
 import subprocess
 import sys
 
-from mmrec.cli import main
+from mmrec.data.synthetic import THEMES
+from mmrec.serving import Embeddings, search
 
 
-def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
+def test_demo_runs_the_whole_pipeline(demo):
+    root, out = demo
     assert "cold items (among cold)" in out and "report.md" in out  # the closing table and where the report is
-    manifest = json.loads((tmp_path / "demo" / "data" / "manifest.json").read_text())
+    manifest = json.loads((root / "data" / "manifest.json").read_text())
     c = manifest["counts"]
     assert c["items_written"] == 1000 and c["item_lines"] == c["items_written"] + c["items_quarantined"]
     assert manifest["split"]["protocol"] == "cold-items"
     assert all(0.8 < v["fraction"] < 1.0 for v in manifest["modalities"].values())  # some items lack each one
-    report = json.loads((tmp_path / "demo" / "report" / "report.json").read_text())
-    assert (tmp_path / "demo" / "report" / "report.md").is_file() and (tmp_path / "demo" / "emb" / "item_ids.json").is_file()
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert (root / "report" / "report.md").is_file() and (root / "emb" / "item_ids.json").is_file()
     # the content path learns: cold items (never seen in training) are ranked better than by popularity
     cold, pop = report["slices"]["cold_items"], report["baselines"]["popularity"]["slices"]["cold_items"]
+    assert cold["users"] == pop["users"] > 100
     assert cold["ndcg@10"] > 1.5 * pop["ndcg@10"]
+
+
+def test_search_finds_items_of_the_queried_style(demo):
+    """Free-text search on the demo's run: the generator wrote each item's style, and each style has its
+    own vocabulary, so a query in a style's words should find that style's items well above chance."""
+    root, _ = demo
+    lines = (root / "catalogue" / "items.jsonl").read_text().splitlines()
+    style_of = {item["item_id"]: item["style"] for item in map(json.loads, lines)}
+    emb = Embeddings.load(root / "emb")
+    shares = []
+    for style, (_, adjectives, nouns) in enumerate(THEMES):
+        hits = search(root / "run", emb, " ".join(adjectives.split()[:2] + nouns.split()[:2]), k=10)
+        assert len(hits) == 10
+        shares.append(sum(style_of[emb.item_ids[i]] == style for i, _ in hits) / 10)
+    assert sum(shares) / len(shares) >= 2 / len(THEMES), shares  # twice chance (1 in 8), averaged over styles
 
 
 def test_console_script_reports_bad_input_with_exit_status_2(tmp_path):
