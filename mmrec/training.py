@@ -235,9 +235,9 @@ class Trainer:
         """Accelerate state + trainer state into step-N.tmp, then an atomic rename to step-N."""
         acc = self.accelerator
         final = self.run_dir / CHECKPOINTS / f"step-{self.state.step:08d}"
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = final.with_name(final.name + ".tmp")  # every rank writes here; the main process clears it first
         if acc.is_main_process:
-            temp_sibling(final).mkdir(parents=True)
+            temp_sibling(final).mkdir(parents=True)  # == tmp, cleared of a killed run's leftovers
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         if acc.is_main_process:
