@@ -113,6 +113,16 @@ def _modalities_of(members: dict[str, bytes]) -> list[str]:
     return present
 
 
+def _refuse_output_holding(out: Path, inputs: list[Path]) -> None:
+    """The output folder is replaced as a whole (--overwrite): it must not be, or hold, any input."""
+    target = out.resolve()
+    for path in inputs:
+        resolved = path.resolve()
+        if resolved == target or target in resolved.parents:
+            raise ValueError(f"--out {out} holds the input {path}; writing the dataset there would delete it "
+                             "(--overwrite replaces the whole folder): choose an --out outside the catalogue")
+
+
 def _write_split_csv(path: Path, rows: Iterable[Interaction]) -> int:
     n = 0
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -180,15 +190,20 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
     for p in (items_path, interactions_path):
         if not p.is_file():
             raise ValueError(f"input file not found: {p}")
+    _refuse_output_holding(out, [items_path, interactions_path])
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a dataset folder; choose another --out (--overwrite replaces "
+                         "only a dataset folder)")
     if out.exists() and not options.overwrite:
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     started = time.perf_counter()
 
+    records, item_quarantine, n_item_lines = parse_items(items_path, options.text_template)
+    _refuse_output_holding(out, [p for r in records for p in (r.image_path, r.audio_path) if p is not None])
+
     tmp = temp_sibling(out, ".partial")
     (tmp / schema.ITEMS_DIR).mkdir(parents=True)
     (tmp / schema.INTERACTIONS_DIR).mkdir()
-
-    records, item_quarantine, n_item_lines = parse_items(items_path, options.text_template)
     item_ids, shards, coverage, vocabulary = _write_items(
         records, tmp / schema.ITEMS_DIR, options, items_path.name, item_quarantine)
     for sh in shards:
