@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+
 # Read-only public data next to the repository (../shared/data); absent on a user's machine.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -138,3 +141,29 @@ def small_catalogue(tmp_path: Path):
                 t += 17
                 w.writerow([f"u{u}", f"it{(u * 5 + k * 7) % 12:02d}", 1 + (u + k) % 5, t])
     return items_path, inter_path, items
+
+
+# -- helpers the test modules import (`from conftest import ...`) ---------------------------------
+
+
+def make_dataset(root: Path, num_items=200, num_users=60, num_ratings=3000, items_per_shard=25, protocol="random",
+                 ratios=(0.8, 0.1, 0.1)) -> Path:
+    """A synthetic catalogue (seed 1) sharded into root/data with the given split protocol."""
+    from mmrec.data.sharding import ShardOptions, shard_catalogue
+    from mmrec.data.splits import SplitConfig
+    from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+
+    info = write_synthetic_catalogue(root / "cat", SyntheticCatalogueConfig(
+        seed=1, num_items=num_items, num_users=num_users, num_ratings=num_ratings))
+    shard_catalogue(info["items"], info["interactions"], root / "data",
+                    SplitConfig(protocol=protocol, seed=0, ratios=ratios),
+                    ShardOptions(items_per_shard=items_per_shard, progress=False))
+    return root / "data"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from test_training import TINY
+from conftest import TINY
 
 from mmrec.cache import build_frozen_model, cache_features, check_cache
 from mmrec.cli import main

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, make_dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from test_training import TINY, make_dataset
 
 from mmrec.cli import main
 from mmrec.config import load_run_config
@@ -183,7 +183,7 @@ def test_two_process_embed_equals_single_process(trained, tmp_path):
     import subprocess
     import sys
 
-    from test_training import free_port
+    from conftest import free_port
 
     root, data = trained
     out = tmp_path / "emb2"

@@ -4,7 +4,6 @@ that ranks cold items from content better than popularity."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,33 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, free_port, make_dataset
 from safetensors.torch import load_file
 
 from mmrec.config import load_run_config
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.splits import SplitConfig
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.model.factory import load_model
 from mmrec.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "tiny.yaml"
-
-
-def make_dataset(root: Path, num_items=200, num_users=60, num_ratings=3000, items_per_shard=25, protocol="random",
-                 ratios=(0.8, 0.1, 0.1)):
-    info = write_synthetic_catalogue(root / "cat", SyntheticCatalogueConfig(
-        seed=1, num_items=num_items, num_users=num_users, num_ratings=num_ratings))
-    shard_catalogue(info["items"], info["interactions"], root / "data",
-                    SplitConfig(protocol=protocol, seed=0, ratios=ratios),
-                    ShardOptions(items_per_shard=items_per_shard, progress=False))
-    return root / "data"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_same_steps_disjoint_items_and_loss_falls(tmp_path):
