@@ -15,6 +15,37 @@ from pathlib import Path
 from mmrec import __version__
 
 
+def _cutoffs(text: str) -> list[int]:
+    """--k for eval: comma-separated positive integers."""
+    try:
+        ks = sorted({int(k) for k in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 10,20,50, got {text!r}") from None
+    if ks[0] < 1:
+        raise argparse.ArgumentTypeError(f"cut-offs must be >= 1, got {text!r}")
+    return ks
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _run_folder(text: str) -> Path:
+    """--run: a folder written by `mmrec train` (its model and vocabulary)."""
+    run = Path(text)
+    missing = [name for name in ("model", "vocabulary.json") if not (run / name).exists()]
+    if missing:
+        what = "does not exist" if not run.exists() else f"has no {' or '.join(missing)}"
+        raise argparse.ArgumentTypeError(f"{run} {what}: pass a run folder written by `mmrec train`")
+    return run
+
+
 def cmd_shard(args: argparse.Namespace) -> int:
     from mmrec.data.shard_options import shard_configs
     from mmrec.data.sharding import shard_catalogue
@@ -99,7 +130,7 @@ def _run_data(run: Path, data: Path | None) -> Path:
 def cmd_eval(args: argparse.Namespace) -> int:
     from mmrec.eval.evaluation import evaluate_run
 
-    ks = sorted({int(k) for k in args.k.split(",")})
+    ks = args.k
     report, paths = evaluate_run(args.run, _run_data(args.run, args.data), args.out, split=args.split, ks=ks,
                                  emb=args.emb, mask=args.mask, threshold=args.threshold, candidates=args.candidates,
                                  ablation=not args.no_ablation, batch_size=args.batch_size, num_workers=args.workers)
@@ -162,10 +193,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a usage error is one line (then exit status 2, as argparse does)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mmrec.data.shard_options import add_shard_options
 
-    parser = argparse.ArgumentParser(prog="mmrec", description="Multimodal recommendation engine.")
+    parser = _OneLineParser(prog="mmrec", description="Multimodal recommendation engine.")
     parser.add_argument("--version", action="version", version=f"mmrec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -190,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("embed", help="item and user embeddings of a trained run (resumable)")
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", required=True, type=_run_folder)
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path, help="embedding folder (EMB)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -201,10 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("eval", help="offline evaluation report: rating, ranking, beyond-accuracy, slices, baselines")
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", required=True, type=_run_folder)
     p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run's)")
     p.add_argument("--split", default="test", choices=("valid", "test"))
-    p.add_argument("--k", default="10,20,50", help="cut-offs, comma-separated (default 10,20,50)")
+    p.add_argument("--k", type=_cutoffs, default=[10, 20, 50], help="cut-offs, comma-separated (default 10,20,50)")
     p.add_argument("--out", required=True, type=Path, help="report folder")
     p.add_argument("--emb", type=Path, default=None, help="use these item embeddings instead of recomputing")
     p.add_argument("--mask", default="auto", choices=("auto", "train"),
@@ -220,16 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, target, helptext in (("recommend", "--user", "top-K items for a user"),
                                    ("similar", "--item", "items most similar to an item")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--run", required=True, type=Path)
+        p.add_argument("--run", required=True, type=_run_folder)
         p.add_argument(target, required=True, dest=target.strip("-"))
-        p.add_argument("--k", type=int, default=10)
+        p.add_argument("--k", type=_positive, default=10)
         p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
         p.add_argument("--data", type=Path, default=None, help="dataset, for the user's seen items (default: the run's)")
         p.set_defaults(func=cmd_recommend if name == "recommend" else cmd_similar)
     p = sub.add_parser("search", help='items matching a free-text query, e.g. mmrec search --run RUN "sunny festival"')
-    p.add_argument("--run", required=True, type=Path)
+    p.add_argument("--run", required=True, type=_run_folder)
     p.add_argument("query")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=_positive, default=10)
     p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
     p.set_defaults(func=cmd_search)
 
@@ -247,8 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:
-        print(f"mmrec {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:
+        # a whole-input problem (a missing file, a folder that is not what it should be, a damaged
+        # checkpoint): one line and exit status 2; MMREC_DEBUG=1 shows the traceback instead
+        if os.environ.get("MMREC_DEBUG"):
+            raise
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        print(f"mmrec {args.command}: error: {lines[0]}", file=sys.stderr)
         return 2
 
 

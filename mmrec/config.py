@@ -78,8 +78,9 @@ class TrainConfig:
             raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.epochs < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ValueError("train.epochs, train.grad_accum and train.log_every must be >= 1")
-        if self.selection_metric not in ("rmse", "last") and not self.selection_metric.startswith(
-                ("ndcg@", "recall@", "hit@", "mrr@")):
+        name, _, k = self.selection_metric.partition("@")
+        if self.selection_metric not in ("rmse", "last") and not (
+                name in ("ndcg", "recall", "hit", "mrr") and k.isdigit() and int(k) >= 1):
             raise ValueError(f"train.selection_metric must be rmse, last or ndcg@K / recall@K / hit@K / mrr@K, "
                              f"got {self.selection_metric!r}")
 

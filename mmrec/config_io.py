@@ -104,8 +104,12 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | No
     """Read YAML (or start empty), apply overrides, build `cls`."""
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}  # safe: a `!!python/object` tag is an error, never code
+        except yaml.YAMLError as e:
+            problem = " ".join(str(e).split())
+            raise ValueError(f"{path} is not a valid YAML config: {problem}") from e
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a YAML mapping at the top level")
     apply_overrides(data, overrides or [])

@@ -54,6 +54,10 @@ class RunSplits:
     def __init__(self, data_dir: str | Path, vocab: RunVocabulary):
         self.data_dir, self.vocab = Path(data_dir), vocab
         self._parsed: dict[str, SplitArrays] = {}
+        missing = [s for s in SPLITS if not (self.data_dir / INTERACTIONS_DIR / f"{s}.csv").is_file()]
+        if missing:  # found now, not after an epoch of training
+            raise ValueError(f"{self.data_dir} lacks the split file(s) {[f'{s}.csv' for s in missing]} in "
+                             f"{INTERACTIONS_DIR}/; it is not a complete `mmrec shard` output")
 
     def __getitem__(self, split: str) -> SplitArrays:
         if split not in SPLITS:

@@ -32,7 +32,10 @@ class RunVocabulary:
         data_dir = Path(data_dir)
         manifest = load_manifest(data_dir)
         item_ids = json.loads((data_dir / ITEM_IDS).read_text(encoding="utf-8"))
-        with open(data_dir / INTERACTIONS_DIR / "train.csv", newline="", encoding="utf-8") as f:
+        train = data_dir / INTERACTIONS_DIR / "train.csv"
+        if not train.is_file():
+            raise ValueError(f"{data_dir} has no {INTERACTIONS_DIR}/train.csv; it is not a complete `mmrec shard` output")
+        with open(train, newline="", encoding="utf-8") as f:
             users = {row["user_id"] for row in csv.DictReader(f)}
         if not users:
             raise ValueError(f"{data_dir}: the train split is empty; nothing to train on")
