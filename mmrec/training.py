@@ -362,6 +362,11 @@ class Trainer:
                 if self.state.step % t.log_every == 0 or self.state.step == 1:
                     # this process's losses: no collective here, ranks may have different loss terms
                     logged = {k: v.detach().float().item() for k, v in losses.items()}
+                    if not math.isfinite(logged["total"]):  # checked where the loss is read anyway: no extra sync
+                        bar.close()  # the error goes on a line of its own
+                        raise ValueError(
+                            f"the training loss is {logged['total']} at step {self.state.step} (epoch {epoch}): "
+                            "stopped. Check the ratings' scale (`mmrec shard --rating-range`) or lower train.lr")
                     self._log({"step": self.state.step, "epoch": epoch, **{f"loss/{k}": v for k, v in logged.items()},
                                "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
                     bar.set_postfix(loss=f"{logged['total']:.4f}")

@@ -83,3 +83,62 @@ def test_a_missing_split_file_stops_before_training(tmp_path, capsys):
     assert main(["train", "--config", "tiny", "--data", str(data), "--out", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, "valid.csv")
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+# -- item 8: input columns and values ----------------------------------------------------------------
+
+
+def _shard(items, interactions, out, *extra):
+    return main(["shard", "--items", str(items), "--interactions", str(interactions), "--out", str(out),
+                 "--no-progress", *extra])
+
+
+def test_column_names_match_case_insensitively_or_stop(small_catalogue, tmp_path, capsys):
+    import json
+
+    items, interactions, _ = small_catalogue
+    lines = interactions.read_text().splitlines()
+    upper = tmp_path / "upper.csv"
+    upper.write_text("\n".join(["User_ID,Item_ID,Rating,Timestamp", *lines[1:]]) + "\n")
+    assert _shard(items, upper, tmp_path / "d1") == 0
+    train = (tmp_path / "d1" / "interactions" / "train.csv").read_text().splitlines()
+    assert {row.split(",")[2] for row in train[1:]} != {"1.0"}  # the ratings were read, not taken as implicit
+    assert json.loads((tmp_path / "d1" / "manifest.json").read_text())["counts"]["interaction_rows"] == len(lines) - 1
+    typo = tmp_path / "typo.csv"
+    typo.write_text("\n".join(["user_id,item_id,ratng,timestamp", *lines[1:]]) + "\n")
+    capsys.readouterr()
+    assert _shard(items, typo, tmp_path / "d2") == 2
+    err = capsys.readouterr().err
+    assert "unknown column 'ratng'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_absurd_ratings_are_quarantined(small_catalogue, tmp_path):
+    from mmrec.data.quarantine import read_quarantine
+
+    items, interactions, _ = small_catalogue
+    lines = interactions.read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    rows = lines[1:]
+    rows[0] = ",".join(rows[0].split(",")[:2] + ["1e30"] + rows[0].split(",")[3:])
+    rows[1] = ",".join(rows[1].split(",")[:2] + ["-inf"] + rows[1].split(",")[3:])
+    rows[2] = ",".join(rows[2].split(",")[:2] + ["7"] + rows[2].split(",")[3:])
+    bad.write_text("\n".join([lines[0], *rows]) + "\n")
+    assert _shard(items, bad, tmp_path / "d") == 0
+    reasons = {e["line"]: e["reason"] for e in read_quarantine(tmp_path / "d" / "quarantine.jsonl")
+               if e["kind"] == "interaction"}
+    assert "implausible" in reasons[2] and "not a finite number" in reasons[3] and 4 not in reasons
+    assert _shard(items, bad, tmp_path / "d5", "--rating-range", "1,5") == 0  # the 7 is out of range too
+    reasons = {e["line"]: e["reason"] for e in read_quarantine(tmp_path / "d5" / "quarantine.jsonl")
+               if e["kind"] == "interaction"}
+    assert "outside the rating range" in reasons[2] and "outside the rating range" in reasons[4]
+
+
+def test_a_non_finite_loss_stops_training_with_one_line(tmp_path, capsys):
+    from conftest import make_dataset
+
+    data = make_dataset(tmp_path, num_items=40, num_users=10, num_ratings=300, items_per_shard=20)
+    assert main(["train", "--config", "tiny", "--data", str(data), "--out", str(tmp_path / "run"),
+                 "train.lr=1e30", "train.encoder_lr=1e30", "train.warmup_steps=0", "train.max_grad_norm=0",
+                 "train.log_every=1", "train.epochs=3"]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # after the progress bar's redraws
+    assert err[-1].startswith("mmrec train: error: the training loss is "), err[-1]

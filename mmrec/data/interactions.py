@@ -19,6 +19,22 @@ from mmrec.data.quarantine import QuarantineEntry
 from mmrec.data.schema import Q_INTERACTION
 
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
+COLUMNS = ("user_id", "item_id", "rating", "timestamp", "split")
+# Above this magnitude a value is no rating on any scale (and its square overflows float32 in the loss);
+# `rating_range` sets the plausible range explicitly.
+MAX_ABS_RATING = 1e6
+
+
+def _canonical_columns(path: Path, columns: list[str]) -> list[str]:
+    """Header names matched case-insensitively to COLUMNS (others kept as they are, and refused by
+    `read_interactions`); a repeated column is an error."""
+    out = []
+    for name in columns:
+        canonical = name.strip().lower() if name.strip().lower() in COLUMNS else name
+        if canonical in out:
+            raise ValueError(f"{path}: column {canonical!r} appears twice in the header {columns}")
+        out.append(canonical)
+    return out
 
 
 @dataclass
@@ -53,6 +69,7 @@ def _read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, Mapping[str, 
         except ImportError as e:
             raise ValueError("reading .parquet needs pyarrow: pip install 'mmrec[parquet]'") from e
         table = pq.read_table(path)
+        table = table.rename_columns(_canonical_columns(path, table.column_names))
         columns = table.column_names
 
         def parquet_rows():
@@ -68,7 +85,7 @@ def _read_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, Mapping[str, 
     except StopIteration:
         f.close()
         raise ValueError(f"{path} is empty: expected a header line user_id,item_id[,rating][,timestamp]") from None
-    columns = [c.strip().lstrip("\ufeff") for c in header]
+    columns = _canonical_columns(path, [c.strip().lstrip("\ufeff") for c in header])
 
     def csv_rows():
         with f:
@@ -99,13 +116,16 @@ def parse_timestamp(value: str) -> float:
     return t
 
 
-def read_interactions(path: Path, known_items: set[str], rejected_items: Mapping[str, int] | None = None) -> InteractionLog:
+def read_interactions(path: Path, known_items: set[str], rejected_items: Mapping[str, int] | None = None,
+                      rating_range: tuple[float, float] | None = None) -> InteractionLog:
     """Read, validate and deduplicate an interaction log.
 
     Args:
         path: interactions.csv or .parquet.
         known_items: the item_ids that were written to the shards.
         rejected_items: item_id -> items.jsonl line, for items that were quarantined (better reasons).
+        rating_range: (low, high): ratings outside it are quarantined (None: only non-finite ratings and
+            ratings beyond +-MAX_ABS_RATING are).
 
     Duplicates (same user and item) keep the latest row (largest timestamp, then the later line);
     the others are quarantined.
@@ -115,6 +135,10 @@ def read_interactions(path: Path, known_items: set[str], rejected_items: Mapping
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; the header must contain user_id,item_id "
                          f"and optionally rating,timestamp,split (found {columns})")
+    unknown = [c for c in columns if c not in COLUMNS]
+    if unknown:  # a misspelt `rating` would otherwise turn every rating into implicit feedback
+        raise ValueError(f"{path}: unknown column {unknown[0]!r}; the header takes {list(COLUMNS)} "
+                         "(matched case-insensitively)")
     has_rating, has_ts, has_split = "rating" in columns, "timestamp" in columns, "split" in columns
     rejected_items = rejected_items or {}
     source = path.name
@@ -152,6 +176,13 @@ def read_interactions(path: Path, known_items: set[str], rejected_items: Mapping
                 continue
             if not math.isfinite(rating):
                 reject(number, f"rating {text!r} is not a finite number", user_id, item_id)
+                continue
+            if rating_range is not None and not rating_range[0] <= rating <= rating_range[1]:
+                reject(number, f"rating {text!r} is outside the rating range {list(rating_range)}", user_id, item_id)
+                continue
+            if rating_range is None and abs(rating) > MAX_ABS_RATING:
+                reject(number, f"rating {text!r} is implausible (|rating| > {MAX_ABS_RATING:g}; set "
+                               "--rating-range for another scale)", user_id, item_id)
                 continue
         timestamp = None
         if has_ts and row["timestamp"].strip():

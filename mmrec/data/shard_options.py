@@ -34,6 +34,16 @@ def _ratios(text: str) -> tuple[float, float, float]:
     return parts
 
 
+def _range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}") from None
+    if not low <= high:
+        raise argparse.ArgumentTypeError(f"expected LOW <= HIGH, got {text!r}")
+    return low, high
+
+
 def add_shard_options(parser: argparse.ArgumentParser, default_split: str = "random") -> None:
     """Every option of `mmrec shard` except the three paths (`--items`, `--interactions`, `--out`)."""
     p = parser.add_argument_group("sharding (see `mmrec shard --help`)")
@@ -53,6 +63,9 @@ def add_shard_options(parser: argparse.ArgumentParser, default_split: str = "ran
                    help="resample all audio to this rate and store it as FLAC (default: keep)")
     p.add_argument("--text-template", default=None,
                    help='build item text from fields, e.g. "{title}. Genres: {genres}" (default: the text field)')
+    p.add_argument("--rating-range", type=_range, default=None, metavar="LOW,HIGH",
+                   help="quarantine ratings outside [LOW, HIGH], e.g. 0.5,5 (default: only non-finite ratings "
+                        "and |rating| > 1e6)")
     p.add_argument("--workers", type=int, default=1, help="processes decoding media (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -67,7 +80,7 @@ def shard_configs(args: argparse.Namespace) -> tuple[SplitConfig, ShardOptions]:
                         warm_holdout=args.warm_holdout)
     options = ShardOptions(items_per_shard=args.items_per_shard, image_max_side=args.image_max_side,
                            audio_rate=args.audio_rate, text_template=args.text_template, workers=args.workers,
-                           progress=not args.no_progress, overwrite=args.overwrite)
+                           progress=not args.no_progress, overwrite=args.overwrite, rating_range=args.rating_range)
     return split, options
 
 
@@ -92,6 +105,8 @@ def shard_command(items: Path, interactions: Path, out: Path, split: SplitConfig
             argv.append("--no-progress")
         elif f.name == "overwrite":
             argv.append("--overwrite")
+        elif f.name == "rating_range":
+            argv += ["--rating-range", ",".join(f"{x:g}" for x in value)]
         else:
             argv += [f"--{f.name.replace('_', '-')}", str(value)]
     return shlex.join(argv)

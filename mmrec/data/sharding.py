@@ -43,6 +43,8 @@ class ShardOptions:
     workers: int = 1  # processes decoding media
     progress: bool = True  # tqdm progress bar on stderr
     overwrite: bool = False  # replace an existing output folder
+    rating_range: tuple[float, float] | None = None  # quarantine ratings outside [low, high] (None: only
+    #                                                   non-finite ones and |rating| > 1e6)
 
     def __post_init__(self) -> None:
         if self.items_per_shard < 1:
@@ -53,6 +55,10 @@ class ShardOptions:
             raise ValueError(f"audio_rate must be >= 1000 Hz, got {self.audio_rate}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.rating_range is not None:
+            self.rating_range = tuple(float(x) for x in self.rating_range)
+            if len(self.rating_range) != 2 or not self.rating_range[0] <= self.rating_range[1]:
+                raise ValueError(f"rating_range must be (low, high) with low <= high, got {self.rating_range}")
 
 
 @dataclass
@@ -211,7 +217,7 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         sh["sha256"] = sha256_of(tmp / sh["path"])
 
     rejected = {e.item_id: e.line for e in item_quarantine if e.kind == schema.Q_ITEM and e.item_id}
-    log: InteractionLog = read_interactions(interactions_path, set(item_ids), rejected)
+    log: InteractionLog = read_interactions(interactions_path, set(item_ids), rejected, options.rating_range)
     rows = log.rows
     if split.protocol == "temporal":
         no_time = [r for r in rows if r.timestamp is None]
@@ -271,7 +277,8 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
                              "has_rating": log.has_rating, "has_timestamp": log.has_timestamp},
         },
         "options": {"items_per_shard": options.items_per_shard, "image_max_side": options.image_max_side,
-                    "audio_rate": options.audio_rate, "text_template": options.text_template},
+                    "audio_rate": options.audio_rate, "text_template": options.text_template,
+                    "rating_range": list(options.rating_range) if options.rating_range else None},
     }
     with open(tmp / schema.MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, ensure_ascii=False)
