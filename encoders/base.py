@@ -28,6 +28,17 @@ class EncoderOutput:
     pooled: torch.Tensor  # (B, D) one vector per item
 
 
+# Tokens per character have a floor (a token covers at most a few dozen characters in any BPE/WordPiece
+# vocabulary), so a text longer than this many characters per token of budget cannot change the kept
+# tokens; cutting it first bounds the tokenizer's time and memory on a pathological 20 MB description.
+CHARS_PER_TOKEN_CAP = 64
+
+
+def cap_text(text: str, max_tokens: int) -> str:
+    """`text` cut to CHARS_PER_TOKEN_CAP characters per token the encoder keeps."""
+    return text[: CHARS_PER_TOKEN_CAP * max_tokens]
+
+
 class Preprocessor:
     """Raw item -> tensors (in DataLoader workers), and a list of those -> a batch. Must pickle."""
 

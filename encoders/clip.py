@@ -26,7 +26,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip.transformer import TextTransformer, VisionTransformer
 from torch import nn
 
-from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
+from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor, cap_text
 from encoders.image import ImageInput, ImagePreprocessor, with_preprocessing
 from encoders.registry import register_encoder
 
@@ -127,7 +127,7 @@ class CLIPTextPreprocessor(Preprocessor):
     def __call__(self, raw: str) -> dict[str, torch.Tensor]:
         if not isinstance(raw, str):
             raise TypeError(f"open-clip-text preprocessing takes a str, got {type(raw).__name__}")
-        ids = self.tokenizer([raw])[0]  # (C,) truncated with end-of-text kept last, zero padded
+        ids = self.tokenizer([cap_text(raw, self.tokenizer.context_length)])[0]  # (C,) truncated, end-of-text last
         # Padding is id 0, which is also the BPE id of "!", so the mask comes from the end-of-text position.
         eot = int((ids == self.tokenizer.eot_token_id).nonzero()[0])
         return {"input_ids": ids, "attention_mask": (torch.arange(len(ids)) <= eot).long()}

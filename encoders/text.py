@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 from encoders import _hf
-from encoders.base import EncoderConfig, EncoderOutput, Preprocessor
+from encoders.base import EncoderConfig, EncoderOutput, Preprocessor, cap_text
 from encoders.registry import register_encoder
 
 FAMILY = "hf-text"
@@ -62,7 +62,7 @@ class TextPreprocessor(Preprocessor):
     def __call__(self, raw: str) -> dict[str, torch.Tensor]:
         if not isinstance(raw, str):
             raise TypeError(f"{FAMILY} preprocessing takes a str, got {type(raw).__name__}")
-        ids = self.tokenizer(raw, truncation=True, max_length=self.max_tokens)["input_ids"]
+        ids = self.tokenizer(cap_text(raw, self.max_tokens), truncation=True, max_length=self.max_tokens)["input_ids"]
         return {"input_ids": torch.tensor(ids, dtype=torch.long)}  # (T,)
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -142,3 +142,45 @@ def test_a_non_finite_loss_stops_training_with_one_line(tmp_path, capsys):
                  "train.log_every=1", "train.epochs=3"]) == 2
     err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()  # after the progress bar's redraws
     assert err[-1].startswith("mmrec train: error: the training loss is "), err[-1]
+
+
+# -- item 9: media paths that are not files, and sizes -----------------------------------------------
+
+
+def test_devices_fifos_and_oversized_media_are_dropped_unread(small_catalogue, tmp_path):
+    import json
+    import os
+
+    from mmrec.data.quarantine import read_quarantine
+
+    items, interactions, written = small_catalogue
+    fifo = tmp_path / "pipe.flac"
+    os.mkfifo(fifo)  # opening it would block until a writer comes
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(2 * 2**20))
+    lines = [json.loads(x) for x in items.read_text().splitlines()]
+    lines[0]["image"], lines[0]["audio"] = "/dev/zero", str(fifo)  # /dev/zero would be read without end
+    lines[1]["image"] = str(big)
+    hostile = items.with_name("hostile.jsonl")
+    hostile.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert main(["shard", "--items", str(hostile), "--interactions", str(interactions), "--out", str(tmp_path / "d"),
+                 "--no-progress", "--max-media-mb", "1"]) == 0
+    dropped = {(e["line"], e["reason"].split(":")[0]) for e in read_quarantine(tmp_path / "d" / "quarantine.jsonl")
+               if e["kind"] == "modality"}
+    assert (1, "image path is not a regular file (a device, FIFO or socket)") in dropped
+    assert (1, "audio path is not a regular file (a device, FIFO or socket)") in dropped
+    assert (2, "image file is larger than the 1048576 byte cap") in dropped
+
+
+def test_text_is_capped_before_tokenising():
+    from encoders import create_encoder, tiny_config
+    from encoders.base import CHARS_PER_TOKEN_CAP
+
+    _, pre = create_encoder(tiny_config("hf-text", max_tokens=16))
+    huge = "word " * 400_000  # 2 MB: without the cap the tokenizer would split all of it first
+    calls = []
+    tokenize = pre.tokenizer
+    pre.tokenizer = lambda text, **kw: calls.append(len(text)) or tokenize(text, **kw)
+    ids = pre(huge)["input_ids"]
+    assert calls == [16 * CHARS_PER_TOKEN_CAP] and len(ids) == 16
+    assert ids.tolist() == tokenize(huge[:2000], truncation=True, max_length=16)["input_ids"]  # same kept tokens

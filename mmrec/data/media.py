@@ -8,6 +8,7 @@ on; the sharder turns that into a quarantine entry and drops only that modality.
 from __future__ import annotations
 
 import io
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,27 +25,47 @@ class MediaError(Exception):
     """A media file that cannot be used; the message is the quarantine reason."""
 
 
-def _read_nonempty(path: Path, what: str) -> bytes:
+DEFAULT_MAX_MEDIA_BYTES = 64 * 2**20  # a poster or a few minutes of FLAC are far below; a video is not media here
+
+
+def _read_nonempty(path: Path, what: str, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> bytes:
+    """A regular file's bytes, at most `max_bytes` of them.
+
+    Devices, FIFOs and sockets are refused before they are opened: `/dev/zero` would be read without
+    end and opening a FIFO blocks until a writer comes.
+    """
     try:
-        data = path.read_bytes()
+        info = path.stat()
     except FileNotFoundError:
         raise MediaError(f"{what} file not found: {path}") from None
-    except IsADirectoryError:
-        raise MediaError(f"{what} path is a directory: {path}") from None
     except OSError as e:
         raise MediaError(f"{what} file unreadable: {path} ({e.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise MediaError(f"{what} path is a directory: {path}")
+    if not stat.S_ISREG(info.st_mode):
+        raise MediaError(f"{what} path is not a regular file (a device, FIFO or socket): {path}")
+    too_big = MediaError(f"{what} file is larger than the {max_bytes} byte cap: {path} (raise --max-media-mb)")
+    if info.st_size > max_bytes:
+        raise too_big
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # the file may have grown since stat
+    except OSError as e:
+        raise MediaError(f"{what} file unreadable: {path} ({e.strerror})") from None
+    if len(data) > max_bytes:
+        raise too_big
     if not data:
         raise MediaError(f"{what} file is empty: {path}")
     return data
 
 
-def image_member(path: Path, max_side: int | None = None) -> tuple[str, bytes]:
+def image_member(path: Path, max_side: int | None = None, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
     """Decode an image fully; return (member extension, bytes to store).
 
     JPEG, PNG and WebP are stored byte for byte unless `max_side` asks for a resize; other formats
     Pillow can read (GIF, BMP, TIFF...) are re-encoded so readers only ever see three formats.
     """
-    data = _read_nonempty(path, "image")
+    data = _read_nonempty(path, "image", max_bytes)
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
@@ -76,13 +97,13 @@ def decode_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(wave.T), int(rate)
 
 
-def audio_member(path: Path, target_rate: int | None = None) -> tuple[str, bytes]:
+def audio_member(path: Path, target_rate: int | None = None, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:
     """Decode an audio file fully; return (member extension, bytes to store).
 
     FLAC, WAV and OGG are stored as they are unless `target_rate` asks for resampling; then (and for
     any other format soundfile reads) the clip is stored as 16-bit FLAC at that rate.
     """
-    data = _read_nonempty(path, "audio")
+    data = _read_nonempty(path, "audio", max_bytes)
     try:
         fmt = sf.info(io.BytesIO(data)).format
         wave, rate = decode_audio_bytes(data)
@@ -118,12 +139,12 @@ class EncodedItem:
     dropped: list[tuple[str, str]]  # (modality, reason)
 
 
-def encode_item_media(args: tuple[ItemRecord, int | None, int | None]) -> EncodedItem:
+def encode_item_media(args: tuple[ItemRecord, int | None, int | None, int]) -> EncodedItem:
     """Decode an item's media and return its shard members (runs in a worker process).
 
     It lives here, not in `sharding`, so spawned workers import only Pillow, soundfile and numpy.
     """
-    record, image_max_side, audio_rate = args
+    record, image_max_side, audio_rate, max_bytes = args
     members: dict[str, bytes] = {}
     dropped: list[tuple[str, str]] = []
     if record.text is not None:
@@ -135,7 +156,7 @@ def encode_item_media(args: tuple[ItemRecord, int | None, int | None]) -> Encode
         if path is None:
             continue
         try:
-            ext, data = encode(path, option)
+            ext, data = encode(path, option, max_bytes)
             members[ext] = data
         except MediaError as e:
             dropped.append((modality, str(e)))

@@ -66,6 +66,8 @@ def add_shard_options(parser: argparse.ArgumentParser, default_split: str = "ran
     p.add_argument("--rating-range", type=_range, default=None, metavar="LOW,HIGH",
                    help="quarantine ratings outside [LOW, HIGH], e.g. 0.5,5 (default: only non-finite ratings "
                         "and |rating| > 1e6)")
+    p.add_argument("--max-media-mb", type=int, default=64,
+                   help="an image or audio file larger than this is dropped, unread (default 64)")
     p.add_argument("--workers", type=int, default=1, help="processes decoding media (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -80,7 +82,8 @@ def shard_configs(args: argparse.Namespace) -> tuple[SplitConfig, ShardOptions]:
                         warm_holdout=args.warm_holdout)
     options = ShardOptions(items_per_shard=args.items_per_shard, image_max_side=args.image_max_side,
                            audio_rate=args.audio_rate, text_template=args.text_template, workers=args.workers,
-                           progress=not args.no_progress, overwrite=args.overwrite, rating_range=args.rating_range)
+                           progress=not args.no_progress, overwrite=args.overwrite, rating_range=args.rating_range,
+                           max_media_mb=args.max_media_mb)
     return split, options
 
 

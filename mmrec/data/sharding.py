@@ -41,6 +41,7 @@ class ShardOptions:
     audio_rate: int | None = None  # resample every clip to this rate as FLAC (None: keep)
     text_template: str | None = None  # build text from item fields, e.g. "{title}. {genres}"
     workers: int = 1  # processes decoding media
+    max_media_mb: int = 64  # a larger image or audio file is dropped (quarantined) unread
     progress: bool = True  # tqdm progress bar on stderr
     overwrite: bool = False  # replace an existing output folder
     rating_range: tuple[float, float] | None = None  # quarantine ratings outside [low, high] (None: only
@@ -55,6 +56,8 @@ class ShardOptions:
             raise ValueError(f"audio_rate must be >= 1000 Hz, got {self.audio_rate}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.max_media_mb < 1:
+            raise ValueError(f"max_media_mb must be >= 1, got {self.max_media_mb}")
         if self.rating_range is not None:
             self.rating_range = tuple(float(x) for x in self.rating_range)
             if len(self.rating_range) != 2 or not self.rating_range[0] <= self.rating_range[1]:
@@ -98,7 +101,7 @@ def _single_threaded() -> None:
 
 
 def _encoded_items(records: list[ItemRecord], options: ShardOptions) -> Iterator[EncodedItem]:
-    jobs = ((r, options.image_max_side, options.audio_rate) for r in records)
+    jobs = ((r, options.image_max_side, options.audio_rate, options.max_media_mb * 2**20) for r in records)
     if options.workers == 1:
         yield from map(encode_item_media, jobs)
         return
@@ -278,7 +281,8 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         },
         "options": {"items_per_shard": options.items_per_shard, "image_max_side": options.image_max_side,
                     "audio_rate": options.audio_rate, "text_template": options.text_template,
-                    "rating_range": list(options.rating_range) if options.rating_range else None},
+                    "rating_range": list(options.rating_range) if options.rating_range else None,
+                    "max_media_mb": options.max_media_mb},
     }
     with open(tmp / schema.MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, ensure_ascii=False)
