@@ -75,6 +75,8 @@ class TrainerState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)  # validation results
+    scheduler: dict | None = None  # the learning-rate schedule's state_dict (plain numbers)
+    stopped_early: bool = False  # early stopping ended the run: a resume has nothing left to train
 
 
 _ID_EMBEDDINGS = ("user_p.", "user_b.", "item_id_q.", "item_id_b.")
@@ -195,9 +197,10 @@ class Trainer:
         scheduler = get_cosine_schedule_with_warmup(optimizer, min(t.warmup_steps, total_steps // 2), total_steps)
         self.step_module, self.optimizer = acc.prepare(TrainingStep(self.model, self.tasks), optimizer)
         # Not prepared: accelerate would step it once per process per call; the step counts here are
-        # already per rank. Registered so that save_state/load_state still carry it.
+        # already per rank. Not registered for checkpointing either: accelerate would pickle it and load
+        # it back with weights_only=False, so a crafted checkpoint could run code. Its state (numbers
+        # only) travels as JSON in trainer_state.json instead.
         self.scheduler = scheduler
-        acc.register_for_checkpointing(self.scheduler)
         self.total_steps = total_steps
         self.state = TrainerState()
         self.has_valid = self.manifest["interactions"]["valid"]["rows"] > 0
@@ -241,6 +244,7 @@ class Trainer:
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
         if acc.is_main_process:
+            self.state.scheduler = self.scheduler.state_dict()
             (tmp / STATE).write_text(json.dumps(asdict(self.state)))
             replace_with(tmp, final)  # a reader sees either no checkpoint or a whole one
             for old in _checkpoints(self.run_dir)[: -self.cfg.train.keep_checkpoints]:
@@ -249,12 +253,33 @@ class Trainer:
         return final
 
     def load_latest_checkpoint(self) -> bool:
+        """Load the newest readable checkpoint (an unreadable one is reported and the one before tried).
+
+        Nothing is unpickled: the model comes from safetensors, the optimizer and RNG states through
+        accelerate's `torch.load(weights_only=True)`, the schedule and the trainer state from JSON; no
+        object is registered with accelerate, so it never loads a `custom_checkpoint_*.pkl`.
+        """
         found = _checkpoints(self.run_dir)
-        if not found:
-            return False
-        self.accelerator.load_state(str(found[-1]))
-        self.state = TrainerState(**json.loads((found[-1] / STATE).read_text()))
-        return True
+        for checkpoint in reversed(found):
+            try:
+                state = TrainerState(**json.loads((checkpoint / STATE).read_text()))
+                self.accelerator.load_state(str(checkpoint))
+                if state.scheduler is not None:
+                    self.scheduler.load_state_dict(state.scheduler)
+            except Exception as e:  # noqa: BLE001 (safetensors, torch and json each raise their own types)
+                reason = " ".join(str(e).split())[:200]
+                self.accelerator.print(f"checkpoint {checkpoint.name} is unreadable ({type(e).__name__}: {reason}); "
+                                       "trying the one before")
+                continue
+            if state.scheduler is None:  # a checkpoint from before the schedule was kept as JSON
+                for _ in range(state.step):
+                    self.scheduler.step()
+            self.state = state
+            return True
+        if found:
+            raise ValueError(f"no checkpoint in {self.run_dir / CHECKPOINTS} could be read (see above); "
+                             "start a new run or restore a checkpoint")
+        return False
 
     # ------------------------------------------------------------------------------------ validation
 
@@ -318,9 +343,20 @@ class Trainer:
         self._log({**record, "best_step": self.state.best_step})
         if t.selection_metric == "last":
             return False  # nothing is compared, so nothing stops early
-        return 0 < t.early_stopping_patience <= self.state.evals_without_improvement
+        self.state.stopped_early = 0 < t.early_stopping_patience <= self.state.evals_without_improvement
+        return self.state.stopped_early
 
     # ------------------------------------------------------------------------------------ the loop
+
+    def _end_epoch(self) -> bool:
+        """Move to the next epoch: validation and checkpoint unless they run every N steps. True = stop."""
+        t = self.cfg.train
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        stop = self._after_validation(self.validate()) if not t.eval_every else False
+        if not t.checkpoint_every:
+            self.save_checkpoint()
+        return stop
 
     def fit(self, resume: bool = False) -> TrainerState:
         acc, t = self.accelerator, self.cfg.train
@@ -331,10 +367,16 @@ class Trainer:
         audit: dict[int, list[int]] = {}
         bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.state.epoch * self.steps_per_epoch + self.state.batch_in_epoch,
                    desc="train", unit="batch", disable=not acc.is_local_main_process)
-        stop, started = False, time.perf_counter()
+        stop, started = self.state.stopped_early, time.perf_counter()
         model = self.step_module
         while self.state.epoch < t.epochs and not stop:
             epoch = self.state.epoch
+            if self.state.batch_in_epoch >= self.steps_per_epoch:
+                # resumed from a checkpoint taken at the epoch's last batch (checkpoint_every): what an
+                # uninterrupted run did next is the end of the epoch, not another pass (the loader has no
+                # batches left in this epoch, and asking it for 0 would mean "no limit")
+                stop = self._end_epoch()
+                continue
             self.builder.set_epoch(epoch)
             if self.state.batch_in_epoch:
                 self.loader.resume_at(epoch, self.state.batch_in_epoch)
@@ -378,12 +420,7 @@ class Trainer:
                     break
             if stop:
                 break
-            self.state.epoch += 1
-            self.state.batch_in_epoch = 0
-            if not t.eval_every:
-                stop = self._after_validation(self.validate())
-            if not t.checkpoint_every:
-                self.save_checkpoint()
+            stop = self._end_epoch()
         bar.close()
         latest = _checkpoints(self.run_dir)
         if not latest or int(latest[-1].name.split("-")[1]) != self.state.step:

@@ -184,3 +184,84 @@ def test_text_is_capped_before_tokenising():
     ids = pre(huge)["input_ids"]
     assert calls == [16 * CHARS_PER_TOKEN_CAP] and len(ids) == 16
     assert ids.tolist() == tokenize(huge[:2000], truncation=True, max_length=16)["input_ids"]  # same kept tokens
+
+
+# -- items 1 and 2: resuming never unpickles, and resumes from any position ------------------------
+
+
+class _Payload:
+    """What a crafted checkpoint holds: unpickling it would create a folder (stands for any code)."""
+
+    marker = ""
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def _train(data, run, *overrides, resume=False):
+    from conftest import TINY
+
+    from mmrec.config import load_run_config
+    from mmrec.training import train
+
+    # an ID-only model: what is tested is the loop's bookkeeping, which is the same for every model
+    cfg = load_run_config(TINY, ["model.encoders={}", "model.item_id_embeddings=true", "data.batch_size=16",
+                                 "train.checkpoint_every=4", "train.keep_checkpoints=10",
+                                 "train.early_stopping_patience=0", *overrides])
+    return train(cfg, data, run, resume=resume)
+
+
+def _weights(run, step):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "checkpoints" / f"step-{step:08d}" / "model.safetensors"))
+
+
+def _small(tmp_path):
+    from conftest import make_dataset
+
+    return make_dataset(tmp_path, num_items=60, num_users=20, num_ratings=600, items_per_shard=20)  # 4 steps/epoch
+
+
+def test_resume_at_an_epoch_boundary_and_after_the_end(tmp_path):
+    import shutil
+
+    import torch
+
+    data = _small(tmp_path)
+    straight = tmp_path / "straight"
+    assert _train(data, straight, "train.epochs=2").step == 8  # checkpoints at 4 (epoch 0's last batch) and 8
+    cut = tmp_path / "cut"  # the same run, stopped right after the epoch-boundary checkpoint
+    shutil.copytree(straight, cut)
+    shutil.rmtree(cut / "checkpoints" / "step-00000008")
+    assert _train(data, cut, "train.epochs=2", resume=True).step == 8
+    a, b = _weights(straight, 8), _weights(cut, 8)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # after the last epoch: nothing left to train, nothing changes
+    assert _train(data, straight, "train.epochs=2", resume=True).step == 8
+    assert all(torch.equal(a[k], v) for k, v in _weights(straight, 8).items())
+    # the reported hang: one epoch whose last checkpoint is its last batch, resumed for a second epoch
+    short = tmp_path / "short"
+    assert _train(data, short, "train.epochs=1").step == 4
+    assert _train(data, short, "train.epochs=2", resume=True).step == 8
+
+
+def test_resume_never_unpickles(tmp_path, capsys):
+    import torch
+
+    data = _small(tmp_path)
+    _Payload.marker = str(tmp_path / "PWNED")
+    run = tmp_path / "run"
+    _train(data, run, "train.epochs=1", "train.checkpoint_every=2")  # checkpoints at 2 and 4
+    # accelerate reads registered objects from custom_checkpoint_N.pkl with weights_only=False: nothing is registered
+    torch.save(_Payload(), run / "checkpoints" / "step-00000004" / "custom_checkpoint_0.pkl")
+    assert _train(data, run, "train.epochs=2", "train.checkpoint_every=2", resume=True).step == 8
+    # a crafted optimizer state is refused by weights_only=True: the checkpoint before is used, and that is said
+    torch.save({"state": _Payload()}, run / "checkpoints" / "step-00000008" / "optimizer.bin")
+    capsys.readouterr()
+    assert _train(data, run, "train.epochs=3", "train.checkpoint_every=2", resume=True).step == 12
+    out = capsys.readouterr().out
+    assert "checkpoint step-00000008 is unreadable" in out and "resumed from step 6" in out
+    assert not (tmp_path / "PWNED").exists()
