@@ -195,3 +195,20 @@ def test_two_process_embed_equals_single_process(trained, tmp_path):
     assert json.loads((out / "embedding.json").read_text())["shards_computed_by_main"] == 3  # 6 shards, 2 ranks
     for f in ("item_embeddings.safetensors", "user_embeddings.safetensors"):
         assert torch.equal(load_file(root / "emb" / f)["embeddings"], load_file(out / f)["embeddings"])
+
+
+def test_a_small_slice_never_sinks_the_report(trained, tmp_path):
+    """The cold slice has fewer items than the largest K: it reports the cut-offs it supports and says
+    why not the others; the report is written (issue 14, item 11). A headline that cannot be computed
+    is the one error."""
+    root, data = trained
+    assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "5,10,100", "--out",
+                 str(tmp_path / "r"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    cold = report["slices"]["cold_items"]
+    assert cold["candidates"] < 100 <= report["ranking"]["candidates"]
+    assert {"ndcg@5", "ndcg@10"} <= set(cold) and "ndcg@100" not in cold
+    assert cold["not_computable"] == {"@100": f"only {cold['candidates']} candidate items, fewer than K = 100"}
+    assert "Not computable: cold items @100" in (tmp_path / "r" / "report.md").read_text()
+    assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "10,500", "--out",
+                 str(tmp_path / "r2"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 2

@@ -130,6 +130,9 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         "ks": ks,
     }}
     ours = ev.score(user_vecs, item_vecs)
+    if "not_computable" in ours["ranking"]:  # a slice may lack a cut-off; the headline may not
+        reasons = "; ".join(f"{k}: {why}" for k, why in ours["ranking"]["not_computable"].items())
+        raise ValueError(f"the headline ranking cannot be computed at every --k ({reasons}); pass smaller --k")
     report.update(ours)
     report["beyond"] = ev.beyond(user_vecs, item_vecs, model.config.embedding_dim)
     n_users, n_items = splits.num_users, splits.num_items

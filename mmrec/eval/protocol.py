@@ -87,7 +87,10 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
         held: the held-out rows to score (default: the protocol's).
 
     Returns:
-        {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
+        {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}};
+        a K larger than the number of candidate items is not computed: the ranking then names it under
+        "not_computable" with the reason, and the other cut-offs are reported (a small slice, such as
+        the few cold items of a published split, never sinks the rest).
     """
     held = protocol.held_out(splits) if held is None else held
     if isinstance(candidates, str):
@@ -108,8 +111,15 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
     row_of = np.full(num_users, -1, dtype=np.int64)
     row_of[eval_users] = np.arange(len(eval_users))
     relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
-    top = ranked_lists(users, item_vecs, splits, eval_users, protocol.masked, cand, max(ks))
-    result["ranking"] = ranking_metrics(top, relevant, list(ks)) | {"candidates": len(cand)}
+    supported = [k for k in ks if k <= len(cand)]
+    ranking: dict = {"users": int((relevant.counts() > 0).sum())}
+    if supported:
+        top = ranked_lists(users, item_vecs, splits, eval_users, protocol.masked, cand, max(supported))
+        ranking = ranking_metrics(top, relevant, supported)
+    too_large = [k for k in ks if k > len(cand)]
+    if too_large:
+        ranking["not_computable"] = {f"@{k}": f"only {len(cand)} candidate items, fewer than K = {k}" for k in too_large}
+    result["ranking"] = ranking | {"candidates": len(cand)}
     return result
 
 

@@ -231,9 +231,12 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
         rows = [[label, next(iter(by_model.values())).get("users")]
                 + [by_model.get(name, {}).get(f"{m}@{k0}") for name in slice_models for m in ("recall", "ndcg")]
                 for label, by_model in slices.items()]
+        missing = sorted({f"{label} {k}: {why}" for label, by_model in slices.items()
+                          for ranking in by_model.values() for k, why in _part(ranking, "not_computable").items()})
         md += [f"## Slices ({where})", "",
                "Item slices rank the relevant items of that slice among the slice's items only; "
-               "user-activity slices keep the headline candidates.", "", *_table(header, rows), "", *image("slices")]
+               "user-activity slices keep the headline candidates.", "", *_table(header, rows), "",
+               *([f"Not computable: {'; '.join(missing)}.", ""] if missing else []), *image("slices")]
 
     if ablation:
         full = ndcg["full model"]
