@@ -25,6 +25,7 @@ run, whatever the grouping (each item's computation does not depend on the other
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import replace_with, sha256_of, temp_sibling
-from mmrec.model.factory import WEIGHTS_FILE, load_model
+from mmrec.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_model
 from mmrec.model.model import RecModel, user_vectors
 from mmrec.precision import bf16_autocast
 
@@ -170,26 +171,48 @@ def item_title(item: DecodedItem) -> str:
     return str(item.metadata.get("title") or (item.text or "").split("\n")[0][:80] or item.item_id)
 
 
-def _part_shards(path: Path) -> dict[str, str] | None:
-    """{shard path: sha256} that a part covers, or None when it is not a readable part."""
+def model_fingerprint(model_dir: Path) -> str:
+    """sha256 over the saved model's weights and config: what a part's vectors depend on besides the shards."""
+    return hashlib.sha256((sha256_of(model_dir / WEIGHTS_FILE) + sha256_of(model_dir / CONFIG_FILE)).encode()).hexdigest()
+
+
+def _part_key(path: Path) -> tuple[dict[str, str], str | None] | None:
+    """({shard path: sha256} a part covers, the model fingerprint it was made with), or None when unreadable."""
     try:
         with safe_open(str(path), "pt") as f:
-            return json.loads((f.metadata() or {})["shards"])
+            meta = f.metadata() or {}
+            return json.loads(meta["shards"]), meta.get("model")
     except Exception:  # noqa: BLE001 (safetensors raises its own error type for a damaged file)
         return None
 
 
-def valid_parts(out: Path, manifest: dict) -> tuple[dict[Path, list[str]], list[Path]]:
-    """({part: shard paths} of the parts that match the manifest's shards, [stale or unreadable parts])."""
+def valid_parts(out: Path, manifest: dict, model: str) -> tuple[dict[Path, list[str]], list[Path]]:
+    """({part: shard paths} of the parts made from these shards by this model, [stale or unreadable parts]).
+
+    A part made by another model (a retrained or resumed run writing into the same folder) is stale:
+    its vectors would be mixed with the new model's users.
+    """
     current = {sh["path"]: sh["sha256"] for sh in manifest["shards"]}
     valid, stale = {}, []
     for path in sorted((out / PARTS).glob("*.safetensors")):
-        shards = _part_shards(path)
-        if shards and all(current.get(p) == sha for p, sha in shards.items()):
-            valid[path] = list(shards)
+        key = _part_key(path)
+        if key and key[1] == model and all(current.get(p) == sha for p, sha in key[0].items()):
+            valid[path] = list(key[0])
         else:
             stale.append(path)
     return valid, stale
+
+
+def _check_shards(data_dir: Path, manifest: dict, group: list[int]) -> None:
+    """The local shard files are those the manifest describes (a truncated or replaced tar would
+    silently change items or their titles)."""
+    if "://" in str(data_dir):
+        return  # remote shards are streamed, not hashed up front
+    for i in group:
+        shard = manifest["shards"][i]
+        if sha256_of(data_dir / shard["path"]) != shard["sha256"]:
+            raise ValueError(f"{data_dir / shard['path']} does not match the manifest's sha256 (truncated or "
+                             "replaced since `mmrec shard`?): restore it or re-shard")
 
 
 def _embed_group(model, data_dir: Path, preprocessors: dict, attributes: list[str], shards: list[int],
@@ -227,11 +250,12 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
         raise ValueError(f"{data_dir} has {manifest['num_items']} items but the run was trained on "
                          f"{len(vocab.item_ids)}: embed with the dataset folder the run used")
     (out / PARTS).mkdir(parents=True, exist_ok=True)
+    fingerprint = model_fingerprint(run_dir / "model")
     if state.is_main_process:
-        for path in valid_parts(out, manifest)[1]:
-            path.unlink()  # made from other data: its items are recomputed
+        for path in valid_parts(out, manifest, fingerprint)[1]:
+            path.unlink()  # made from other data or by another model: its items are recomputed
     state.wait_for_everyone()
-    done = {p for shards in valid_parts(out, manifest)[0].values() for p in shards}
+    done = {p for shards in valid_parts(out, manifest, fingerprint)[0].values() for p in shards}
     autocast = bf16_autocast(state.device)
     mine = list(range(state.process_index, len(manifest["shards"]), state.num_processes))
     todo = [i for i in mine if manifest["shards"][i]["path"] not in done]
@@ -242,6 +266,7 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
     bar.update(sum(manifest["shards"][i]["num_items"] for i in mine if i not in todo))
     for start in range(0, len(todo), per_part):
         group = todo[start:start + per_part]
+        _check_shards(data_dir, manifest, group)
         idx, vecs, states, titles = _embed_group(model, data_dir, preprocessors, vocab.attributes, group, batch_size,
                                                  num_workers, state.device, autocast, bar)
         first = manifest["shards"][group[0]]
@@ -251,7 +276,8 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
         if states.numel():
             tensors["states"] = states
         covered = {manifest["shards"][i]["path"]: manifest["shards"][i]["sha256"] for i in group}
-        save_file(tensors, str(tmp), metadata={"shards": json.dumps(covered), "titles": json.dumps(titles)})
+        save_file(tensors, str(tmp), metadata={"shards": json.dumps(covered), "titles": json.dumps(titles),
+                                               "model": fingerprint})
         replace_with(tmp, path)  # a part exists whole or not at all
     bar.close()
     state.wait_for_everyone()
@@ -271,7 +297,7 @@ def _merge(out: Path, manifest: dict, model, vocab: RunVocabulary, run_dir: Path
     n = len(vocab.item_ids)
     item_vecs, item_states, seen = None, None, torch.zeros(n, dtype=torch.bool)
     item_titles: list[str | None] = [None] * n
-    parts, _ = valid_parts(out, manifest)
+    parts, _ = valid_parts(out, manifest, model_fingerprint(run_dir / "model"))
     uncovered = {sh["path"] for sh in manifest["shards"]} - {p for shards in parts.values() for p in shards}
     if uncovered:
         raise RuntimeError(f"{len(uncovered)} shards have no part in {out / PARTS} (e.g. {sorted(uncovered)[0]}): "

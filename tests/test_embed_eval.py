@@ -212,3 +212,39 @@ def test_a_small_slice_never_sinks_the_report(trained, tmp_path):
     assert "Not computable: cold items @100" in (tmp_path / "r" / "report.md").read_text()
     assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "10,500", "--out",
                  str(tmp_path / "r2"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 2
+
+
+def test_embedding_parts_belong_to_one_model_and_one_set_of_shards(trained, tmp_path):
+    """Re-embedding into the same folder after retraining recomputes every part (it once reused the old
+    model's item vectors with the new model's users); a damaged shard is refused by name, and once
+    restored the run completes with the clean output (issue 14, item 3)."""
+    import shutil
+
+    root, data = trained
+    emb = tmp_path / "emb"
+    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(emb)]) == 0
+    # a "retrained" run: the same folder with other weights
+    other = tmp_path / "other"
+    shutil.copytree(root / "run", other)
+    weights = load_file(other / "model" / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              other / "model" / "model.safetensors")
+    assert main(["embed", "--run", str(other), "--data", str(data), "--out", str(emb)]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["embed", "--run", str(other), "--data", str(data), "--out", str(fresh)]) == 0
+    for f in ("item_embeddings.safetensors", "user_embeddings.safetensors"):
+        assert torch.equal(load_file(emb / f)["embeddings"], load_file(fresh / f)["embeddings"])
+    # a truncated shard: refused by name, nothing half-made kept; restored, the run completes as before
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    shard = sorted((copy / "items").glob("*.tar"))[2]
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[: len(intact) // 2])
+    out = tmp_path / "emb3"
+    assert main(["embed", "--run", str(root / "run"), "--data", str(copy), "--out", str(out), "--shards-per-part",
+                 "1"]) == 2
+    shard.write_bytes(intact)
+    assert main(["embed", "--run", str(root / "run"), "--data", str(copy), "--out", str(out), "--shards-per-part",
+                 "1"]) == 0
+    assert torch.equal(load_file(out / "item_embeddings.safetensors")["embeddings"],
+                       load_file(root / "emb" / "item_embeddings.safetensors")["embeddings"])

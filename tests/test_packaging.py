@@ -8,6 +8,7 @@ first two steps (catalogue, shards).
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,8 +30,14 @@ def _run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory) -> Path:
     """bin/ of a fresh venv with the mmrec wheel installed."""
     tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"  # a clean copy: setuptools would leave build/ in the checkout, and reuse it
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for package in ("mmrec", "encoders", "fusion"):
+        shutil.copytree(ROOT / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                  str(tmp / "dist"), str(ROOT)], cwd=tmp)
+                  str(tmp / "dist"), str(src)], cwd=tmp)
     assert built.returncode == 0, built.stderr
     wheel = next((tmp / "dist").glob("mmrec-*.whl"))
     venv = tmp / "venv"
