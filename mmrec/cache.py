@@ -32,7 +32,7 @@ from mmrec.data import schema
 from mmrec.data.features import FEATURE_PATTERN
 from mmrec.data.reader import load_manifest
 from mmrec.embedding import item_batches
-from mmrec.files import replace_with, sha256_of, temp_sibling
+from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.model import RecModel
 from mmrec.precision import bf16_autocast
 
@@ -66,13 +66,24 @@ def _item_meta(item) -> dict:
     return {"item_id": item.item_id, "attributes": item.attributes, "metadata": item.metadata}
 
 
-@torch.no_grad()
 def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, out: str | Path, *,
                    batch_size: int = 64, num_workers: int = 0, items_per_shard: int | None = None,
                    device: str | torch.device = "cpu", progress: bool = True) -> dict:
-    """Encode every item once and stream feature shards (into OUT.partial, renamed at the end)."""
+    """Encode every item once and stream feature shards (into OUT.partial, renamed at the end).
+
+    One writer at a time: a second cache into the same OUT stops with one line (`.OUT.lock` beside it).
+    """
+    out = Path(out)
+    with FolderLock(out.parent, f".{out.name}.lock"):
+        return _cache_features(model, preprocessors, Path(data_dir), out, batch_size, num_workers, items_per_shard,
+                               device, progress)
+
+
+@torch.no_grad()
+def _cache_features(model: RecModel, preprocessors: dict, data_dir: Path, out: Path, batch_size: int,
+                    num_workers: int, items_per_shard: int | None, device: str | torch.device,
+                    progress: bool) -> dict:
     _check_frozen(model)
-    data_dir, out = Path(data_dir), Path(out)
     source = load_manifest(data_dir)
     per_shard = items_per_shard or max(s["num_items"] for s in source["shards"])
     tmp = temp_sibling(out, ".partial")

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
@@ -41,7 +42,7 @@ from tqdm import tqdm
 from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.files import replace_with, sha256_of, temp_sibling
+from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_model
 from mmrec.model.model import RecModel, user_vectors
 from mmrec.precision import bf16_autocast
@@ -240,7 +241,25 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
     and one part file holds: the unit of parallel reading and of resuming.
     """
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes from torchrun form a gloo group
-    run_dir, data_dir, out = Path(run_dir), Path(data_dir), Path(out)
+    lock, refused = None, [None]
+    if state.is_main_process:  # one writer per embedding folder
+        try:
+            lock = FolderLock(out).acquire()
+        except ValueError as e:
+            refused = [str(e)]
+    broadcast_object_list(refused)  # every rank stops, or none does
+    if refused[0]:
+        raise ValueError(refused[0])
+    try:
+        return _embed(state, Path(run_dir), Path(data_dir), Path(out), batch_size, num_workers, shards_per_part,
+                      progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _embed(state: PartialState, run_dir: Path, data_dir: Path, out: Path, batch_size: int, num_workers: int,
+           shards_per_part: int | None, progress: bool) -> dict:
     if shards_per_part is not None and shards_per_part < 1:
         raise ValueError(f"shards_per_part={shards_per_part} must be >= 1")
     model, preprocessors, sizes = load_model(run_dir / "model", device=state.device)

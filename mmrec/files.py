@@ -13,9 +13,12 @@ that does it.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 
@@ -59,3 +62,71 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class FolderLock:
+    """One writer per output folder: `FOLDER/.lock` holds the owner's pid, host and start time.
+
+    A second train / embed / cache into the same folder stops with one line naming the owner, instead
+    of interleaving metrics.jsonl or replacing the other's checkpoints. A lock whose process is gone
+    (killed, crashed) is stale: it is taken over, and `stale` says whose it was.
+
+        with FolderLock(run_dir):
+            ...
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | Path, name: str = NAME):
+        self.path = Path(folder) / name
+        self.stale: dict | None = None
+
+    def acquire(self) -> "FolderLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one creator wins
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and self._alive(owner):
+                    raise ValueError(f"{self.path.parent} is in use by process {owner.get('pid')} on "
+                                     f"{owner.get('host')} since {owner.get('since')}; wait for it to finish, or "
+                                     f"delete {self.path} if that process is gone") from None
+                self.stale = owner or {}
+                self.path.unlink(missing_ok=True)  # its owner is gone: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return self
+        raise ValueError(f"could not take {self.path}: another process keeps creating it")
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _owner(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # half-written or unreadable: no live owner can be named
+
+    @staticmethod
+    def _alive(owner: dict) -> bool:
+        if owner.get("host") != socket.gethostname():
+            return True  # another machine's process cannot be checked from here: assume it runs
+        if owner.get("pid") == os.getpid():
+            return False  # left by this very process (an earlier call that failed): not another writer
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return True
+        return True

@@ -44,7 +44,7 @@ from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, embed_batches, item_batches
 from mmrec.eval.protocol import EvalProtocol, evaluate_split
-from mmrec.files import replace_with, temp_sibling
+from mmrec.files import FolderLock, replace_with, temp_sibling
 from mmrec.model.factory import ModelSizes, build_model, save_model
 from mmrec.model.model import RecModel, user_vectors
 from mmrec.model.tasks import MultiTaskLoss
@@ -211,6 +211,7 @@ class Trainer:
         # the one evaluation rule (mmrec.eval.protocol): validation measures what `mmrec eval` reports
         self.valid_protocol = EvalProtocol.for_split("valid", self.manifest["split"])
         self._valid_batches: list[ItemBatch] | None = None  # see _validation_batches
+        self.lock: FolderLock | None = None  # the run folder's, on the main process (see _prepare_run_dir)
 
     # ------------------------------------------------------------------------------------ run folder
 
@@ -220,6 +221,17 @@ class Trainer:
         acc.wait_for_everyone()  # every rank looks before anything is written, so all raise or none does
         if occupied:
             raise ValueError(f"{self.run_dir} is not empty; pass --resume to continue it or choose another --out")
+        refused: list = [None]
+        if acc.is_main_process:  # one writer per run folder: the main process holds the lock for the run
+            try:
+                self.lock = FolderLock(self.run_dir).acquire()
+                if self.lock.stale is not None:
+                    acc.print(f"took over the stale lock of process {self.lock.stale.get('pid')} (it is gone)")
+            except ValueError as e:
+                refused = [str(e)]
+        broadcast_object_list(refused)  # every rank stops, or none does
+        if refused[0]:
+            raise ValueError(refused[0])
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
@@ -359,6 +371,15 @@ class Trainer:
         return stop
 
     def fit(self, resume: bool = False) -> TrainerState:
+        """Train (continue the newest checkpoint with `resume`); the run folder is locked meanwhile."""
+        try:
+            return self._fit(resume)
+        finally:
+            if self.lock is not None:  # also when training stops with an error
+                self.lock.release()
+                self.lock = None
+
+    def _fit(self, resume: bool) -> TrainerState:
         acc, t = self.accelerator, self.cfg.train
         self._prepare_run_dir(resume)
         if resume and self.load_latest_checkpoint():

@@ -265,3 +265,38 @@ def test_resume_never_unpickles(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "checkpoint step-00000008 is unreadable" in out and "resumed from step 6" in out
     assert not (tmp_path / "PWNED").exists()
+
+
+# -- item 6: one writer per output folder ------------------------------------------------------------
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from mmrec.files import FolderLock
+
+    data = _small(tmp_path)
+    run = tmp_path / "run"
+    _train(data, run, "train.epochs=1")
+    assert not (run / ".lock").exists()  # released when training ends
+    # a live writer (this test's parent process stands for a `train --resume` still running)
+    owner = {"pid": os.getppid(), "host": socket.gethostname(), "since": "2026-01-01T00:00:00Z"}
+    (run / ".lock").write_text(json.dumps(owner))
+    before = (run / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert main(["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--resume",
+                 "model.encoders={}", "model.item_id_embeddings=true", "train.epochs=2"]) == 2
+    assert f"is in use by process {os.getppid()}" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before  # nothing written
+    # a writer that died: its lock is stale and taken over
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (run / ".lock").write_text(json.dumps({**owner, "pid": int(dead.stdout)}))
+    assert _train(data, run, "train.epochs=2", resume=True).step == 8
+    assert "took over the stale lock" in capsys.readouterr().out and not (run / ".lock").exists()
+    with FolderLock(tmp_path / "emb"):  # the same guard on `mmrec embed` (and `mmrec cache`)
+        (tmp_path / "emb" / ".lock").write_text(json.dumps(owner))
+        assert main(["embed", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "emb")]) == 2
