@@ -154,7 +154,11 @@ def _emb_dir(args: argparse.Namespace) -> Path:
 def cmd_recommend(args: argparse.Namespace) -> int:
     from mmrec.serving import Embeddings, format_results, recommend, seen_items
 
+    from mmrec.data.fingerprint import check_dataset
+
     emb = Embeddings.load(_emb_dir(args))
+    if args.data is not None:
+        check_dataset(args.run, args.data)  # another dataset's seen items would be the wrong ones to exclude
     exclude = set()
     try:
         exclude = seen_items(_run_data(args.run, args.data), args.user, emb.item_ids)

@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
+from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
@@ -264,6 +265,7 @@ def _embed(state: PartialState, run_dir: Path, data_dir: Path, out: Path, batch_
         raise ValueError(f"shards_per_part={shards_per_part} must be >= 1")
     model, preprocessors, sizes = load_model(run_dir / "model", device=state.device)
     vocab = RunVocabulary.load(run_dir)
+    check_dataset(run_dir, data_dir)
     manifest = load_manifest(data_dir)
     if manifest["num_items"] != len(vocab.item_ids):
         raise ValueError(f"{data_dir} has {manifest['num_items']} items but the run was trained on "

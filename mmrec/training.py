@@ -39,6 +39,7 @@ from mmrec.cache import check_cache
 from mmrec.config import RunConfig, save_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch, PreparedItems
 from mmrec.data.features import decode_features
+from mmrec.data.fingerprint import check_dataset, record_dataset
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
@@ -229,6 +230,12 @@ class Trainer:
                     acc.print(f"took over the stale lock of process {self.lock.stale.get('pid')} (it is gone)")
             except ValueError as e:
                 refused = [str(e)]
+        if acc.is_main_process and resume and not refused[0]:
+            try:  # before anything is written: a resume on other data must change nothing
+                check_dataset(self.run_dir, self.data_dir)
+            except ValueError as e:
+                self.lock.release()
+                refused = [str(e)]
         broadcast_object_list(refused)  # every rank stops, or none does
         if refused[0]:
             raise ValueError(refused[0])
@@ -236,6 +243,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.run_dir / "config.yaml")
             self.vocab.save(self.run_dir)
+            record_dataset(self.run_dir, self.data_dir)
         acc.wait_for_everyone()
 
     def _log(self, record: dict) -> None:

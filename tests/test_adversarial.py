@@ -300,3 +300,45 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, ca
     with FolderLock(tmp_path / "emb"):  # the same guard on `mmrec embed` (and `mmrec cache`)
         (tmp_path / "emb" / ".lock").write_text(json.dumps(owner))
         assert main(["embed", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "emb")]) == 2
+
+
+# -- items 4 and 5: a run's steps refuse data that is not the run's ------------------------------------
+
+
+def test_eval_embed_resume_refuse_another_dataset(tmp_path, capsys):
+    import json
+    import shutil
+
+    from conftest import make_dataset
+
+    data = _small(tmp_path)
+    run = tmp_path / "run"
+    _train(data, run, "train.epochs=1")
+    assert json.loads((run / "dataset.json").read_text())["split"] == "random"
+    # the same catalogue split with another seed: its test rows include the run's training rows
+    other = make_dataset(tmp_path / "other", num_items=60, num_users=20, num_ratings=600, items_per_shard=20,
+                         protocol="ratio", ratios=(0.8, 0.1, 0.1))
+    vocab_before, config_before = (run / "vocabulary.json").read_text(), (run / "config.yaml").read_text()
+    for argv in (["eval", "--run", str(run), "--data", str(other), "--out", str(tmp_path / "r"), "--no-ablation"],
+                 ["embed", "--run", str(run), "--data", str(other), "--out", str(tmp_path / "e")],
+                 ["train", "--config", "tiny", "--data", str(other), "--out", str(run), "--resume",
+                  "model.encoders={}", "model.item_id_embeddings=true", "train.epochs=2"]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        assert "is not the dataset" in capsys.readouterr().err
+    assert (run / "vocabulary.json").read_text() == vocab_before and (run / "config.yaml").read_text() == config_before
+    # a split file replaced after sharding (test.csv by train.csv) is caught on read, not certified
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    shutil.copy(copy / "interactions" / "train.csv", copy / "interactions" / "test.csv")
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--data", str(copy), "--out", str(tmp_path / "r2"), "--no-ablation"]) == 2
+    assert "test.csv does not match the manifest's sha256" in capsys.readouterr().err
+    # embeddings of another run are refused by eval --emb
+    assert main(["embed", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "emb")]) == 0
+    run2 = tmp_path / "run2"
+    _train(data, run2, "train.epochs=1", "train.seed=3")
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run2), "--data", str(data), "--out", str(tmp_path / "r3"),
+                 "--emb", str(tmp_path / "emb"), "--no-ablation"]) == 2
+    assert "holds embeddings of another model" in capsys.readouterr().err

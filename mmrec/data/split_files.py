@@ -10,13 +10,15 @@ arrays, never a folder to re-read.
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mmrec.data.schema import INTERACTIONS_DIR, SPLITS
+from mmrec.data.schema import INTERACTIONS_DIR, MANIFEST, SPLITS
 from mmrec.data.vocabulary import RunVocabulary
+from mmrec.files import sha256_of
 
 
 @dataclass
@@ -54,6 +56,8 @@ class RunSplits:
     def __init__(self, data_dir: str | Path, vocab: RunVocabulary):
         self.data_dir, self.vocab = Path(data_dir), vocab
         self._parsed: dict[str, SplitArrays] = {}
+        # the split files are local, so is the manifest (json: this module needs no shard reader)
+        self._manifest = json.loads((self.data_dir / MANIFEST).read_text(encoding="utf-8"))
         missing = [s for s in SPLITS if not (self.data_dir / INTERACTIONS_DIR / f"{s}.csv").is_file()]
         if missing:  # found now, not after an epoch of training
             raise ValueError(f"{self.data_dir} lacks the split file(s) {[f'{s}.csv' for s in missing]} in "
@@ -63,6 +67,10 @@ class RunSplits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         if split not in self._parsed:
+            expected = self._manifest["interactions"][split]["sha256"]
+            if sha256_of(self.data_dir / INTERACTIONS_DIR / f"{split}.csv") != expected:
+                raise ValueError(f"{self.data_dir / INTERACTIONS_DIR / f'{split}.csv'} does not match the manifest's "
+                                 "sha256 (replaced or edited since `mmrec shard`): re-shard, or restore it")
             self._parsed[split] = read_split(self.data_dir, split, self.vocab)
         return self._parsed[split]
 

@@ -22,6 +22,7 @@ Sections of the report:
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
@@ -154,6 +156,14 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
     which also gives every modality's ablation (the encoders run once). Returns (report, written paths).
     """
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    check_dataset(run_dir, data_dir)
+    if emb is not None:  # the vectors must be this run's model's, from this dataset
+        made = json.loads((Path(emb) / "embedding.json").read_text())
+        if made.get("checkpoint_sha256") != sha256_of(run_dir / "model" / WEIGHTS_FILE):
+            raise ValueError(f"{emb} holds embeddings of another model ({made.get('checkpoint')}), not of "
+                             f"{run_dir / 'model'}: re-run `mmrec embed` with this run, or drop --emb")
+        if Path(made.get("data", "")).resolve() != data_dir.resolve():
+            check_dataset(run_dir, made.get("data", ""))  # same manifest elsewhere is fine; another is not
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, preprocessors, _ = load_model(run_dir / "model", device=device)
     vocab = RunVocabulary.load(run_dir)
