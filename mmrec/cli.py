@@ -152,9 +152,8 @@ def _emb_dir(args: argparse.Namespace) -> Path:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from mmrec.serving import Embeddings, format_results, recommend, seen_items
-
     from mmrec.data.fingerprint import check_dataset
+    from mmrec.serving import Embeddings, format_results, recommend, seen_items
 
     emb = Embeddings.load(_emb_dir(args))
     if args.data is not None:
