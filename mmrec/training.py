@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
 from torch import nn
@@ -37,6 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from mmrec.cache import check_cache
 from mmrec.config import RunConfig, save_config
+from mmrec.config_io import to_dict
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch, PreparedItems
 from mmrec.data.features import decode_features
 from mmrec.data.fingerprint import check_dataset, record_dataset
@@ -52,6 +54,33 @@ from mmrec.model.tasks import MultiTaskLoss
 from mmrec.precision import resolve_mixed_precision
 
 CHECKPOINTS, BEST_MODEL, METRICS, STATE = "checkpoints", "model", "metrics.jsonl", "trainer_state.json"
+# What `--resume` may change: how long and how fast to go on, and bookkeeping. Anything else (the model,
+# tasks, batch size, seed, precision, ...) would make the resumed run a different experiment than the
+# checkpoint it continues, so it is refused.
+RESUMABLE_CHANGES = ("train.epochs", "train.lr", "train.encoder_lr", "train.eval_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.log_every", "train.early_stopping_patience", "train.audit_data",
+                     "data.path", "data.features", "data.num_workers", "data.eval_batch_size", "data.memory_cache_mb")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "arch":
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _refused_changes(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """Settings that differ from the run's config.yaml and that a resume may not change."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return []
+    saved = _flat(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flat(to_dict(cfg))
+    return sorted(k for k in set(saved) | set(now)
+                  if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE_CHANGES))
 
 
 class TrainingStep(nn.Module):
@@ -231,8 +260,13 @@ class Trainer:
             except ValueError as e:
                 refused = [str(e)]
         if acc.is_main_process and resume and not refused[0]:
-            try:  # before anything is written: a resume on other data must change nothing
+            try:  # before anything is written: a resume on other data or another experiment changes nothing
                 check_dataset(self.run_dir, self.data_dir)
+                changed = _refused_changes(self.run_dir, self.cfg)
+                if changed:
+                    raise ValueError(f"--resume cannot change {', '.join(changed)} (the checkpoint was trained "
+                                     f"otherwise); a resume may change {', '.join(RESUMABLE_CHANGES)}. "
+                                     "Start a new run for the others")
             except ValueError as e:
                 self.lock.release()
                 refused = [str(e)]

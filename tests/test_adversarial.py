@@ -342,3 +342,21 @@ def test_eval_embed_resume_refuse_another_dataset(tmp_path, capsys):
     assert main(["eval", "--run", str(run2), "--data", str(data), "--out", str(tmp_path / "r3"),
                  "--emb", str(tmp_path / "emb"), "--no-ablation"]) == 2
     assert "holds embeddings of another model" in capsys.readouterr().err
+
+
+def test_resume_accepts_epochs_and_lr_and_refuses_the_rest(tmp_path, capsys):
+    data = _small(tmp_path)
+    run = tmp_path / "run"
+    _train(data, run, "train.epochs=1")
+    config_before = (run / "config.yaml").read_text()
+    base = ["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--resume", "model.encoders={}",
+            "model.item_id_embeddings=true", "data.batch_size=16", "train.checkpoint_every=4",
+            "train.keep_checkpoints=10", "train.early_stopping_patience=0"]
+    for change, name in (("data.batch_size=8", "data.batch_size"), ("train.seed=5", "train.seed"),
+                         ("model.embedding_dim=8", "model.embedding_dim")):
+        capsys.readouterr()
+        assert main([*base, "train.epochs=2", change]) == 2
+        err = capsys.readouterr().err
+        assert f"--resume cannot change {name}" in err and len(err.strip().splitlines()) == 1
+        assert (run / "config.yaml").read_text() == config_before  # nothing written
+    assert main([*base, "train.epochs=2", "train.lr=5e-4"]) == 0  # how long and how fast: accepted
