@@ -242,6 +242,7 @@ class Trainer:
         self.valid_protocol = EvalProtocol.for_split("valid", self.manifest["split"])
         self._valid_batches: list[ItemBatch] | None = None  # see _validation_batches
         self.lock: FolderLock | None = None  # the run folder's, on the main process (see _prepare_run_dir)
+        self._bar: tqdm | None = None
 
     # ------------------------------------------------------------------------------------ run folder
 
@@ -417,6 +418,8 @@ class Trainer:
         try:
             return self._fit(resume)
         finally:
+            if self._bar is not None:
+                self._bar.close()  # before an error is printed, so it gets a line of its own
             if self.lock is not None:  # also when training stops with an error
                 self.lock.release()
                 self.lock = None
@@ -428,7 +431,7 @@ class Trainer:
             acc.print(f"resumed from step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
         acc.init_trackers("mmrec")
         audit: dict[int, list[int]] = {}
-        bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.state.epoch * self.steps_per_epoch + self.state.batch_in_epoch,
+        bar = self._bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.state.epoch * self.steps_per_epoch + self.state.batch_in_epoch,
                    desc="train", unit="batch", disable=not acc.is_local_main_process)
         stop, started = self.state.stopped_early, time.perf_counter()
         model = self.step_module
@@ -468,7 +471,6 @@ class Trainer:
                     # this process's losses: no collective here, ranks may have different loss terms
                     logged = {k: v.detach().float().item() for k, v in losses.items()}
                     if not math.isfinite(logged["total"]):  # checked where the loss is read anyway: no extra sync
-                        bar.close()  # the error goes on a line of its own
                         raise ValueError(
                             f"the training loss is {logged['total']} at step {self.state.step} (epoch {epoch}): "
                             "stopped. Check the ratings' scale (`mmrec shard --rating-range`) or lower train.lr")

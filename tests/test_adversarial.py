@@ -360,3 +360,26 @@ def test_resume_accepts_epochs_and_lr_and_refuses_the_rest(tmp_path, capsys):
         assert f"--resume cannot change {name}" in err and len(err.strip().splitlines()) == 1
         assert (run / "config.yaml").read_text() == config_before  # nothing written
     assert main([*base, "train.epochs=2", "train.lr=5e-4"]) == 0  # how long and how fast: accepted
+
+
+def test_damaged_shards_are_named_when_read(tmp_path, capsys):
+    import io
+    import tarfile
+
+    data = _small(tmp_path)
+    shard = sorted((data / "items").glob("*.tar"))[1]
+    intact = shard.read_bytes()
+    argv = ["train", "--config", "tiny", "--data", str(data), "--out", str(tmp_path / "run"), "model.encoders={}",
+            "model.item_id_embeddings=true", "train.epochs=1"]
+    shard.write_bytes(intact[: len(intact) // 2 + 100])  # truncated mid-member
+    assert main(argv) == 2
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert err.startswith("mmrec train: error: cannot read") and shard.name in err
+    # a member set without its .json (not written by `mmrec shard`)
+    with tarfile.open(fileobj=io.BytesIO(intact)) as src, tarfile.open(shard, "w") as dst:
+        for member in src.getmembers():
+            if not member.name.endswith(".json") or member.name.split(".")[0] != src.getnames()[0].split(".")[0]:
+                dst.addfile(member, src.extractfile(member))
+    assert main([*argv[:6], str(tmp_path / "run2"), *argv[7:]]) == 2
+    err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "has no .json member" in err and shard.name in err

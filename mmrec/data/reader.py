@@ -94,8 +94,20 @@ def decode_waveform(sample: dict[str, Any]) -> tuple[torch.Tensor | None, int | 
     return None, None
 
 
+def damaged_shard(exn: Exception) -> bool:
+    """webdataset's error handler: a shard that cannot be read stops everything with one line naming it
+    (webdataset appends the shard's url to the exception's arguments)."""
+    url = next((a for a in reversed(exn.args) if isinstance(a, str)), "a shard")
+    first = str(exn.args[0]) if exn.args else type(exn).__name__
+    raise ValueError(f"cannot read {url}: {first} (truncated or damaged since `mmrec shard`? restore it or "
+                     "re-shard)") from exn
+
+
 def decode_sample(sample: dict[str, Any]) -> DecodedItem:
     """Turn raw tar members into a `DecodedItem` (runs in DataLoader workers)."""
+    if "json" not in sample:
+        raise ValueError(f"{sample.get('__url__', 'a shard')}: item {sample.get('__key__')!r} has no .json member "
+                         f"(members {sorted(k for k in sample if not k.startswith('__'))}); not an `mmrec shard` output")
     meta = json.loads(sample["json"])
     text = sample["txt"].decode("utf-8") if "txt" in sample else None
     waveform, rate = decode_waveform(sample)
@@ -173,7 +185,7 @@ class TrainItems(torch.utils.data.IterableDataset):
         while True:
             order = np.random.default_rng((self.seed, pass_number)).permutation(len(self.urls))
             mine = [{"url": self.urls[i]} for i in order[self.rank :: self.world_size][worker::num_workers]]
-            samples = wds.tarfile_to_samples()(iter(mine))
+            samples = wds.tarfile_to_samples(handler=damaged_shard)(iter(mine))
             rng = random.Random(f"{self.seed}/{pass_number}/{self.rank}/{worker}")  # str seeds hash stably
             yield from wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng)(samples)
             pass_number += 1
@@ -276,7 +288,7 @@ def item_loader(
         source = EvalShards(urls, rank, world_size)
         stages = [
             source,  # each shard read by exactly one worker of one rank
-            wds.tarfile_to_samples(),  # tar members -> one sample per item
+            wds.tarfile_to_samples(handler=damaged_shard),  # tar members -> one sample per item
         ]
     stages += [
         wds.map(decode),  # bytes -> text / PIL image / waveform (or cached features)
