@@ -44,7 +44,7 @@ from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
-from mmrec.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_model
+from mmrec.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_run_model
 from mmrec.model.model import RecModel, user_vectors
 from mmrec.precision import bf16_autocast
 
@@ -205,12 +205,12 @@ def valid_parts(out: Path, manifest: dict, model: str) -> tuple[dict[Path, list[
     return valid, stale
 
 
-def _check_shards(data_dir: Path, manifest: dict, group: list[int]) -> None:
+def verify_shards(data_dir: Path, manifest: dict, group: list[int] | None = None) -> None:
     """The local shard files are those the manifest describes (a truncated or replaced tar would
     silently change items or their titles)."""
     if "://" in str(data_dir):
         return  # remote shards are streamed, not hashed up front
-    for i in group:
+    for i in range(len(manifest["shards"])) if group is None else group:
         shard = manifest["shards"][i]
         if sha256_of(data_dir / shard["path"]) != shard["sha256"]:
             raise ValueError(f"{data_dir / shard['path']} does not match the manifest's sha256 (truncated or "
@@ -263,7 +263,7 @@ def _embed(state: PartialState, run_dir: Path, data_dir: Path, out: Path, batch_
            shards_per_part: int | None, progress: bool) -> dict:
     if shards_per_part is not None and shards_per_part < 1:
         raise ValueError(f"shards_per_part={shards_per_part} must be >= 1")
-    model, preprocessors, sizes = load_model(run_dir / "model", device=state.device)
+    model, preprocessors, sizes = load_run_model(run_dir, device=state.device)
     vocab = RunVocabulary.load(run_dir)
     check_dataset(run_dir, data_dir)
     manifest = load_manifest(data_dir)
@@ -287,7 +287,7 @@ def _embed(state: PartialState, run_dir: Path, data_dir: Path, out: Path, batch_
     bar.update(sum(manifest["shards"][i]["num_items"] for i in mine if i not in todo))
     for start in range(0, len(todo), per_part):
         group = todo[start:start + per_part]
-        _check_shards(data_dir, manifest, group)
+        verify_shards(data_dir, manifest, group)
         idx, vecs, states, titles = _embed_group(model, data_dir, preprocessors, vocab.attributes, group, batch_size,
                                                  num_workers, state.device, autocast, bar)
         first = manifest["shards"][group[0]]

@@ -88,11 +88,11 @@ def similar(emb: Embeddings, item_id: str, k: int = 10) -> list[tuple[int, float
 @torch.no_grad()
 def search(run_dir: str | Path, emb: Embeddings, query: str, k: int = 10) -> list[tuple[int, float]]:
     from mmrec.data.batch import ItemBatch
-    from mmrec.model.factory import load_model
+    from mmrec.model.factory import load_run_model
 
     if emb.states is None or not emb.states.numel():
         raise ValueError("these embeddings have no fused content states (an ID-only model cannot search)")
-    model, preprocessors, _ = load_model(Path(run_dir) / "model")
+    model, preprocessors, _ = load_run_model(run_dir)
     if "text" not in preprocessors:
         raise ValueError("this model has no text encoder: free-text search needs one")
     model.eval()

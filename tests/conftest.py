@@ -67,6 +67,20 @@ def demo() -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A small tiny-config run on a cold-items split, embedded: (root with run/ and emb/, its DATA)."""
+    from mmrec.cli import main
+    from mmrec.config import load_run_config
+    from mmrec.training import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_dataset(root, num_items=120, num_users=40, num_ratings=1500, items_per_shard=20, protocol="cold-items")
+    train(load_run_config(TINY, ["train.epochs=2", "data.batch_size=16"]), data, root / "run")
+    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(root / "emb")]) == 0
+    return root, data
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The ../shared/data folder; skips the test where it is absent.
 

@@ -1,6 +1,11 @@
 """Hostile and careless use (the trust issue): each case once produced a wrong result with exit 0, a
 hang or a deleted input; each must now give one clear line (exit status 2) or a quarantine entry."""
 
+import json
+
+import torch
+from safetensors.torch import load_file, save_file
+
 from mmrec.cli import main
 
 
@@ -383,3 +388,76 @@ def test_damaged_shards_are_named_when_read(tmp_path, capsys):
     assert main([*argv[:6], str(tmp_path / "run2"), *argv[7:]]) == 2
     err = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "has no .json member" in err and shard.name in err
+
+
+def test_a_corrupt_model_file_falls_back_to_its_checkpoint(tmp_path, capsys):
+    import json
+
+    data = _small(tmp_path)
+    run = tmp_path / "run"
+    _train(data, run, "train.epochs=2", "train.selection_metric=rmse")  # checkpoints kept: 4 and 8
+    assert main(["eval", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "a"), "--no-ablation"]) == 0
+    weights = run / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "b"), "--no-ablation"]) == 0
+    err = capsys.readouterr().err
+    assert "cannot be loaded" in err and "the checkpoint of the same step" in err
+    a, b = (json.loads((tmp_path / x / "report.json").read_text()) for x in ("a", "b"))
+    assert a["ranking"] == b["ranking"] and a["rating"] == b["rating"]  # the same weights
+
+
+# -- items 3 and 11, on a small trained run (conftest's `trained`) --------------------------------
+
+
+def test_a_small_slice_never_sinks_the_report(trained, tmp_path):
+    """The cold slice has fewer items than the largest K: it reports the cut-offs it supports and says
+    why not the others; the report is written (issue 14, item 11). A headline that cannot be computed
+    is the one error."""
+    root, data = trained
+    assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "5,10,100", "--out",
+                 str(tmp_path / "r"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    cold = report["slices"]["cold_items"]
+    assert cold["candidates"] < 100 <= report["ranking"]["candidates"]
+    assert {"ndcg@5", "ndcg@10"} <= set(cold) and "ndcg@100" not in cold
+    assert cold["not_computable"] == {"@100": f"only {cold['candidates']} candidate items, fewer than K = 100"}
+    assert "Not computable: cold items @100" in (tmp_path / "r" / "report.md").read_text()
+    assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "10,500", "--out",
+                 str(tmp_path / "r2"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 2
+
+
+def test_embedding_parts_belong_to_one_model_and_one_set_of_shards(trained, tmp_path):
+    """Re-embedding into the same folder after retraining recomputes every part (it once reused the old
+    model's item vectors with the new model's users); a damaged shard is refused by name, and once
+    restored the run completes with the clean output (issue 14, item 3)."""
+    import shutil
+
+    root, data = trained
+    emb = tmp_path / "emb"
+    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(emb)]) == 0
+    # a "retrained" run: the same folder with other weights
+    other = tmp_path / "other"
+    shutil.copytree(root / "run", other)
+    weights = load_file(other / "model" / "model.safetensors")
+    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
+              other / "model" / "model.safetensors")
+    assert main(["embed", "--run", str(other), "--data", str(data), "--out", str(emb)]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["embed", "--run", str(other), "--data", str(data), "--out", str(fresh)]) == 0
+    for f in ("item_embeddings.safetensors", "user_embeddings.safetensors"):
+        assert torch.equal(load_file(emb / f)["embeddings"], load_file(fresh / f)["embeddings"])
+    # a truncated shard: refused by name, nothing half-made kept; restored, the run completes as before
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    shard = sorted((copy / "items").glob("*.tar"))[2]
+    intact = shard.read_bytes()
+    shard.write_bytes(intact[: len(intact) // 2])
+    out = tmp_path / "emb3"
+    assert main(["embed", "--run", str(root / "run"), "--data", str(copy), "--out", str(out), "--shards-per-part",
+                 "1"]) == 2
+    shard.write_bytes(intact)
+    assert main(["embed", "--run", str(root / "run"), "--data", str(copy), "--out", str(out), "--shards-per-part",
+                 "1"]) == 0
+    assert torch.equal(load_file(out / "item_embeddings.safetensors")["embeddings"],
+                       load_file(root / "emb" / "item_embeddings.safetensors")["embeddings"])

@@ -8,26 +8,14 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, make_dataset
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mmrec.cli import main
-from mmrec.config import load_run_config
 from mmrec.data.split_files import read_split
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches, embed_items, item_batches
 from mmrec.model.factory import load_model
-from mmrec.training import train
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    data = make_dataset(root, num_items=120, num_users=40, num_ratings=1500, items_per_shard=20, protocol="cold-items")
-    train(load_run_config(TINY, ["train.epochs=2", "data.batch_size=16"]), data, root / "run")
-    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(root / "emb")]) == 0
-    return root, data
 
 
 def test_embeddings_follow_the_dot_product_contract(trained):
@@ -195,56 +183,3 @@ def test_two_process_embed_equals_single_process(trained, tmp_path):
     assert json.loads((out / "embedding.json").read_text())["shards_computed_by_main"] == 3  # 6 shards, 2 ranks
     for f in ("item_embeddings.safetensors", "user_embeddings.safetensors"):
         assert torch.equal(load_file(root / "emb" / f)["embeddings"], load_file(out / f)["embeddings"])
-
-
-def test_a_small_slice_never_sinks_the_report(trained, tmp_path):
-    """The cold slice has fewer items than the largest K: it reports the cut-offs it supports and says
-    why not the others; the report is written (issue 14, item 11). A headline that cannot be computed
-    is the one error."""
-    root, data = trained
-    assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "5,10,100", "--out",
-                 str(tmp_path / "r"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 0
-    report = json.loads((tmp_path / "r" / "report.json").read_text())
-    cold = report["slices"]["cold_items"]
-    assert cold["candidates"] < 100 <= report["ranking"]["candidates"]
-    assert {"ndcg@5", "ndcg@10"} <= set(cold) and "ndcg@100" not in cold
-    assert cold["not_computable"] == {"@100": f"only {cold['candidates']} candidate items, fewer than K = 100"}
-    assert "Not computable: cold items @100" in (tmp_path / "r" / "report.md").read_text()
-    assert main(["eval", "--run", str(root / "run"), "--data", str(data), "--k", "10,500", "--out",
-                 str(tmp_path / "r2"), "--emb", str(root / "emb"), "--candidates", "all", "--no-ablation"]) == 2
-
-
-def test_embedding_parts_belong_to_one_model_and_one_set_of_shards(trained, tmp_path):
-    """Re-embedding into the same folder after retraining recomputes every part (it once reused the old
-    model's item vectors with the new model's users); a damaged shard is refused by name, and once
-    restored the run completes with the clean output (issue 14, item 3)."""
-    import shutil
-
-    root, data = trained
-    emb = tmp_path / "emb"
-    assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(emb)]) == 0
-    # a "retrained" run: the same folder with other weights
-    other = tmp_path / "other"
-    shutil.copytree(root / "run", other)
-    weights = load_file(other / "model" / "model.safetensors")
-    save_file({k: v + 0.01 if v.is_floating_point() else v for k, v in weights.items()},
-              other / "model" / "model.safetensors")
-    assert main(["embed", "--run", str(other), "--data", str(data), "--out", str(emb)]) == 0
-    fresh = tmp_path / "fresh"
-    assert main(["embed", "--run", str(other), "--data", str(data), "--out", str(fresh)]) == 0
-    for f in ("item_embeddings.safetensors", "user_embeddings.safetensors"):
-        assert torch.equal(load_file(emb / f)["embeddings"], load_file(fresh / f)["embeddings"])
-    # a truncated shard: refused by name, nothing half-made kept; restored, the run completes as before
-    copy = tmp_path / "data"
-    shutil.copytree(data, copy)
-    shard = sorted((copy / "items").glob("*.tar"))[2]
-    intact = shard.read_bytes()
-    shard.write_bytes(intact[: len(intact) // 2])
-    out = tmp_path / "emb3"
-    assert main(["embed", "--run", str(root / "run"), "--data", str(copy), "--out", str(out), "--shards-per-part",
-                 "1"]) == 2
-    shard.write_bytes(intact)
-    assert main(["embed", "--run", str(root / "run"), "--data", str(copy), "--out", str(out), "--shards-per-part",
-                 "1"]) == 0
-    assert torch.equal(load_file(out / "item_embeddings.safetensors")["embeddings"],
-                       load_file(root / "emb" / "item_embeddings.safetensors")["embeddings"])

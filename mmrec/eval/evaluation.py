@@ -34,12 +34,12 @@ from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.embedding import assemble, embed_batches, item_batches
+from mmrec.embedding import assemble, embed_batches, item_batches, verify_shards
 from mmrec.eval.baselines import bias_vectors, popularity_vectors
 from mmrec.eval.protocol import EvalProtocol, evaluate_split, ranked_lists
 from mmrec.eval.report import write_report
 from mmrec.files import sha256_of
-from mmrec.model.factory import WEIGHTS_FILE, load_model
+from mmrec.model.factory import WEIGHTS_FILE, load_run_model
 from mmrec.model.model import user_vectors
 from mmrec.precision import bf16_autocast
 
@@ -165,13 +165,14 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
         if Path(made.get("data", "")).resolve() != data_dir.resolve():
             check_dataset(run_dir, made.get("data", ""))  # same manifest elsewhere is fine; another is not
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, preprocessors, _ = load_model(run_dir / "model", device=device)
+    model, preprocessors, _ = load_run_model(run_dir, device=device)
     vocab = RunVocabulary.load(run_dir)
     n = len(vocab.item_ids)
     item_vecs = load_file(Path(emb) / "item_embeddings.safetensors")["embeddings"] if emb is not None else None
     ablate = tuple(model.modalities) if ablation else ()
     ablated = {}
     if item_vecs is None or ablate:
+        verify_shards(data_dir, load_manifest(data_dir))  # a tampered tar would change items silently
         batches = item_batches(data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
                                num_workers=num_workers, device=device)
         tower = embed_batches(model, batches, device=device, autocast=bf16_autocast(device), ablate=ablate)

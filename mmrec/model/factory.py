@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
@@ -82,7 +84,6 @@ def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path) -> Path:
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
     """Rebuild a model saved by `save_model` and load its weights (safetensors only)."""
-    import yaml
 
     folder = Path(folder)
     for name in (CONFIG_FILE, META_FILE, WEIGHTS_FILE):
@@ -96,4 +97,43 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     return model.to(device), preprocessors, sizes
 
 
-__all__ = ["ModelSizes", "build_model", "create_model", "load_model", "save_model"]
+def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
+    """A run's selected model (RUN/model). If its weights cannot be read, the run's checkpoint of the
+    same step (trainer_state.json's best_step) holds the same weights: they are used, and that is said."""
+    run_dir = Path(run_dir)
+    try:
+        return load_model(run_dir / "model", device)
+    except Exception as e:  # noqa: BLE001 (safetensors, torch and json each raise their own types)
+        reason = " ".join(str(e).split())[:160]
+        fallback = _checkpoint_of_selected_step(run_dir)
+        if fallback is None:
+            raise ValueError(f"{run_dir / 'model'} cannot be loaded ({reason}) and no checkpoint holds its step: "
+                             "restore it or train again") from e
+        print(f"note: {run_dir / 'model'} cannot be loaded ({reason}); using {fallback}, the checkpoint of the "
+              "same step", file=sys.stderr)
+        with open(run_dir / "model" / CONFIG_FILE, encoding="utf-8") as f:
+            cfg = from_dict(ModelConfig, yaml.safe_load(f), str(run_dir / "model" / CONFIG_FILE))
+        sizes = ModelSizes(**json.loads((run_dir / "model" / META_FILE).read_text()))
+        model, preprocessors = create_model(cfg, sizes)
+        state = load_file(fallback / WEIGHTS_FILE)  # the training module's: the model's keys under "model."
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
+                              strict=True)
+        return model.to(device), preprocessors, sizes
+
+
+def _checkpoint_of_selected_step(run_dir: Path) -> Path | None:
+    """RUN/checkpoints/step-N of the step whose model RUN/model holds, if it is still on disk.
+
+    The step is the last `best_step` in RUN/metrics.jsonl, written right after RUN/model was (a
+    checkpoint's own trainer state can predate the validation that selected its step)."""
+    step = None
+    try:
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            step = json.loads(line).get("best_step", step)
+    except (OSError, ValueError):
+        return None
+    folder = run_dir / "checkpoints" / f"step-{step:08d}" if isinstance(step, int) else None
+    return folder if folder is not None and (folder / WEIGHTS_FILE).is_file() else None
+
+
+__all__ = ["ModelSizes", "build_model", "create_model", "load_model", "load_run_model", "save_model"]
