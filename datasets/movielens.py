@@ -218,6 +218,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True,
                         help="output folder: OUT/catalogue and OUT/data")
     parser.add_argument("--max-tags", type=int, default=20, help="user tags kept per movie")
+    parser.add_argument("--top-items", type=int, default=None,
+                        help="keep only the N most-rated movies and their ratings (a catalogue of another shape: "
+                             "fewer items, more ratings each)")
     add_shard_options(parser, default_split="random")
     parser.add_argument("--no-shard", action="store_true", help="only write OUT/catalogue; shard it later")
     return parser.parse_args(argv)
@@ -248,8 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     tags = load_tags(ml_dir / "tags.csv", args.max_tags)
     links = load_links(ml_dir / "links.csv")
     items = build_items(ml_dir / "movies.csv", tags, links, posters)
+    ratings = iter_ratings(ml_dir / "ratings.csv")
+    if args.top_items is not None:
+        per_movie = Counter(row[1] for row in iter_ratings(ml_dir / "ratings.csv"))
+        # most-rated first, ties by movieId: the same subset on every run
+        keep = {m for m, _ in sorted(per_movie.items(), key=lambda kv: (-kv[1], int(kv[0])))[: args.top_items]}
+        items = [item for item in items if item["item_id"] in keep]
+        ratings = (row for row in ratings if row[1] in keep)
     n_items = write_items_jsonl(items_path, items)
-    n_ratings = write_interactions_csv(inter_path, iter_ratings(ml_dir / "ratings.csv"))
+    n_ratings = write_interactions_csv(inter_path, ratings)
     counts = {
         "items": n_items,
         "images": sum("image" in item for item in items),

@@ -31,6 +31,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from encoders.base import EncoderConfig, EncoderOutput, ModalityEncoder, Preprocessor
+from encoders.checkpoint_keys import from_efficientnet_pytorch, is_efficientnet_pytorch
 from encoders.registry import register_encoder
 
 FAMILY = "timm-vit"
@@ -155,20 +156,22 @@ class TimmCNNEncoder(ImageInput, ModalityEncoder):
         self.model = model
         if not self.blocks():
             raise ValueError(f"{CNN_FAMILY}: {type(model).__name__} has neither `stages` nor `layer1..4`; "
-                             "use a ResNet- or ConvNeXt-style timm model")
+                             "use a ResNet-, ConvNeXt- or EfficientNet-style timm model")
 
     @property
     def output_dim(self) -> int:
         return self.model.num_features
 
     def blocks(self) -> list[nn.Module]:
-        stages = getattr(self.model, "stages", None)  # ConvNeXt, RegNet, EfficientNet-style `blocks` are not stages
+        stages = getattr(self.model, "stages", None)  # ConvNeXt, RegNet
         if isinstance(stages, nn.Sequential | nn.ModuleList):
             return list(stages)
+        if hasattr(self.model, "conv_stem") and isinstance(getattr(self.model, "blocks", None), nn.Sequential):
+            return list(self.model.blocks)  # EfficientNet / MobileNet: `blocks` holds one Sequential per stage
         return [layer for n in ("layer1", "layer2", "layer3", "layer4") if (layer := getattr(self.model, n, None))]
 
     def head_modules(self) -> list[nn.Module]:
-        names = ("norm_pre", "conv_head", "norm_head", "head")
+        names = ("norm_pre", "conv_head", "bn2", "norm_head", "head")  # bn2: EfficientNet's norm after conv_head
         return [m for n in names if (m := getattr(self.model, n, None)) is not None]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -223,7 +226,9 @@ def _load_checkpoint(model: nn.Module, file: Path, cfg: EncoderConfig, family: s
     classifier_keys = {f"{c}.{p}" for c in classifiers for p in ("weight", "bias")}
 
     def filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-        if convert is not None:
+        if is_efficientnet_pytorch(state_dict):  # another library's names: an explicit, checked mapping
+            state_dict = from_efficientnet_pytorch(state_dict, model)
+        elif convert is not None:
             state_dict = convert(state_dict, model)
         # a num_classes=0 model has no classifier: drop the checkpoint's, as timm does
         return {k: v for k, v in state_dict.items() if k not in classifier_keys}

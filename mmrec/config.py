@@ -30,10 +30,10 @@ class DataConfig:
     path: str | None = None  # dataset folder written by `mmrec shard` (`--data` on the command line)
     features: str | None = None  # feature cache written by `mmrec cache`: read it instead of media
     batch_size: int = 64  # items per batch per process
-    pairs_per_item: int = 8  # k: training interactions drawn per item visit
+    pairs_per_item: int = 8  # k: training interactions per item visit (an item gets ceil(n / k) visits per epoch)
     num_workers: int = 0  # DataLoader worker processes (decode + preprocessing)
     shuffle_buffer: int = 500  # items shuffled across shards
-    steps_per_epoch: int | None = None  # batches per process per epoch (None: one pass over the items)
+    steps_per_epoch: int | None = None  # batches per process per epoch (None: one pass: every training interaction once)
     eval_batch_size: int = 128  # items per batch when embedding for validation
     # Preprocessing is deterministic, so what it makes can be kept in memory instead of decoding the media
     # again every epoch: the validation batches (this rank's share) and, when loading runs in the training
@@ -60,6 +60,8 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW, on weight matrices only (not biases, norms, embeddings)
     embedding_weight_decay: float = 0.0  # AdamW decay on the user / item ID embeddings and biases (MF regulariser)
     warmup_steps: int = 50  # linear warm-up, then cosine decay to 0 over the run
+    # warm-up in epochs instead (overrides warmup_steps): the same share of training on any catalogue shape
+    warmup_epochs: float | None = None
     grad_accum: int = 1  # optimizer step every N batches
     max_grad_norm: float = 1.0  # gradient clipping (0: off)
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else none), "no", "bf16", "fp16"
@@ -78,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         if self.epochs < 1 or self.grad_accum < 1 or self.log_every < 1:
             raise ValueError("train.epochs, train.grad_accum and train.log_every must be >= 1")
+        if self.warmup_epochs is not None and self.warmup_epochs < 0:
+            raise ValueError(f"train.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         name, _, k = self.selection_metric.partition("@")
         if self.selection_metric not in ("rmse", "last") and not (
                 name in ("ndcg", "recall", "hit", "mrr") and k.isdigit() and int(k) >= 1):

@@ -343,7 +343,10 @@ def _merge(out: Path, manifest: dict, model, vocab: RunVocabulary, run_dir: Path
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} items have no embedding although every shard has a part: "
                            "the shards and the parts disagree")
-    save_file({"embeddings": item_vecs.contiguous()}, str(out / "item_embeddings.safetensors"))
+    # `id_terms`: which rows carry learned ID terms (items seen in training); cold rows are content alone,
+    # and `similar` compares each kind against its own mean
+    save_file({"embeddings": item_vecs.contiguous(), "id_terms": model.item_seen.cpu().to(torch.uint8).contiguous()},
+              str(out / "item_embeddings.safetensors"))
     (out / "item_ids.json").write_text(json.dumps(vocab.item_ids, ensure_ascii=False))
     if item_states is not None:
         save_file({"states": item_states.contiguous()}, str(out / "item_states.safetensors"))

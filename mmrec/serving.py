@@ -33,6 +33,7 @@ class Embeddings:
     users: torch.Tensor  # (U, E + 2)
     user_ids: list[str]
     states: torch.Tensor | None  # (N, D) text-only fused states (full state for items without text)
+    id_terms: torch.Tensor | None = None  # (N,) bool: the row carries learned ID terms (item seen in training)
 
     @classmethod
     def load(cls, folder: str | Path) -> "Embeddings":
@@ -40,13 +41,15 @@ class Embeddings:
         if not (folder / "item_embeddings.safetensors").is_file():
             raise ValueError(f"{folder} holds no embeddings: run `mmrec embed --run RUN --data DATA --out {folder}` first")
         states = folder / "item_states.safetensors"
+        items = load_file(folder / "item_embeddings.safetensors")
         return cls(
-            items=load_file(folder / "item_embeddings.safetensors")["embeddings"],
+            items=items["embeddings"],
             item_ids=json.loads((folder / "item_ids.json").read_text(encoding="utf-8")),
             titles=json.loads((folder / "item_titles.json").read_text(encoding="utf-8")),
             users=load_file(folder / "user_embeddings.safetensors")["embeddings"],
             user_ids=json.loads((folder / "user_ids.json").read_text(encoding="utf-8")),
             states=load_file(states)["states"] if states.is_file() else None,
+            id_terms=items["id_terms"].bool() if "id_terms" in items else None,  # absent in older EMB folders
         )
 
 
@@ -75,12 +78,23 @@ def recommend(emb: Embeddings, user_id: str, k: int = 10, exclude: set[int] = fr
     return _top(emb.items @ emb.users[emb.user_ids.index(user_id)], k, exclude)
 
 
+def similarity_vectors(emb: Embeddings) -> torch.Tensor:
+    """(N, E) unit vectors whose dot products are `similar`'s item-to-item cosines."""
+    q = emb.items[:, :-2].clone()  # the last two columns carry biases, not taste
+    # centred: a direction shared by every item says nothing about which items are alike. Items with ID terms
+    # and cold items (content alone) are centred on their own kind's mean: cold vectors share an offset from
+    # the warm ones, and against the global mean every cold item would look alike (cosine ~1)
+    groups = [emb.id_terms, ~emb.id_terms] if emb.id_terms is not None else [torch.ones(len(q), dtype=torch.bool)]
+    for rows in groups:
+        if rows.any():
+            q[rows] -= q[rows].mean(0)
+    return F.normalize(q, dim=-1)
+
+
 def similar(emb: Embeddings, item_id: str, k: int = 10) -> list[tuple[int, float]]:
     if item_id not in emb.item_ids:
         raise ValueError(f"unknown item {item_id!r}: not in the embedded catalogue ({len(emb.item_ids)} items)")
-    q = emb.items[:, :-2]  # the last two columns carry biases, not taste
-    # centred: a direction shared by every item says nothing about which items are alike
-    q = F.normalize(q - q.mean(0), dim=-1)
+    q = similarity_vectors(emb)
     i = emb.item_ids.index(item_id)
     return _top(q @ q[i], k, {i})
 

@@ -19,6 +19,7 @@ One base loop (as in accelerate's `examples/by_feature`), each feature a marked 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -195,10 +196,13 @@ class Trainer:
         self.manifest = load_manifest(self.data_dir)
         self.vocab = RunVocabulary.from_data(self.data_dir)
         self.splits = RunSplits(self.data_dir, self.vocab)  # each split file parsed once for the whole run
+        if self.splits.implicit:
+            self._implicit_feedback(cfg)
         self.sizes = ModelSizes.for_training(self.vocab, self.splits)
         index = InteractionIndex.from_split(self.splits["train"], len(self.vocab.item_ids))
         item_seen = torch.from_numpy(index.offsets[1:] > index.offsets[:-1])
         self.model, self.preprocessors = build_model(cfg.model, self.sizes, t.seed, item_seen)
+        self.model.set_item_popularity(torch.from_numpy(index.offsets[1:] - index.offsets[:-1]))
         self.tasks = MultiTaskLoss(cfg.tasks, self.model, len(self.vocab.attributes))
 
         # items come from the media shards, or from a feature cache of these (frozen) encoders
@@ -218,13 +222,17 @@ class Trainer:
                          pin_memory=acc.device.type == "cuda"),
             transform=self.builder, collate=BatchCollator(self.preprocessors),
             rank=acc.process_index, world_size=acc.num_processes,
-            decode=kept.skip_decoding(self.decode) if kept else self.decode)
+            decode=kept.skip_decoding(self.decode) if kept else self.decode,
+            # an epoch covers every training interaction once, in visits of <= pairs_per_item: the
+            # schedule means the same on any catalogue shape (items rated 3 times or 3,000 times)
+            visits=self.builder.visits() if cfg.data.pairs_per_item > 0 else None)
         self.steps_per_epoch = self.loader.steps_per_epoch  # batches per rank, equal on every rank
         total_steps = max(1, t.epochs * self.steps_per_epoch // t.grad_accum)
 
         optimizer = torch.optim.AdamW(_param_groups(self.model, self.tasks, t.lr, t.encoder_lr, t.weight_decay,
                                                          t.embedding_weight_decay))
-        scheduler = get_cosine_schedule_with_warmup(optimizer, min(t.warmup_steps, total_steps // 2), total_steps)
+        warmup = t.warmup_steps if t.warmup_epochs is None else round(t.warmup_epochs * self.steps_per_epoch / t.grad_accum)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup, total_steps // 2), total_steps)
         self.step_module, self.optimizer = acc.prepare(TrainingStep(self.model, self.tasks), optimizer)
         # Not prepared: accelerate would step it once per process per call; the step counts here are
         # already per rank. Not registered for checkpointing either: accelerate would pickle it and load
@@ -243,6 +251,21 @@ class Trainer:
         self._valid_batches: list[ItemBatch] | None = None  # see _validation_batches
         self.lock: FolderLock | None = None  # the run folder's, on the main process (see _prepare_run_dir)
         self._bar: tqdm | None = None
+
+    def _implicit_feedback(self, cfg: RunConfig) -> None:
+        """Implicit feedback (RunSplits.implicit): every rating is the same, so the rating task would only
+        learn that constant; it is switched off (and recorded so in RUN/config.yaml), and ranking must be
+        trained by the retrieval task."""
+        if cfg.train.selection_metric == "rmse":
+            raise ValueError(f"{self.data_dir} holds implicit feedback (no rating column, or one rating value): "
+                             "there is no rating error to select by; use train.selection_metric=ndcg@K or recall@K")
+        if cfg.tasks.retrieval_weight <= 0:
+            raise ValueError(f"{self.data_dir} holds implicit feedback: only the retrieval task learns from it; "
+                             "set tasks.retrieval_weight > 0 (e.g. 1.0)")
+        if cfg.tasks.rating_weight > 0:
+            self.accelerator.print("implicit feedback (no rating column, or one rating value): the rating task is "
+                                   "off for this run (tasks.rating_weight=0), and no rating error is reported")
+            cfg.tasks = dataclasses.replace(cfg.tasks, rating_weight=0.0)
 
     # ------------------------------------------------------------------------------------ run folder
 

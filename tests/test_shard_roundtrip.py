@@ -118,3 +118,37 @@ def test_parquet_and_template_text(small_catalogue, tmp_path):
     assert m["counts"]["interactions_written"] == 48
     got = read_all(tmp_path / "data")
     assert got["it03"].text == "Item 3 [tag0]"
+
+
+def test_items_are_written_in_a_seeded_shuffled_order(small_catalogue, tmp_path):
+    """A catalogue sorted by category must not stream in same-category runs: the written order is a
+    permutation seeded by order_seed (item indices follow it); None keeps the file order."""
+    items_path, inter_path, items = small_catalogue
+    file_order = [it["item_id"] for it in items]
+
+    def written(name, seed):
+        shard_catalogue(items_path, inter_path, tmp_path / name, options=ShardOptions(progress=False, order_seed=seed))
+        ids = json.loads((tmp_path / name / "item_ids.json").read_text())
+        indices = {it.item_id: it.index for it in read_all(tmp_path / name).values()}
+        assert [indices[i] for i in ids] == list(range(len(ids)))  # item index == written position
+        return ids
+
+    first, again, other, kept = written("a", 0), written("b", 0), written("c", 1), written("d", None)
+    assert sorted(first) == sorted(file_order) and first != file_order
+    assert again == first and other != first
+    assert kept == file_order
+
+
+def test_shard_cli_keep_order_and_the_command_line_round_trip():
+    import argparse
+
+    from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs
+
+    parser = argparse.ArgumentParser()
+    add_shard_options(parser)
+    split, options = shard_configs(parser.parse_args(["--seed", "4"]))
+    assert options.order_seed == 4  # shuffled by the split's seed
+    split, kept = shard_configs(parser.parse_args(["--keep-order"]))
+    assert kept.order_seed is None
+    assert "--keep-order" in shard_command("i", "r", "o", split, kept)
+    assert "--keep-order" not in shard_command("i", "r", "o", split, options)

@@ -25,13 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_two_processes_same_steps_disjoint_items_and_loss_falls(tmp_path):
     data = make_dataset(tmp_path)  # 200 items in 8 shards
     run = tmp_path / "run"
-    # 2 ranks x batch 20 x 5 steps = 200 items: one epoch is exactly one pass over the shards
+    # 2 ranks x batch 20 x 5 steps = 200 items: one epoch is exactly one pass over the shards (one visit per
+    # item: pairs_per_item above every item's count)
     # `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is installed; the
     # torchrun launcher (--multi_gpu) starts two, and with no GPU they form a gloo process group.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            str(ROOT / "train.py"), "--config", str(TINY), "--data", str(data), "--out", str(run),
-           "data.batch_size=20", "train.epochs=3", "train.audit_data=true", "train.log_every=1",
+           "data.batch_size=20", "data.pairs_per_item=1000", "train.epochs=3", "train.audit_data=true", "train.log_every=1",
            "train.early_stopping_patience=0"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -101,7 +102,7 @@ def test_a_split_without_valid_rows_needs_selection_last(tmp_path):
     run = tmp_path / "run"
     state = train(load_run_config(TINY, ["train.epochs=3", "train.selection_metric=last", "data.batch_size=20"]),
                   data, run)
-    assert state.epoch == 3 and state.best_step == state.step == 9
+    assert state.epoch == 3 and state.best_step == state.step and state.step % 3 == 0  # the final epoch's model
     kept, _, _ = load_model(run / "model")
     final = load_file(str(run / "checkpoints" / f"step-{state.step:08d}" / "model.safetensors"))
     assert torch.equal(kept.user_p.weight, final["model.user_p.weight"])
@@ -119,3 +120,37 @@ def test_memory_cache_changes_nothing_but_the_time(tmp_path):
     va, vb = ([json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines() if "valid/rmse" in x]
               for n in ("kept", "reread"))
     assert len(va) == 3 and [r["valid/rmse"] for r in va] == [r["valid/rmse"] for r in vb]
+
+
+def test_implicit_feedback_trains_ranking_only_and_reports_no_rating_error(tmp_path):
+    """No rating column: the rating task is switched off (and recorded so), validation and the report
+    carry no RMSE, and the report says why; selecting by RMSE, or training without the retrieval task,
+    is refused."""
+    import csv
+
+    from mmrec.data.sharding import ShardOptions, shard_catalogue
+    from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+    from mmrec.eval.evaluation import evaluate_run
+
+    info = write_synthetic_catalogue(tmp_path / "cat", SyntheticCatalogueConfig(
+        seed=1, num_items=60, num_users=20, num_ratings=600))
+    clicks = tmp_path / "clicks.csv"
+    with open(info["interactions"], newline="") as f, open(clicks, "w", newline="") as out:
+        w = csv.writer(out)
+        w.writerow(["user_id", "item_id"])
+        w.writerows((r["user_id"], r["item_id"]) for r in csv.DictReader(f))
+    shard_catalogue(info["items"], clicks, tmp_path / "data", options=ShardOptions(items_per_shard=20, progress=False))
+    data = tmp_path / "data"
+    with pytest.raises(ValueError, match="implicit feedback.*selection_metric"):
+        train(load_run_config(TINY, ["train.selection_metric=rmse"]), data, tmp_path / "r1")
+    with pytest.raises(ValueError, match="implicit feedback.*retrieval_weight"):
+        train(load_run_config(TINY, ["tasks.retrieval_weight=0"]), data, tmp_path / "r2")
+    run = tmp_path / "run"
+    train(load_run_config(TINY, ["train.epochs=2", "data.batch_size=16"]), data, run)
+    assert load_run_config(run / "config.yaml").tasks.rating_weight == 0
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not any("loss/rating" in r or "valid/rmse" in r for r in records)
+    assert any("valid/ndcg@10" in r for r in records)
+    report, _ = evaluate_run(run, data, tmp_path / "report", ks=[10], ablation=False)
+    assert "rating" not in report and "rating" not in report["baselines"]["bias_only"]
+    assert report["protocol"]["feedback"].startswith("implicit")

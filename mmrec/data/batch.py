@@ -1,7 +1,8 @@
 """Item-centric batches: decoded items -> encoder inputs per modality + sampled training interactions.
 
-docs/design.md "Training data flow": each item is encoded once per visit and paired with up to k of its
-training interactions from an in-memory item -> (user, rating) index. `ExampleBuilder` runs per item
+docs/design.md "Training data flow": each item is encoded once per visit and paired with a chunk of at
+most k of its training interactions from an in-memory item -> (user, rating) index; an item gets one
+visit per chunk, so a pass over the visits covers every training interaction exactly once. `ExampleBuilder` runs per item
 in DataLoader workers (preprocessing included); `collate_examples` builds an `ItemBatch`, in which
 each modality's encoder inputs cover only the items that have that modality (`rows`), so absent
 modalities cost no encoder work.
@@ -39,10 +40,12 @@ class ItemBatch:
     pair_user: torch.Tensor  # (P,) long: user index
     pair_rating: torch.Tensor  # (P,) float
     features: dict[str, EncoderOutput] = field(default_factory=dict)  # cached encoder outputs (feature cache)
-    # (P,) float: interactions each drawn pair stands for (an item's training count / pairs drawn for it);
-    # item-centric batches visit every item equally often, and these weights restore the interaction
-    # distribution in the losses, so popular items count as often as users chose them
+    # (P,) float: optional per-pair loss weights. Training needs none: an item is visited once per chunk
+    # of its interactions, so a pass already weighs every interaction once (ExampleBuilder.pairs)
     pair_weight: torch.Tensor | None = None
+    # (B,) float: visits per pass of each item (training batches): how often an item comes, for the
+    # retrieval loss's sampling correction (in-batch negatives are drawn in proportion to visits)
+    item_visits: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -142,6 +145,24 @@ class PreparedItems:
         return decode_unless_kept
 
 
+@dataclass(frozen=True)
+class Visit:
+    """Which visit of its item a training sample is: chunk `chunk` of `chunks` of the item's training
+    interactions in pass `pass_number` (see `mmrec.data.batch.ExampleBuilder`)."""
+
+    pass_number: int
+    chunk: int
+    chunks: int
+
+
+@dataclass
+class VisitOf:
+    """A decoded item (or `KeptItem`) with the `Visit` its sample was marked with."""
+
+    item: Any
+    visit: Visit
+
+
 class ExampleBuilder:
     """Per item, in DataLoader workers: preprocess each present modality and draw up to k pairs.
 
@@ -193,23 +214,48 @@ class ExampleBuilder:
                 attrs[self.attribute_index[a]] = 1.0
         return {"index": item.index, "inputs": inputs, "attributes": attrs}
 
-    def __call__(self, item: DecodedItem | KeptItem) -> dict[str, Any]:
+    def pairs(self, item: int, visit: Visit | None) -> tuple[np.ndarray, np.ndarray]:
+        """The (users, ratings) this visit of `item` trains on.
+
+        A training visit (`Visit`, from the reader) takes its chunk of a permutation of the item's
+        interactions seeded by (seed, pass, item): the chunks of one pass are disjoint and cover every
+        training interaction exactly once, so a pass weighs each interaction once (no reweighting) and
+        `data.pairs_per_item` only bounds the pairs per visit. Without a visit (a direct call), up to
+        `pairs_per_item` pairs drawn with the (seed, epoch, item) generator.
+        """
+        if self.interactions is None or self.pairs_per_item <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        users, ratings = self.interactions.pairs(item)
+        if visit is not None:
+            order = np.random.default_rng((self.seed, visit.pass_number, item)).permutation(len(users))
+            pick = np.array_split(order, visit.chunks)[visit.chunk]
+        elif len(users) > self.pairs_per_item:
+            pick = np.random.default_rng((self.seed, self.epoch, item)).choice(len(users), self.pairs_per_item,
+                                                                              replace=False)
+        else:
+            return users, ratings
+        return users[pick], ratings[pick]
+
+    def visits(self) -> np.ndarray:
+        """(items,) visits per pass: ceil(interactions / pairs_per_item), at least one (content tasks)."""
+        counts = np.diff(self.interactions.offsets)
+        return np.maximum(1, -(-counts // self.pairs_per_item)).astype(np.int64)
+
+    def __call__(self, item: DecodedItem | KeptItem | VisitOf) -> dict[str, Any]:
+        visit = None
+        if isinstance(item, VisitOf):
+            item, visit = item.item, item.visit
         if isinstance(item, KeptItem):
             prepared = self.kept.items[item.index]
         else:
             prepared = self.prepare(item)
             if self.kept is not None:
                 self.kept.put(item.index, prepared)
-        users = ratings = np.zeros(0)
-        weight = 1.0
-        if self.interactions is not None and self.pairs_per_item > 0:
-            users, ratings = self.interactions.pairs(item.index)
-            if len(users) > self.pairs_per_item:
-                weight = len(users) / self.pairs_per_item
-                rng = np.random.default_rng((self.seed, self.epoch, item.index))
-                pick = rng.choice(len(users), self.pairs_per_item, replace=False)
-                users, ratings = users[pick], ratings[pick]
-        return {**prepared, "users": users, "ratings": ratings, "weight": weight}
+        users, ratings = self.pairs(item.index, visit)
+        example = {**prepared, "users": users, "ratings": ratings}
+        if visit is not None:
+            example["visits"] = visit.chunks
+        return example
 
 
 def collate_features(examples: list[dict[str, torch.Tensor]]) -> EncoderOutput:
@@ -253,8 +299,8 @@ def collate_examples(examples: list[dict[str, Any]], preprocessors: Mapping[str,
         pair_user=torch.from_numpy(np.concatenate([ex["users"] for ex in examples]).astype(np.int64)),
         pair_rating=torch.from_numpy(np.concatenate([ex["ratings"] for ex in examples]).astype(np.float32)),
         features=features,
-        pair_weight=torch.from_numpy(np.concatenate(
-            [np.full(len(ex["users"]), ex.get("weight", 1.0)) for ex in examples] or [np.zeros(0)]).astype(np.float32)),
+        item_visits=(torch.tensor([float(ex["visits"]) for ex in examples])
+                     if all("visits" in ex for ex in examples) else None),
     )
 
 

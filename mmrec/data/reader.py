@@ -29,6 +29,7 @@ import webdataset as wds
 from PIL import Image
 
 from mmrec.data import schema
+from mmrec.data.batch import Visit, VisitOf
 from mmrec.data.media import decode_audio_bytes
 
 
@@ -140,13 +141,25 @@ class EvalShards(torch.utils.data.IterableDataset):
             yield {"url": url}
 
 
+class DecodeVisit:
+    """Picklable `decode` for training samples: the decoded item, still carrying its `Visit`."""
+
+    def __init__(self, decode: Callable[[dict[str, Any]], Any]):
+        self.decode = decode
+
+    def __call__(self, sample: dict[str, Any]) -> Any:
+        item = self.decode(sample)
+        return VisitOf(item, sample["__visit__"]) if "__visit__" in sample else item
+
+
 class TrainItems(torch.utils.data.IterableDataset):
     """Endless item stream for training: pass p reads a permutation of the shards seeded by (seed, p).
 
     The permutation is the same on every rank; rank r takes every world_size-th shard of the pass and
     worker w every num_workers-th of those, so within a pass all readers see disjoint shards. Items
     are shuffled in a buffer that is flushed at the end of each pass (so no item of pass p+1 leaks
-    into pass p), seeded by (seed, pass, rank, worker): a seeded run is reproducible. `set_epoch`
+    into pass p), seeded by (seed, pass, rank, worker): a seeded run is reproducible. With `visits`, an
+    item is streamed that many times per pass (once per chunk of its training interactions). `set_epoch`
     moves the starting pass so each training epoch begins on a fresh permutation.
 
     Resuming mid-epoch (`resume_at`): the DataLoader takes full batches from its workers in turn
@@ -156,10 +169,12 @@ class TrainItems(torch.utils.data.IterableDataset):
     items.
     """
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shuffle_buffer: int, batch_size: int):
+    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shuffle_buffer: int, batch_size: int,
+                 visits: np.ndarray | None = None):
         super().__init__()
         self.urls, self.rank, self.world_size, self.seed = urls, rank, world_size, seed
         self.shuffle_buffer, self.batch_size = shuffle_buffer, batch_size
+        self.visits = visits  # item index -> visits per pass (None: one each)
         self.epoch = 0
         self.start_batch = 0  # batches of this epoch already consumed (resume)
 
@@ -186,9 +201,20 @@ class TrainItems(torch.utils.data.IterableDataset):
             order = np.random.default_rng((self.seed, pass_number)).permutation(len(self.urls))
             mine = [{"url": self.urls[i]} for i in order[self.rank :: self.world_size][worker::num_workers]]
             samples = wds.tarfile_to_samples(handler=damaged_shard)(iter(mine))
+            if self.visits is not None:
+                samples = self._visits_of(samples, pass_number)
             rng = random.Random(f"{self.seed}/{pass_number}/{self.rank}/{worker}")  # str seeds hash stably
             yield from wds.shuffle(self.shuffle_buffer, min(self.shuffle_buffer, 100), rng=rng)(samples)
             pass_number += 1
+
+    def _visits_of(self, samples: Iterator[dict], pass_number: int) -> Iterator[dict]:
+        """Each raw sample once per visit its item gets in a pass, marked with its `Visit`. Repeated before
+        the shuffle buffer, so one item's visits spread over batches; and before decoding, so a resume
+        skips them by count like any sample."""
+        for sample in samples:
+            chunks = int(self.visits[int(sample["__key__"])])  # the key is the item index (schema.item_key)
+            for chunk in range(chunks):
+                yield {**sample, "__visit__": Visit(pass_number, chunk, chunks)}
 
 
 class ItemLoader(wds.WebLoader):
@@ -221,13 +247,13 @@ class ReaderConfig:
     num_workers: int = 0  # DataLoader worker processes decoding media
     shuffle_buffer: int = 500  # training: items shuffled across shards in a buffer of this size
     seed: int = 0  # training: shard order and shuffle buffer
-    steps_per_epoch: int | None = None  # training: batches per rank per epoch (None: items / (ranks x batch))
+    steps_per_epoch: int | None = None  # training: batches per rank per epoch (None: visits / (ranks x batch))
     pin_memory: bool = False  # page-locked batches for asynchronous host -> GPU copies (CUDA only)
 
 
-def steps_per_epoch(num_items: int, batch_size: int, world_size: int) -> int:
-    """Batches per rank so that one epoch visits about every item once."""
-    return max(1, math.ceil(num_items / (batch_size * world_size)))
+def steps_per_epoch(num_visits: int, batch_size: int, world_size: int) -> int:
+    """Batches per rank so that one epoch makes about every visit once (an item's visits, or the items)."""
+    return max(1, math.ceil(num_visits / (batch_size * world_size)))
 
 
 def _collate_list(items: list) -> list:
@@ -244,6 +270,7 @@ def item_loader(
     world_size: int | None = None,
     decode: Callable[[dict[str, Any]], Any] = decode_sample,
     shards: list[int] | None = None,
+    visits: np.ndarray | None = None,
 ) -> ItemLoader:
     """A DataLoader over the item shards.
 
@@ -258,6 +285,9 @@ def item_loader(
             `mmrec.cache.decode_features`).
         shards: eval mode only: read just these shards (positions in the manifest), e.g. to embed
             shard by shard.
+        visits: train mode only: item index -> times the item is streamed per pass, each time marked
+            with its `Visit` (the trainer's chunks of each item's interactions); an epoch is then
+            the batches of one pass of visits. None: every item once.
 
     Returns:
         An `ItemLoader` (a `webdataset.WebLoader`); in train mode `len(loader)` is the number of batches per epoch on
@@ -265,6 +295,8 @@ def item_loader(
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"unknown reader mode {mode!r}; expected 'train' or 'eval'")
+    if visits is not None and mode != "train":
+        raise ValueError("visits are for train mode; eval reads every item exactly once")
     cfg = cfg or ReaderConfig()
     if rank is None or world_size is None:
         rank, world_size = dist_info()
@@ -282,8 +314,11 @@ def item_loader(
                 f"{len(urls)} shards cannot feed {world_size} ranks x {max(1, cfg.num_workers)} workers = {readers} "
                 f"readers: re-shard with `mmrec shard --items-per-shard` <= "
                 f"{max(1, manifest['num_items'] // readers)} or use fewer workers")
-        source = TrainItems(urls, rank, world_size, cfg.seed, cfg.shuffle_buffer, cfg.batch_size)
+        if visits is not None and len(visits) != manifest["num_items"]:
+            raise ValueError(f"visits has {len(visits)} entries for {manifest['num_items']} items")
+        source = TrainItems(urls, rank, world_size, cfg.seed, cfg.shuffle_buffer, cfg.batch_size, visits)
         stages: list = [source]  # endless, shuffled, disjoint shards within a pass
+        decode = DecodeVisit(decode)
     else:
         source = EvalShards(urls, rank, world_size)
         stages = [
@@ -305,6 +340,7 @@ def item_loader(
                         generator=torch.Generator().manual_seed(cfg.seed),
                         pin_memory=cfg.pin_memory and torch.cuda.is_available())
     if mode == "train":
-        loader.steps_per_epoch = cfg.steps_per_epoch or steps_per_epoch(manifest["num_items"], cfg.batch_size, world_size)
+        per_pass = manifest["num_items"] if visits is None else int(visits.sum())
+        loader.steps_per_epoch = cfg.steps_per_epoch or steps_per_epoch(per_pass, cfg.batch_size, world_size)
         loader = loader.with_epoch(loader.steps_per_epoch).with_length(loader.steps_per_epoch, silent=True)
     return loader

@@ -68,6 +68,8 @@ def add_shard_options(parser: argparse.ArgumentParser, default_split: str = "ran
                         "and |rating| > 1e6)")
     p.add_argument("--max-media-mb", type=int, default=64,
                    help="an image or audio file larger than this is dropped, unread (default 64)")
+    p.add_argument("--keep-order", action="store_true",
+                   help="write items in file order (default: shuffled by --seed, so sorted catalogues mix in training)")
     p.add_argument("--workers", type=int, default=1, help="processes decoding media (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -83,7 +85,7 @@ def shard_configs(args: argparse.Namespace) -> tuple[SplitConfig, ShardOptions]:
     options = ShardOptions(items_per_shard=args.items_per_shard, image_max_side=args.image_max_side,
                            audio_rate=args.audio_rate, text_template=args.text_template, workers=args.workers,
                            progress=not args.no_progress, overwrite=args.overwrite, rating_range=args.rating_range,
-                           max_media_mb=args.max_media_mb)
+                           max_media_mb=args.max_media_mb, order_seed=None if args.keep_order else args.seed)
     return split, options
 
 
@@ -104,7 +106,9 @@ def shard_command(items: Path, interactions: Path, out: Path, split: SplitConfig
         value = getattr(options, f.name)
         if value == f.default:
             continue
-        if f.name == "progress":
+        if f.name == "order_seed":
+            argv += ["--keep-order"] if value is None else []  # shuffled by --seed otherwise
+        elif f.name == "progress":
             argv.append("--no-progress")
         elif f.name == "overwrite":
             argv.append("--overwrite")

@@ -1,7 +1,7 @@
 """`mmrec shard`: catalogue + interaction log -> validated WebDataset shards, splits and a manifest.
 
-Stages: parse items.jsonl (main process) -> decode and re-encode media (worker processes, in file
-order) -> write one sample per item with `webdataset.ShardWriter` -> validate and split the
+Stages: parse items.jsonl (main process) -> shuffle the item order (seeded) -> decode and re-encode
+media (worker processes, in that order) -> write one sample per item with `webdataset.ShardWriter` -> validate and split the
 interactions -> write split files, quarantine.jsonl and manifest.json. Everything is written into
 `OUT.partial/` and renamed to `OUT` at the end, so an interrupted run never leaves a dataset folder
 that looks complete.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import multiprocessing
+import random
 import sys
 import time
 from collections import Counter
@@ -46,6 +47,10 @@ class ShardOptions:
     overwrite: bool = False  # replace an existing output folder
     rating_range: tuple[float, float] | None = None  # quarantine ratings outside [low, high] (None: only
     #                                                   non-finite ones and |rating| > 1e6)
+    # Items are written in an order shuffled by this seed: a catalogue sorted by category would otherwise
+    # stream in long same-category runs that a shuffle buffer does not break (and each DataLoader batch
+    # comes from one worker's shards). None keeps the file order.
+    order_seed: int | None = 0
 
     def __post_init__(self) -> None:
         if self.items_per_shard < 1:
@@ -106,7 +111,7 @@ def _encoded_items(records: list[ItemRecord], options: ShardOptions) -> Iterator
         yield from map(encode_item_media, jobs)
         return
     # fork, not spawn: spawn re-imports the caller's __main__ (often torch-heavy) in every worker.
-    # imap keeps file order, so item indices do not depend on the number of workers.
+    # imap keeps the given order, so item indices do not depend on the number of workers.
     with multiprocessing.get_context("fork").Pool(options.workers, initializer=_single_threaded) as pool:
         yield from pool.imap(encode_item_media, jobs, chunksize=8)
 
@@ -208,6 +213,8 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
     started = time.perf_counter()
 
     records, item_quarantine, n_item_lines = parse_items(items_path, options.text_template)
+    if options.order_seed is not None:
+        random.Random(options.order_seed).shuffle(records)  # item indices follow the written order
     _refuse_output_holding(out, [p for r in records for p in (r.image_path, r.audio_path) if p is not None])
 
     tmp = temp_sibling(out, ".partial")
@@ -282,7 +289,7 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         "options": {"items_per_shard": options.items_per_shard, "image_max_side": options.image_max_side,
                     "audio_rate": options.audio_rate, "text_template": options.text_template,
                     "rating_range": list(options.rating_range) if options.rating_range else None,
-                    "max_media_mb": options.max_media_mb},
+                    "max_media_mb": options.max_media_mb, "order_seed": options.order_seed},
     }
     with open(tmp / schema.MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=2, ensure_ascii=False)

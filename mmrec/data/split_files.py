@@ -90,6 +90,15 @@ class RunSplits:
         """Indices of the items with no training interaction (the cold-start candidates)."""
         return np.nonzero(self.item_popularity() == 0)[0]
 
+    @property
+    def implicit(self) -> bool:
+        """Implicit feedback: the log had no rating column, or every training rating is the same value.
+        A rating task, and a rating error, then mean nothing: training leaves the rating task off and
+        reports carry no RMSE (docs/design.md "Implicit feedback")."""
+        has_rating = self._manifest.get("sources", {}).get("interactions", {}).get("has_rating", True)
+        ratings = self["train"].ratings
+        return not has_rating or (len(ratings) > 0 and bool((ratings == ratings[0]).all()))
+
     def train_mean_rating(self) -> float:
         """mu: the mean training rating."""
         return float(self["train"].ratings.astype(np.float64).mean())

@@ -4,7 +4,12 @@
   a ranking-only baseline;
 - bias-only: r_hat = mu + b_u + b_i fitted by regularised alternating least squares (Koren 2010,
   "Factor in the neighbors", section 2.1); ranks items by b_i.
-Both are (user_vecs, item_vecs) pairs, so `mmrec.eval.protocol.evaluate_split` scores them unchanged.
+- implicit ALS: Hu, Koren & Volinsky 2008 (below);
+- EASE: Steck 2019, "Embarrassingly shallow autoencoders for sparse data": the closed-form item-item
+  model, the strongest simple baseline for ranking with history;
+- content kNN: cosine between an item's raw (frozen) content features and the mean of the user's
+  training items' features: what content gives with no learning at all, for cold items.
+All are (user_vecs, item_vecs) pairs, so `mmrec.eval.protocol.evaluate_split` scores them unchanged.
 """
 
 from __future__ import annotations
@@ -73,3 +78,39 @@ def _als_sweep(fixed: np.ndarray, positives: list[np.ndarray], alpha: float, eye
             f = fixed[pos]
             out[row] = np.linalg.solve(gram + alpha * f.T @ f + eye, (1 + alpha) * f.sum(0))
     return out
+
+
+def _user_item_matrix(train: SplitArrays, num_users: int, num_items: int) -> torch.Tensor:
+    """(U + 1, N) binary matrix of training interactions; the last row (unknown user) is empty."""
+    known = train.users >= 0
+    x = torch.zeros(num_users + 1, num_items)
+    x[torch.from_numpy(train.users[known]), torch.from_numpy(train.items[known])] = 1.0
+    return x
+
+
+def ease_vectors(train: SplitArrays, num_users: int, num_items: int, reg: float = 300.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """user = x_u (the user's row of the binary training matrix X), item = B[:, i] with
+    B = I - P diag(1 / diag(P)), P = (X'X + reg I)^-1 (zero diagonal). Solved over the items with
+    training rows only (the others score 0); O(N^3) time and N^2 memory in the trained items N."""
+    x = _user_item_matrix(train, num_users, num_items)
+    trained = (x.sum(0) > 0).nonzero().squeeze(-1)  # (N',)
+    xt = x[:, trained].double()
+    gram = xt.T @ xt + reg * torch.eye(len(trained), dtype=torch.float64)
+    p = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    b = -p / p.diagonal()[None, :]
+    b.fill_diagonal_(0.0)
+    item = torch.zeros(num_items, num_items)
+    item[trained[:, None], trained[None, :]] = b.T.float()  # row i = column i of B: score = x_u . B[:, i]
+    return x, item
+
+
+def content_knn_vectors(features: torch.Tensor, train: SplitArrays, num_users: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """user = the mean of the user's training items' unit feature vectors, normalised; item = its unit
+    feature vector (features: (N, D) raw content features, zero rows for items without content), so
+    the score is the cosine between an item and the user's mean item."""
+    item = torch.nn.functional.normalize(features.float(), dim=-1)
+    x = _user_item_matrix(train, num_users, features.shape[0])
+    user = torch.nn.functional.normalize(x @ item, dim=-1)
+    return user, item

@@ -130,6 +130,8 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         "data": str(data_dir.resolve()),
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ks": ks,
+        "feedback": ("implicit (no rating column, or one rating value): ranking metrics only; a rating "
+                     "error would mean nothing" if splits.implicit else "explicit ratings"),
     }}
     ours = ev.score(user_vecs, item_vecs)
     if "not_computable" in ours["ranking"]:  # a slice may lack a cut-off; the headline may not
@@ -143,6 +145,9 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     bias = ev.score(*bias_vectors(splits["train"], n_users, n_items), slices=False)
     report["baselines"] = {"popularity": pop, "bias_only": bias}
     report["ablation"] = {f"without_{m}": ev.score(user_vecs, vecs, slices=False) for m, vecs in ablated.items()}
+    if splits.implicit:  # no section says "rating" where there is none
+        for section in (report, bias, *report["ablation"].values()):
+            section.pop("rating", None)
     return report
 
 

@@ -87,7 +87,8 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
         held: the held-out rows to score (default: the protocol's).
 
     Returns:
-        {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}};
+        {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
+        ("rating" is empty for implicit feedback);
         a K larger than the number of candidate items is not computed: the ranking then names it under
         "not_computable" with the reason, and the other cut-offs are reported (a small slice, such as
         the few cold items of a published split, never sinks the rest).
@@ -98,8 +99,10 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
     num_users = splits.num_users
     users = user_vecs.float().cpu()
     u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, num_users))
-    predicted = (users[u_rows] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
-    result = {"rating": rating_metrics(predicted.numpy(), held.ratings)}
+    result: dict = {"rating": {}}  # implicit feedback: no rating to err on (RunSplits.implicit)
+    if not splits.implicit:
+        predicted = (users[u_rows] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
+        result["rating"] = rating_metrics(predicted.numpy(), held.ratings)
 
     n_items = item_vecs.shape[0]
     cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)

@@ -39,6 +39,10 @@ class ModelConfig:
     item_id_embeddings: bool = False  # add learned per-item q/b terms for items seen in training
     item_id_dropout: float = 0.0  # training: hide an item's ID terms with this probability, so the content
     #                               path must predict its ratings alone (cold start; DropoutNet, Volkovs et al. 2017)
+    # With a pivot n0 > 0 the rate is per item: item_id_dropout x n0 / (n0 + n_i) for an item with n_i training
+    # interactions. Rarely rated items (like cold ones) train the content path alone; popular items keep their
+    # ID terms, which then learn a residual on top of content instead of trading warm accuracy for cold.
+    item_id_dropout_pivot: float = 0.0
     init_std: float = 0.01  # std of the ID embeddings at initialisation
 
     def __post_init__(self) -> None:
@@ -47,6 +51,8 @@ class ModelConfig:
             raise ValueError(f"unknown modality {unknown} in model.encoders; expected any of {list(MODALITIES)}")
         if not 0.0 <= self.item_id_dropout < 1.0:
             raise ValueError(f"item_id_dropout must be in [0, 1), got {self.item_id_dropout}")
+        if self.item_id_dropout_pivot < 0:
+            raise ValueError(f"item_id_dropout_pivot must be >= 0, got {self.item_id_dropout_pivot}")
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
         if not self.encoders and not self.item_id_embeddings:
@@ -94,6 +100,10 @@ class TaskConfig:
     attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
     retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
     retrieval_temperature: float = 0.1  # softmax temperature for retrieval
+    # Subtract log(sampling probability) from each in-batch item's logit (Yi et al. 2019, "Sampling-bias-
+    # corrected neural modeling"): batches hold an item once per chunk of its interactions, so popular
+    # items are over-represented as negatives; the correction makes the loss estimate the full softmax.
+    retrieval_logq: bool = True
 
     def __post_init__(self) -> None:
         if self.feature_loss not in ("cosine", "mse"):

@@ -73,6 +73,15 @@ class RecModel(nn.Module):
         # Items with training interactions: only they use ID terms (a cold item's would be untrained noise).
         seen = torch.ones(num_items, dtype=torch.bool) if item_seen is None else item_seen.to(torch.bool)
         self.register_buffer("item_seen", seen)
+        # training only, not saved: per-item ID-dropout rates (`set_item_popularity`); None = the config's rate
+        self.register_buffer("item_id_drop", None, persistent=False)
+
+    def set_item_popularity(self, counts: torch.Tensor) -> None:
+        """Per-item ID-dropout rates from training interaction counts (`item_id_dropout_pivot`)."""
+        pivot = self.config.item_id_dropout_pivot
+        if pivot > 0:
+            rate = self.config.item_id_dropout * pivot / (pivot + counts.float())
+            self.item_id_drop = rate.to(self.item_seen.device)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -129,7 +138,8 @@ class RecModel(nn.Module):
         if self.config.item_id_embeddings:
             warm = self.item_seen[item_index]  # (B,)
             if self.training and self.config.item_id_dropout > 0 and state is not None:
-                warm = warm & (torch.rand(warm.shape, device=warm.device) >= self.config.item_id_dropout)
+                rate = self.config.item_id_dropout if self.item_id_drop is None else self.item_id_drop[item_index]
+                warm = warm & (torch.rand(warm.shape, device=warm.device) >= rate)
             q = q + self.item_id_q(item_index) * warm[:, None]
             b = b + self.item_id_b(item_index).squeeze(-1) * warm
         return ItemOutput(state, q, b)

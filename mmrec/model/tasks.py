@@ -1,14 +1,13 @@
 """Training tasks: each owns its heads and its loss, and reports it on its own (docs/design.md "Tasks").
 
-- rating: MSE between r_hat(u, i) = mu + b_u + b_i + <p_u, q_i> and explicit ratings;
-  (rating and retrieval weigh each drawn pair by the interactions it stands for: item-centric
-  batches see every item equally often, the interaction log does not);
+- rating: MSE between r_hat(u, i) = mu + b_u + b_i + <p_u, q_i> and explicit ratings (each training
+  interaction comes once per epoch: `ExampleBuilder.pairs`);
 - feature generation: mask one present modality of each item that has at least two, fuse the rest,
   and generate the masked modality's pooled encoder feature (stop-gradient target; cosine or MSE)
   and the item's attributes (multi-label BCE). It needs no ratings, so unrated catalogue items train
   it too, and it teaches the fused state to stand in for a missing modality;
 - retrieval (optional): in-batch sampled softmax between the exported user and item vectors, with a
-  temperature, other positives of the same user masked out.
+  temperature, other positives of the same user masked out, corrected for the items' sampling rates.
 
 Shape legend: B items, P pairs, E embedding width, D fusion width, A attributes.
 """
@@ -106,9 +105,9 @@ class FeatureGenerationTask(nn.Module):
 class RetrievalTask(nn.Module):
     """In-batch sampled softmax over the batch's items for each (user, item) pair."""
 
-    def __init__(self, temperature: float):
+    def __init__(self, temperature: float, logq: bool = True):
         super().__init__()
-        self.temperature = temperature
+        self.temperature, self.logq = temperature, logq
 
     def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput) -> torch.Tensor | None:
         if batch.pair_item.numel() == 0 or batch.size < 2:
@@ -116,10 +115,14 @@ class RetrievalTask(nn.Module):
         users = model.user_export(batch.pair_user)  # (P, E + 2)
         item_vecs = model.item_export(items)  # (B, E + 2)
         logits = users @ item_vecs.T / self.temperature  # (P, B)
+        if self.logq and batch.item_visits is not None:
+            logits = logits - batch.item_visits.log()[None, :]  # an item's share of the batch slots ~ its visits
         # other items of the batch this user also interacted with are not negatives
         own = F.one_hot(batch.pair_item, batch.size).float()  # (P, B)
         same_user = (batch.pair_user[:, None] == batch.pair_user[None, :]).float()  # (P, P)
         positives = (same_user @ own) > 0  # (P, B)
+        # nor is another visit of the same item (a popular item can come twice, with other pairs)
+        positives |= batch.item_index[batch.pair_item][:, None] == batch.item_index[None, :]
         logits = logits.masked_fill(positives & ~own.bool(), float("-inf"))
         return _weighted_mean(F.cross_entropy(logits, batch.pair_item, reduction="none"), batch.pair_weight)
 
@@ -136,7 +139,8 @@ class MultiTaskLoss(nn.Module):
             # feature generation needs a second modality to generate from; attributes do not
             dims = {m: model.encoders[m].output_dim for m in model.modalities} if len(model.modalities) >= 2 else {}
             self.feature = FeatureGenerationTask(model.fusion.output_dim, dims, num_attributes, config.feature_loss)
-        self.retrieval = RetrievalTask(config.retrieval_temperature) if config.retrieval_weight > 0 else None
+        self.retrieval = (RetrievalTask(config.retrieval_temperature, config.retrieval_logq)
+                          if config.retrieval_weight > 0 else None)
 
     def forward(self, model: RecModel, batch: ItemBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         items, encoded = model.items(batch)
