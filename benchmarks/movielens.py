@@ -260,8 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocols", default="rating,ranking,cold,rating-2k,ranking-2k")
     p.add_argument("--variants", default=None, help="only these variants, separated by ';' (default: all)")
     p.add_argument("--no-baselines", action="store_true", help="variants only (tuning runs on valid)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None,
+                   help="combine the results files of runs on disjoint protocols (run side by side) into --out")
     p.add_argument("overrides", nargs="*", help="key=value config overrides for every variant (tuning on valid)")
     args = p.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out or REPO / "benchmarks" / "results" / "movielens_cpu.json")
     if not (args.shared / "ml-latest-small" / "ratings.csv").is_file():
         sys.exit(f"MovieLens not found under {args.shared} (see ../shared/data/SOURCES.md)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -273,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
 
     log("building the catalogue and sharding it three ways (and the 2,000-movie one twice)")
     datasets = build_datasets(args.work, args.shared, PROTOCOLS)
-    datasets.update(build_datasets(args.work, args.shared, SHAPE_CHECK))
+    datasets.update(build_datasets(args.work, args.shared, {k: v for k, v in SHAPE_CHECK.items() if k in protocols}))
     base = [f"model.encoders.text.pretrained={minilm_folder()}", f"model.encoders.image.pretrained={efficientnet_file()}"]
     t0 = time.perf_counter()
-    caches = {"full": feature_cache(args.work, "features", datasets["ranking"], base, ("text", "image")),
-              "2k": feature_cache(args.work, "features-2k", datasets["ranking-2k"], base, ("text",))}
+    caches = {"full": feature_cache(args.work, "features", datasets["ranking"], base, ("text", "image"))}
+    if "ranking-2k" in datasets:
+        caches["2k"] = feature_cache(args.work, "features-2k", datasets["ranking-2k"], base, ("text",))
     cache_seconds = round(time.perf_counter() - t0, 1)
 
     results: dict[str, dict] = {}
@@ -332,6 +337,23 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(json.dumps(report["goals"], indent=2))
     log(f"wrote {out} ({report['seconds']:.0f} s)")
+    return 0
+
+
+def merge(parts: list[Path], out: Path) -> int:
+    """One results file from runs of disjoint protocols (e.g. two processes side by side on 2 cores)."""
+    reports = [json.loads(p.read_text()) for p in parts]
+    merged = {**reports[0], "results": {}, "protocols": {}, "merged_from": [str(p) for p in parts],
+              "seconds": max(r["seconds"] for r in reports)}
+    for r in reports:
+        if set(r["results"]) & set(merged["results"]):
+            raise SystemExit(f"{sorted(set(r['results']) & set(merged['results']))} measured twice; merge disjoint runs")
+        merged["results"].update(r["results"])
+        merged["protocols"].update(r["protocols"])
+    merged["goals"] = goals(merged["results"])
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(table(merged["results"]))
+    print(json.dumps(merged["goals"], indent=2))
     return 0
 
 

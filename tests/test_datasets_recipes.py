@@ -172,6 +172,21 @@ def test_movielens_interactions_unchanged(ml_catalogue, ml_src):
     assert [tuple(r.values()) for r in rows] == [tuple(r.values()) for r in source]
 
 
+@pytest.mark.shared_data
+def test_movielens_top_items_keeps_the_most_rated_movies_and_only_their_ratings(ml_src, tmp_path):
+    from collections import Counter
+
+    ml_dir, posters = ml_src
+    rc = load_script("movielens")["main"](["--ml-dir", str(ml_dir), "--no-posters", "--out", str(tmp_path),
+                                           "--no-shard", "--top-items", "50"])
+    assert rc == 0
+    kept = {item["item_id"] for item in read_jsonl(tmp_path / "catalogue" / "items.jsonl")}
+    counts = Counter(r["movieId"] for r in read_rows(ml_dir / "ratings.csv"))
+    assert len(kept) == 50 and min(counts[m] for m in kept) >= max(c for m, c in counts.items() if m not in kept)
+    rows = read_rows(tmp_path / "catalogue" / "interactions.csv")
+    assert {r["item_id"] for r in rows} == kept and len(rows) == sum(counts[m] for m in kept)
+
+
 # -- FSDD ------------------------------------------------------------------------------------
 
 

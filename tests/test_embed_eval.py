@@ -183,3 +183,28 @@ def test_two_process_embed_equals_single_process(trained, tmp_path):
     assert json.loads((out / "embedding.json").read_text())["shards_computed_by_main"] == 3  # 6 shards, 2 ranks
     for f in ("item_embeddings.safetensors", "user_embeddings.safetensors"):
         assert torch.equal(load_file(root / "emb" / f)["embeddings"], load_file(out / f)["embeddings"])
+
+
+def test_similar_centres_cold_items_on_their_own_mean():
+    """Cold rows (content alone) share an offset from the rows with ID terms: centred on the global mean
+    every cold item would look alike; centred on their own kind's mean they keep their differences."""
+    from mmrec.serving import Embeddings, similar, similarity_vectors
+
+    torch.manual_seed(0)
+    warm = torch.randn(20, 6) * 3
+    cold = torch.tensor([[10.0, 10, 10, 10, 0, 0]]) + 0.1 * torch.randn(6, 6)  # a shared offset, small spread
+    items = torch.cat([torch.cat([warm, cold]), torch.zeros(26, 2)], dim=1)
+    ids = [f"i{n}" for n in range(26)]
+    kinds = torch.cat([torch.ones(20, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)])
+    emb = Embeddings(items, ids, ids, torch.zeros(1, 8), ["u"], None, id_terms=kinds)
+    q = similarity_vectors(emb)
+    cos_cold = (q[20:] @ q[20:].T).fill_diagonal_(-1)
+    assert cos_cold.max() < 0.99  # distinct
+    centred = (cold - cold.mean(0))
+    expected = torch.nn.functional.normalize(centred, dim=-1)
+    assert torch.allclose(q[20:], expected, atol=1e-5)
+    legacy = Embeddings(items, ids, ids, torch.zeros(1, 8), ["u"], None)  # an EMB folder from before id_terms
+    glob = similarity_vectors(legacy)
+    assert (glob[20:] @ glob[20:].T).fill_diagonal_(-1).max() > 0.99  # the collapse this avoids
+    scores = (q @ q[20]).index_fill(0, torch.tensor([20]), float("-inf"))
+    assert [j for j, _ in similar(emb, "i20", 3)] == scores.argsort(descending=True)[:3].tolist()

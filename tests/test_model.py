@@ -381,3 +381,28 @@ def test_retrieval_masks_other_visits_of_the_same_item_and_corrects_for_visits()
         row0 = F.cross_entropy(z[0, :2][None], torch.tensor([0]))  # position 2 (item 0 again) masked
         row1 = F.cross_entropy(z[1][None], torch.tensor([1]))
         assert torch.allclose(got, (row0 + row1) / 2, atol=1e-6), logq
+
+
+def test_item_id_dropout_by_popularity_hides_rarely_rated_items_ids_more_often():
+    """With a pivot n0 the rate is item_id_dropout x n0 / (n0 + n_i): an item rated 90 times keeps its ID
+    terms far more often than one rated once; evaluation never drops them; the rates are not saved."""
+    from mmrec.model.model import RecModel
+
+    cfg = ModelConfig(encoders={"text": tiny_config("hf-text")}, item_id_embeddings=True, embedding_dim=4,
+                      item_id_dropout=0.5, item_id_dropout_pivot=10.0)
+    model, _ = create_model(cfg, ModelSizes(num_users=2, num_items=2))
+    model.set_item_popularity(torch.tensor([1, 90]))
+    assert torch.allclose(model.item_id_drop, torch.tensor([0.5 * 10 / 11, 0.5 * 10 / 100]))
+    assert "item_id_drop" not in model.state_dict()
+    with torch.no_grad():
+        model.item_id_q.weight.fill_(1.0)
+    state = torch.zeros(4000, model.fusion.output_dim)
+    items = torch.tensor([0, 1]).repeat(2000)
+    torch.manual_seed(0)
+    model.train()
+    kept = (model.item_output(state, items).q - model.item_q(state)).abs().sum(-1) > 0  # ID terms present
+    assert abs(kept[items == 0].float().mean().item() - (1 - 0.5 * 10 / 11)) < 0.05
+    assert abs(kept[items == 1].float().mean().item() - (1 - 0.05)) < 0.03
+    model.eval()
+    assert ((model.item_output(state, items).q - model.item_q(state)).abs().sum(-1) > 0).all()
+    assert isinstance(model, RecModel)
