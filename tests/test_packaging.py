@@ -65,7 +65,7 @@ def test_the_wheel_ships_the_presets_and_entry_points(installed, tmp_path):
             "cfg = load_run_config('tiny'); print(sorted(list_presets()), cfg.train.epochs)")
     presets = _run([str(installed / "python"), "-c", code], cwd=tmp_path)
     assert presets.returncode == 0, presets.stderr
-    assert presets.stdout.split("]")[0] == "['base', 'movielens', 'tiny'"
+    assert presets.stdout.split("]")[0] == "['base', 'movielens-cold', 'movielens-ranking', 'movielens-rating', 'tiny'"
 
 
 def test_the_installed_package_runs_the_demos_first_steps(installed, tmp_path):
@@ -80,4 +80,4 @@ def test_the_installed_package_runs_the_demos_first_steps(installed, tmp_path):
     assert shard.returncode == 0, shard.stderr
     assert "40 written" in shard.stdout and (tmp_path / "data" / "manifest.json").is_file()
     missing = _run([str(installed / "mmrec"), "train", "--config", "nosuch", "--data", "data"], cwd=tmp_path)
-    assert missing.returncode == 2 and "presets: ['base', 'movielens', 'tiny']" in missing.stderr
+    assert missing.returncode == 2 and "presets: ['base', 'movielens-cold', 'movielens-ranking', 'movielens-rating', 'tiny']" in missing.stderr
