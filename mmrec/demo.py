@@ -140,5 +140,6 @@ def run_demo(out: Path, seed: int = 0) -> dict:
           f"the item's style (chance {looks['chance']:.1%}); highest cosine between two cold items "
           f"{looks['max_cosine']:.4f}")
     rep["demo_checks"] = {"liked_style_share": taste, "cold_similar": looks}
+    (report_dir / "demo_checks.json").write_text(json.dumps(rep["demo_checks"], indent=2) + "\n")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Report: {paths.get('md', report_dir)}")
     return rep
