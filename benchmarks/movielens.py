@@ -175,7 +175,7 @@ def score(user_vecs, item_vecs, data: Path, protocol: str, split: str = "test") 
     protocol's cold-items split ranks its cold items among the cold items)."""
     rule = EvalProtocol.for_split(split, load_manifest(data)["split"])
     result = evaluate_split(user_vecs, item_vecs, run_splits(data), rule, KS)
-    if protocol == "rating":
+    if protocol.startswith("rating"):
         return {k: result["rating"][k] for k in ("rmse", "mae", "count")}
     return {k: v for k, v in result["ranking"].items() if k.split("@")[0] in ("recall", "ndcg") or k in ("users", "candidates")}
 
