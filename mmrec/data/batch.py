@@ -2,8 +2,9 @@
 
 docs/design.md "Training data flow": each item is encoded once per visit and paired with a chunk of at
 most k of its training interactions from an in-memory item -> (user, rating) index; an item gets one
-visit per chunk, so a pass over the visits covers every training interaction exactly once. `ExampleBuilder` runs per item
-in DataLoader workers (preprocessing included); `collate_examples` builds an `ItemBatch`, in which
+visit per chunk, so a pass over the visits covers every training interaction exactly once.
+`ExampleBuilder` runs per item in DataLoader workers (preprocessing included); `collate_examples`
+builds an `ItemBatch`, in which
 each modality's encoder inputs cover only the items that have that modality (`rows`), so absent
 modalities cost no encoder work.
 """
@@ -164,11 +165,12 @@ class VisitOf:
 
 
 class ExampleBuilder:
-    """Per item, in DataLoader workers: preprocess each present modality and draw up to k pairs.
+    """Per item visit, in DataLoader workers: preprocess each present modality and take the visit's pairs.
 
-    Pairs are drawn with a generator seeded by (seed, epoch, item), so a seeded run is reproducible
-    whichever worker sees the item; call `set_epoch` to draw new pairs each epoch. With `kept`, the
-    preprocessed inputs are taken from / added to that in-memory store (see `PreparedItems`).
+    Pairs come from generators seeded by (seed, pass, item) for training visits (`pairs`), or (seed,
+    epoch, item) for direct calls (`set_epoch`), so a seeded run is reproducible whichever worker sees
+    the item. With `kept`, the preprocessed inputs are taken from / added to that in-memory store
+    (see `PreparedItems`).
     """
 
     def __init__(self, preprocessors: Mapping[str, Preprocessor], attributes: list[str],
