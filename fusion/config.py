@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+READOUTS = ("modalities", "item_token")
+
+
 @dataclass
 class FusionConfig:
     """The fusion transformer's architecture, input widths included, so that a saved config rebuilds it.
@@ -30,6 +33,11 @@ class FusionConfig:
     #                                         N > 0 = the first N encoder tokens (longer outputs are truncated)
     modality_dropout: float = 0.0  # training only: drop each present modality of an item with this
     #                                probability, always keeping at least one (see drop_modalities)
+    # the item embedding: "modalities" = the mean over the present modalities of each one's mean final
+    # token state ([ITEM]'s state for an item with none); "item_token" = the [ITEM] token's final state.
+    # From scratch, an [ITEM] read-out trains its encoders far more slowly: its content arrives only
+    # through attention weights initialised near zero (benchmarks/results/attribute_task_cpu.json)
+    readout: str = "modalities"
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
@@ -55,6 +63,8 @@ class FusionConfig:
             raise ValueError(f"mlp_ratio must give an MLP width >= 1, got mlp_ratio={self.mlp_ratio}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {list(READOUTS)}, got {self.readout!r}")
         if not 0.0 <= self.modality_dropout <= 1.0:
             raise ValueError(f"modality_dropout must be a probability in [0, 1], got {self.modality_dropout}")
         self.input_dims = dict(self.input_dims)

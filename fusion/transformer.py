@@ -71,7 +71,7 @@ class FusionInput:
 class FusionOutput:
     """What the fusion transformer returns."""
 
-    item: torch.Tensor  # (B, D) the [ITEM] token's final state: the item embedding
+    item: torch.Tensor  # (B, D) the item embedding (`FusionConfig.readout`)
     tokens: torch.Tensor  # (B, S, D) final states of all tokens, [ITEM] first; zeros where mask is False
     mask: torch.Tensor  # (B, S) bool, True = a real token (the [ITEM] token is always True)
     present: dict[str, torch.Tensor]  # modality -> (B,) bool: what was fused, after modality dropout
@@ -314,7 +314,23 @@ class FusionTransformer(nn.Module):
         # Masked positions still computed states (their queries saw the valid keys); blank them so no
         # consumer of `tokens` mistakes them for content.
         x = torch.where(mask[..., None], x, 0)  # (B, S, D)
-        return FusionOutput(item=x[:, 0], tokens=x, mask=mask, present=has)
+        return FusionOutput(item=self._readout(x, mask), tokens=x, mask=mask, present=has)
+
+    def _readout(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) item embedding from the final states x (B, S, D) and the token mask (B, S)."""
+        if self.config.readout == "item_token":
+            return x[:, 0]
+        # each present modality counts once, however many tokens it has (a 32-token text is not 32x an image)
+        per_modality, present = [], []
+        for m, slot in self.token_slices.items():
+            valid = mask[:, slot].to(x.dtype)  # (B, n_m)
+            count = valid.sum(1, keepdim=True)  # (B, 1)
+            per_modality.append((x[:, slot] * valid[..., None]).sum(1) / count.clamp(min=1))  # (B, D)
+            present.append(count > 0)  # (B, 1)
+        present_t = torch.stack(present, 1).to(x.dtype)  # (B, M, 1)
+        n = present_t.sum(1)  # (B, 1)
+        mean = (torch.stack(per_modality, 1) * present_t).sum(1) / n.clamp(min=1)  # (B, D)
+        return torch.where(n > 0, mean, x[:, 0])  # an item with no modality: the [ITEM] token (content-free)
 
     def _slot_inputs(self, m: str, part: FusionInput | None, has: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One modality's slot: features (B, n, D_m) and validity (B, n), n = max(budget, 1)."""

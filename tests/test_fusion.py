@@ -89,7 +89,12 @@ def test_output_shapes(budget, present):
     assert out.tokens.shape == (B, S, 32)
     assert out.mask.shape == (B, S) and out.mask.dtype == torch.bool
     assert out.mask[:, 0].all()  # [ITEM] is always there
-    assert torch.equal(out.item, out.tokens[:, 0])
+    # the read-out: per item, the mean over its present modalities of each one's mean valid token
+    for b in range(B):
+        means = [out.tokens[b, model.token_slices[m]][out.mask[b, model.token_slices[m]]].mean(0)
+                 for m in MODS if out.mask[b, model.token_slices[m]].any()]
+        expected = torch.stack(means).mean(0) if means else out.tokens[b, 0]  # none: the [ITEM] token
+        torch.testing.assert_close(out.item[b], expected, rtol=0, atol=1e-6)
     assert torch.isfinite(out.tokens).all()
     for m in MODS:
         slot = out.mask[:, model.token_slices[m]]
@@ -109,6 +114,14 @@ def test_modality_missing_from_inputs_is_absent_for_all(budget):
     assert without.item.shape == (3, 32)
     assert not without.present["audio"].any()
     assert torch.equal(with_audio.item, without.item)
+
+
+def test_item_token_readout_is_the_item_tokens_state():
+    model = tiny(BUDGETS["tokens"], readout="item_token")
+    out = model(make_inputs(3), {m: bools(1, 0, 1) for m in MODS})
+    assert torch.equal(out.item, out.tokens[:, 0])
+    with pytest.raises(ValueError, match="readout must be one of"):
+        tiny(readout="cls")
 
 
 def test_present_defaults_to_everything_given():

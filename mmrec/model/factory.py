@@ -82,6 +82,16 @@ def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path) -> Path:
     return folder
 
 
+def read_saved_config(path: Path) -> ModelConfig:
+    """A saved model's config. Models saved before `fusion.readout` existed read out the [ITEM] token:
+    their config says nothing, and the new default would rebuild a different item embedding."""
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    if isinstance(raw, dict) and isinstance(raw.get("fusion"), dict):
+        raw["fusion"].setdefault("readout", "item_token")
+    return from_dict(ModelConfig, raw, str(path))
+
+
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
     """Rebuild a model saved by `save_model` and load its weights (safetensors only)."""
 
@@ -89,8 +99,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[
     for name in (CONFIG_FILE, META_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise ValueError(f"{folder} is not a saved mmrec model: {name} is missing")
-    with open(folder / CONFIG_FILE, encoding="utf-8") as f:
-        cfg = from_dict(ModelConfig, yaml.safe_load(f), str(folder / CONFIG_FILE))
+    cfg = read_saved_config(folder / CONFIG_FILE)
     sizes = ModelSizes(**json.loads((folder / META_FILE).read_text()))
     model, preprocessors = create_model(cfg, sizes)
     model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)  # on the CPU, then moved
@@ -111,8 +120,7 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> t
                              "restore it or train again") from e
         print(f"note: {run_dir / 'model'} cannot be loaded ({reason}); using {fallback}, the checkpoint of the "
               "same step", file=sys.stderr)
-        with open(run_dir / "model" / CONFIG_FILE, encoding="utf-8") as f:
-            cfg = from_dict(ModelConfig, yaml.safe_load(f), str(run_dir / "model" / CONFIG_FILE))
+        cfg = read_saved_config(run_dir / "model" / CONFIG_FILE)
         sizes = ModelSizes(**json.loads((run_dir / "model" / META_FILE).read_text()))
         model, preprocessors = create_model(cfg, sizes)
         state = load_file(fallback / WEIGHTS_FILE)  # the training module's: the model's keys under "model."
