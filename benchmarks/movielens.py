@@ -58,6 +58,7 @@ from mmrec.eval.baselines import (  # noqa: E402
 )
 from mmrec.eval.protocol import EvalProtocol, evaluate_split  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
+from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import user_vectors  # noqa: E402
 from mmrec.training import train  # noqa: E402
 
@@ -227,7 +228,10 @@ def run_variant(name: str, modalities: tuple[str, ...], feature_generation: bool
     vocab = RunVocabulary.from_data(data)
     part = embed_items(model, feats, pre, vocab.attributes, decode=decode_features, batch_size=512)
     item_vecs = assemble([part], len(vocab.item_ids))
-    result = score(user_vectors(model), item_vecs, data, protocol)
+    history = None
+    if model.history_tower:  # users computed from their training histories (model.user_tower=history)
+        history = UserHistory.from_rows(run_splits(data)["train"], len(vocab.user_ids) + 1, model.config.history_length)
+    result = score(user_vectors(model, item_vecs, history), item_vecs, data, protocol)
     result.update({"epochs": state.epoch, "best_step": state.best_step, "train_seconds": round(time.perf_counter() - started, 1)})
     if state.history and not protocol.startswith("rating"):
         key = f"valid/{cfg.train.selection_metric}"

@@ -136,9 +136,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  ablation=not args.no_ablation, batch_size=args.batch_size, num_workers=args.workers)
     k = ks[0]
     r, pop = report["ranking"], report["baselines"]["popularity"]["ranking"]
+    rmse = f", RMSE {report['rating']['rmse']:.4f}" if report.get("rating") else ""  # none for implicit feedback
     print(f"{args.split} ({report['protocol']['protocol']}, seed {report['protocol']['seed']}): "
-          f"NDCG@{k} {r[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f}), Recall@{k} {r[f'recall@{k}']:.4f}, "
-          f"RMSE {report['rating']['rmse']:.4f}")
+          f"NDCG@{k} {r[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f}), Recall@{k} {r[f'recall@{k}']:.4f}"
+          f"{rmse}")
     print(f"report: {paths.get('md', args.out)}")
     return 0
 
@@ -165,6 +166,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from mmrec.serving import Embeddings, format_results, recommend, seen_items
 
     emb = Embeddings.load(_emb_dir(args))
+    if args.history is not None:  # a user the run never saw: the vector comes from the history tower
+        from mmrec.incremental import parse_history, recommend_for_history
+        from mmrec.model.factory import load_run_model
+
+        model, _, _ = load_run_model(args.run)
+        print(format_results(emb, recommend_for_history(model.eval(), emb, parse_history(args.history), args.k)))
+        return 0
     if args.data is not None:
         check_dataset(args.run, args.data)  # another dataset's seen items would be the wrong ones to exclude
     exclude = set()
@@ -173,6 +181,36 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"note: not excluding seen items ({e})", file=sys.stderr)
     print(format_results(emb, recommend(emb, args.user, args.k, exclude)))
+    return 0
+
+
+def cmd_embed_users(args: argparse.Namespace) -> int:
+    from mmrec.data.fingerprint import check_dataset
+    from mmrec.data.vocabulary import RunVocabulary
+    from mmrec.incremental import embed_users
+    from mmrec.model.factory import load_run_model
+
+    args.emb = args.out
+    emb_dir = _emb_dir(args)  # refused when another model made it
+    data = _run_data(args.run, args.data)
+    check_dataset(args.run, data)
+    model, _, _ = load_run_model(args.run)
+    done = embed_users(model.eval(), emb_dir, args.interactions, data, RunVocabulary.load(args.run), args.all_users)
+    print(done.summary())
+    return 0
+
+
+def cmd_embed_items(args: argparse.Namespace) -> int:
+    from mmrec.data.vocabulary import RunVocabulary
+    from mmrec.incremental import add_items
+    from mmrec.model.factory import load_run_model
+
+    args.emb = args.out
+    emb_dir = _emb_dir(args)  # refused when another model made it
+    model, preprocessors, _ = load_run_model(args.run)
+    done = add_items(model.eval(), preprocessors, RunVocabulary.load(args.run).attributes, args.data, emb_dir,
+                     args.batch_size, args.workers)
+    print(done.summary())
     return 0
 
 
@@ -267,15 +305,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media when embedding")
     p.set_defaults(func=cmd_eval)
 
-    for name, target, helptext in (("recommend", "--user", "top-K items for a user"),
+    for name, target, helptext in (("recommend", "--user", "top-K items for a user, or for a history"),
                                    ("similar", "--item", "items most similar to an item")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--run", required=True, type=_run_folder)
-        p.add_argument(target, required=True, dest=target.strip("-"))
+        if name == "recommend":
+            who = p.add_mutually_exclusive_group(required=True)
+            who.add_argument("--user", help="a user of the run's embeddings")
+            who.add_argument("--history", metavar="ITEM[:RATING],...",
+                             help="a user the run never saw, by their interactions, oldest first (needs "
+                                  "model.user_tower=history); the given items are excluded")
+        else:
+            p.add_argument(target, required=True, dest=target.strip("-"))
         p.add_argument("--k", type=_positive, default=10)
         p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
         p.add_argument("--data", type=Path, default=None, help="dataset, for the user's seen items (default: the run's)")
         p.set_defaults(func=cmd_recommend if name == "recommend" else cmd_similar)
+    p = sub.add_parser("embed-users", help="recompute user vectors from new interactions, no training "
+                                           "(history user tower)")
+    p.add_argument("--run", required=True, type=_run_folder)
+    p.add_argument("--interactions", required=True, type=Path,
+                   help="user_id,item_id[,rating][,timestamp] rows to add to the users' histories")
+    p.add_argument("--out", required=True, type=Path, help="the embedding folder (EMB) to update")
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset whose train split holds the users' earlier history (default: the run's)")
+    p.add_argument("--all-users", action="store_true",
+                   help="recompute every user in EMB, not only the users in --interactions")
+    p.set_defaults(func=cmd_embed_users)
+
+    p = sub.add_parser("embed-items", help="add new catalogue items to the embeddings from their content, no "
+                                           "training")
+    p.add_argument("--run", required=True, type=_run_folder)
+    p.add_argument("--data", required=True, type=Path, help="a dataset folder of the new items (`mmrec shard`)")
+    p.add_argument("--out", required=True, type=Path, help="the embedding folder (EMB) to extend")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
+    p.set_defaults(func=cmd_embed_items)
+
     p = sub.add_parser("search", help='items matching a free-text query, e.g. mmrec search --run RUN "sunny festival"')
     p.add_argument("--run", required=True, type=_run_folder)
     p.add_argument("query")

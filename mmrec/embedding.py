@@ -42,9 +42,11 @@ from tqdm import tqdm
 from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
+from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_run_model
+from mmrec.model.history import UserHistory
 from mmrec.model.model import RecModel, user_vectors
 from mmrec.precision import bf16_autocast
 
@@ -103,8 +105,11 @@ def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attr
 
 def embed_batches(model: RecModel, batches: Iterable[ItemBatch], *, device: torch.device | str = "cpu",
                   autocast: bool = False, drop: tuple[str, ...] = (), with_state: bool = False,
-                  ablate: tuple[str, ...] = ()) -> EmbeddedItems:
+                  ablate: tuple[str, ...] = (), content_only: bool = False) -> EmbeddedItems:
     """The item tower over `batches` (host-side ItemBatches), rows in batch order.
+
+    `content_only`: the items are not the run's (another dataset's indices): no ID terms, whatever
+    their index (`mmrec embed-items`).
 
     `ablate`: for each of these modalities, also the vectors of the items as if they lacked it (the
     report's modality ablation), from the same encoder outputs: one pass instead of one per modality.
@@ -122,6 +127,8 @@ def embed_batches(model: RecModel, batches: Iterable[ItemBatch], *, device: torc
         for batch in batches:
             indices.append(batch.item_index)  # still on the host
             batch = batch.to(device, non_blocking=True)
+            if content_only:
+                batch.item_index = torch.full_like(batch.item_index, -1)
             for m in drop:  # ablation: the model sees the item as if it lacked m
                 batch.present[m] = torch.zeros_like(batch.present[m])
                 batch.inputs.pop(m, None)
@@ -350,7 +357,11 @@ def _merge(out: Path, manifest: dict, model, vocab: RunVocabulary, run_dir: Path
     (out / "item_ids.json").write_text(json.dumps(vocab.item_ids, ensure_ascii=False))
     if item_states is not None:
         save_file({"states": item_states.contiguous()}, str(out / "item_states.safetensors"))
-    users = user_vectors(model)[: len(vocab.user_ids)]  # the unknown-user row is not a user
+    history = None
+    if model.history_tower:  # each user's vector is computed from their training history and the item vectors
+        train = RunSplits(data_dir, vocab)["train"]
+        history = UserHistory.from_rows(train, len(vocab.user_ids) + 1, model.config.history_length)
+    users = user_vectors(model, item_vecs, history)[: len(vocab.user_ids)]  # the unknown-user row is not a user
     save_file({"embeddings": users.contiguous()}, str(out / "user_embeddings.safetensors"))
     (out / "user_ids.json").write_text(json.dumps(vocab.user_ids, ensure_ascii=False))
     (out / "item_titles.json").write_text(json.dumps(item_titles, ensure_ascii=False))

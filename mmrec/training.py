@@ -47,10 +47,11 @@ from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_man
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, embed_batches, item_batches
-from mmrec.eval.protocol import EvalProtocol, evaluate_split
+from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split
 from mmrec.files import FolderLock, replace_with, temp_sibling
 from mmrec.model.factory import ModelSizes, build_model, save_model
-from mmrec.model.model import RecModel, user_vectors
+from mmrec.model.history import UserHistory
+from mmrec.model.model import RecModel, user_vectors, vectors_for_histories
 from mmrec.model.tasks import MultiTaskLoss
 from mmrec.precision import resolve_mixed_precision
 
@@ -110,7 +111,7 @@ class TrainerState:
     stopped_early: bool = False  # early stopping ended the run: a resume has nothing left to train
 
 
-_ID_EMBEDDINGS = ("user_p.", "user_b.", "item_id_q.", "item_id_b.")
+_ID_EMBEDDINGS = ("user_p.", "user_b.", "item_id_q.", "item_id_b.", "user_tower.history_id.")
 
 
 def _no_decay_names(module: nn.Module) -> set[str]:
@@ -203,6 +204,9 @@ class Trainer:
         item_seen = torch.from_numpy(index.offsets[1:] > index.offsets[:-1])
         self.model, self.preprocessors = build_model(cfg.model, self.sizes, t.seed, item_seen)
         self.model.set_item_popularity(torch.from_numpy(index.offsets[1:] - index.offsets[:-1]))
+        if self.model.history_tower:  # each training user's history, and an empty one for the unknown user
+            self.model.set_history(UserHistory.from_rows(self.splits["train"], self.sizes.num_users + 1,
+                                                         cfg.model.history_length))
         self.tasks = MultiTaskLoss(cfg.tasks, self.model, len(self.vocab.attributes))
 
         # items come from the media shards, or from a feature cache of these (frozen) encoders
@@ -373,7 +377,13 @@ class Trainer:
         if acc.is_main_process:
             k = int(self.cfg.train.selection_metric.split("@")[1]) if "@" in self.cfg.train.selection_metric else 10
             item_vecs = assemble(parts, len(self.vocab.item_ids))
-            metrics = evaluate_split(user_vectors(self.model), item_vecs, self.splits, self.valid_protocol, (k,))
+            if self.splits.cold_users_split:  # the held-out users, served from their given history
+                users = self.splits.held_out_users("valid")
+                user_vecs = vectors_for_histories(self.model, item_vecs, users.history, len(users.user_ids))
+                metrics = evaluate_held_out_users(user_vecs, item_vecs, users, (k,), implicit=self.splits.implicit)
+            else:
+                user_vecs = user_vectors(self.model, item_vecs, self.model.history)
+                metrics = evaluate_split(user_vecs, item_vecs, self.splits, self.valid_protocol, (k,))
             result = [{**{f"valid/{m}": v for m, v in metrics["rating"].items()},
                        **{f"valid/{m}": v for m, v in metrics["ranking"].items()}}]
         broadcast_object_list(result)  # every rank takes the same early-stopping decision

@@ -1,11 +1,18 @@
 """Baselines: implicit ALS solves its weighted least squares exactly and learns co-occurrence; EASE is
-Steck's closed form; content kNN scores cosines to the user's mean item."""
+Steck's closed form; content kNN scores cosines to the user's mean item; the history baselines
+(item-kNN, ALS fold-in) score users who were never trained."""
 
 import numpy as np
 import torch
 
 from mmrec.data.split_files import SplitArrays
-from mmrec.eval.baselines import _als_sweep, _rows_by, implicit_als_vectors
+from mmrec.eval.baselines import (
+    _als_sweep,
+    _rows_by,
+    als_fold_in_vectors,
+    implicit_als_vectors,
+    item_knn_vectors,
+)
 
 
 def test_als_sweep_is_the_dense_weighted_ridge_solution():
@@ -86,3 +93,32 @@ def test_content_knn_scores_the_cosine_to_the_users_mean_item():
     assert torch.allclose(scores[0], torch.tensor([0.5**0.5, 0.5**0.5, 1.0, 0.5**0.5]), atol=1e-6)
     assert torch.allclose(scores[1], torch.tensor([1.0, 0.0, 0.5**0.5, 1.0]), atol=1e-6)
     assert (scores[2] == 0).all()  # the unknown user has no history
+
+
+def arrays(users, items):
+    return SplitArrays(np.asarray(users), np.asarray(items), np.ones(len(users), dtype=np.float32))
+
+
+def test_item_knn_sums_the_cosines_to_the_history_items():
+    # training: user 0 rated items 0, 1; user 1 rated 0, 2; user 2 rated 1
+    train = arrays([0, 0, 1, 1, 2], [0, 1, 0, 2, 1])
+    user, item = item_knn_vectors(train, 4, arrays([0, 1, 1], [0, 0, 1]), 2)  # user A: {0}; user B: {0, 1}
+    scores = user @ item.T  # (2, 4)
+    # cos(0, 1) = 1 / (sqrt 2 sqrt 2) = 0.5; cos(0, 2) = 1 / (sqrt 2 * 1); cos(1, 2) = 0; item 3 never rated
+    expected = torch.tensor([[0.0, 0.5, 2 ** -0.5, 0.0],
+                             [0.5, 0.5, 2 ** -0.5, 0.0]])
+    torch.testing.assert_close(scores, expected)
+
+
+def test_als_fold_in_is_the_training_solve_for_the_same_history():
+    # a user folded in from their full training history gets the factors the last ALS sweep gave them
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(6), 4)
+    items = np.concatenate([rng.choice(10, 4, replace=False) for _ in range(6)])
+    train = arrays(users, items)
+    u_vecs, i_vecs = implicit_als_vectors(train, 6, 10, factors=3, iterations=3)
+    # the sweep ends with the item half-step, so re-solve users once on the final item factors
+    expected = _als_sweep(i_vecs.double().numpy(), _rows_by(users, items, 6), 10.0, 0.1 * np.eye(3))
+    folded = als_fold_in_vectors(i_vecs, arrays(users[:8], items[:8]), 2)  # users 0 and 1 only
+    np.testing.assert_allclose(folded.numpy(), expected[:2], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(folded[0], folded[1])

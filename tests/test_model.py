@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from encoders import EncoderConfig, tiny_config
-from fusion import FusionConfig
+from fusion import FusionConfig, FusionInput
 from mmrec.config import load_run_config
 from mmrec.config_io import apply_overrides
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
@@ -177,6 +177,16 @@ def test_save_then_load_gives_identical_outputs(dataset, tmp_path):
     assert older.config.fusion == model.fusion.config
     with torch.no_grad():
         assert torch.equal(older.eval().item_export(older.items(batch2)[0]), b)
+    # models saved before `fusion.readout` existed read out the [ITEM] token, and still do
+    assert saved["fusion"]["readout"] == "modalities"
+    del saved["fusion"]["readout"]
+    (tmp_path / "model" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    oldest, _, _ = load_model(tmp_path / "model")
+    assert oldest.config.fusion.readout == "item_token"
+    with torch.no_grad():
+        encoded = oldest.eval().encode(batch2)
+        fused = oldest.fusion({m: FusionInput(e.tokens, e.mask, e.pooled) for m, e in encoded.items()}, batch2.present)
+        assert torch.equal(oldest.fuse(encoded, batch2.present), fused.tokens[:, 0])
 
 
 def test_id_only_model_is_matrix_factorisation(dataset):
@@ -205,7 +215,7 @@ def test_rating_l2_is_the_classic_per_rating_ridge_term(dataset):
     batch.pair_weight = torch.rand(batch.pair_item.shape[0]) + 0.5
     items, _ = model.items(batch)
     lam = 0.3
-    got = RatingTask(l2=lam).loss(model, batch, items)
+    got = RatingTask(l2=lam).loss(model, batch, items, model.user_export(batch.pair_user))
     u, i = batch.pair_user, batch.item_index[batch.pair_item]
     p, bu = model.user_p.weight[u], model.user_b.weight[u, 0]
     q, bi = model.item_id_q.weight[i], model.item_id_b.weight[i, 0]
@@ -213,7 +223,7 @@ def test_rating_l2_is_the_classic_per_rating_ridge_term(dataset):
     per_pair = err + lam * (p.square().sum(-1) + q.square().sum(-1) + bu**2 + bi**2)
     expected = (per_pair * batch.pair_weight).sum() / batch.pair_weight.sum()
     assert torch.allclose(got, expected, rtol=1e-5)
-    assert got > RatingTask().loss(model, batch, items)
+    assert got > RatingTask().loss(model, batch, items, model.user_export(batch.pair_user))
 
 
 def test_pairs_are_sampled_per_item_reproducibly(dataset):
@@ -376,7 +386,7 @@ def test_retrieval_masks_other_visits_of_the_same_item_and_corrects_for_visits()
     users, vecs = model.user_export(batch.pair_user), model.item_export(items)
     logits = users @ vecs.T / 0.5
     for logq, shift in ((False, torch.zeros(3)), (True, torch.tensor([2.0, 1.0, 2.0]).log())):
-        got = RetrievalTask(0.5, logq=logq).loss(model, batch, items)
+        got = RetrievalTask(0.5, logq=logq).loss(model, batch, items, model.user_export(batch.pair_user))
         z = logits - shift
         row0 = F.cross_entropy(z[0, :2][None], torch.tensor([0]))  # position 2 (item 0 again) masked
         row1 = F.cross_entropy(z[1][None], torch.tensor([1]))

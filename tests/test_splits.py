@@ -29,7 +29,7 @@ def pairs(rows):
     return {(r.user_id, r.item_id) for r in rows}
 
 
-@pytest.mark.parametrize("protocol", ["random", "temporal", "ratio", "cold-items"])
+@pytest.mark.parametrize("protocol", ["random", "temporal", "ratio", "cold-items", "cold-users"])
 def test_every_row_in_exactly_one_split(protocol):
     rows = make_rows()
     result = split_interactions(rows, SplitConfig(protocol=protocol, seed=3))
@@ -144,3 +144,36 @@ def test_cold_items_with_warm_holdout_has_both_tracks():
     assert {r.item_id for r in s["test"] if r.item_id in cold} == set(result.details["cold_items"]["test"])
     assert not pairs(s["train"]) & pairs(s["test"]) and not pairs(s["valid"]) & pairs(s["test"])
     assert SplitConfig(protocol="cold-items", warm_holdout=0.2).to_dict()["warm_holdout"] == 0.2
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_cold_users_held_out_entirely_with_their_first_interactions_given(timed):
+    rows = make_rows(n_users=40, per_user=(3, 25), seed=2)
+    if not timed:
+        rows = [Interaction(r.line, r.user_id, r.item_id, r.rating, None) for r in rows]
+    cfg = SplitConfig(protocol="cold-users", seed=1, cold_fraction=0.25, given=5)
+    result = split_interactions(rows, cfg)
+    s, held = result.splits, result.details["cold_users"]
+    assert len(held["valid"]) + len(held["test"]) == 10 and not set(held["valid"]) & set(held["test"])
+    train_users = {r.user_id for r in s["train"]}
+    by_user = defaultdict(list)
+    for r in rows:
+        by_user[r.user_id].append(r)
+    for split in ("valid", "test"):
+        for user in held[split]:
+            assert user not in train_users  # never trained on
+            history = [r for r in s[f"{split}_history"] if r.user_id == user]
+            rest = [r for r in s[split] if r.user_id == user]
+            assert len(history) == 5 and len(rest) == len(by_user[user]) - 5 > 0
+            if timed:  # the history is the user's first five interactions in time
+                assert max(r.timestamp for r in history) <= min(r.timestamp for r in rest)
+    # every user with too short a history for anything to be left stays in train
+    assert all(u in train_users for u, r in by_user.items() if len(r) <= 5)
+    assert split_interactions(rows, cfg).splits == s  # seeded
+    assert result.details["history_order"] == ("timestamp" if timed else "random (rows without a timestamp)")
+
+
+def test_cold_users_too_few_eligible_users_is_a_clear_error():
+    rows = make_rows(n_users=10, per_user=(1, 3))
+    with pytest.raises(ValueError, match="lower --given"):
+        split_interactions(rows, SplitConfig(protocol="cold-users", given=5))

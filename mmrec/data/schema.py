@@ -29,7 +29,10 @@ PIL_FORMAT_TO_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 SOUNDFILE_FORMAT_TO_EXT = {"FLAC": "flac", "WAV": "wav", "OGG": "ogg"}
 
 SPLITS = ("train", "valid", "test")
-SPLIT_PROTOCOLS = ("random", "temporal", "ratio", "cold-items", "given")
+# cold-users split only: the interactions given as each held-out user's history (the rest of their rows,
+# in valid / test, are to be found); written beside the three split files
+HISTORY_SPLITS = {"valid": "valid_history", "test": "test_history"}
+SPLIT_PROTOCOLS = ("random", "temporal", "ratio", "cold-items", "cold-users", "given")
 INTERACTION_COLUMNS = ("user_id", "item_id", "rating", "timestamp")
 
 ITEMS_DIR = "items"

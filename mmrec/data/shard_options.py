@@ -53,7 +53,11 @@ def add_shard_options(parser: argparse.ArgumentParser, default_split: str = "ran
     p.add_argument("--ratios", type=_ratios, default=(0.8, 0.1, 0.1),
                    help="train,valid,test fractions for the random and ratio splits (default 0.8,0.1,0.1)")
     p.add_argument("--cold-fraction", type=float, default=0.2,
-                   help="cold-items split: fraction of rated items held out entirely (default 0.2)")
+                   help="cold-items split: fraction of rated items held out entirely; cold-users split: "
+                        "fraction of users (default 0.2)")
+    p.add_argument("--given", type=int, default=5,
+                   help="cold-users split: interactions of each held-out user given as history, the first "
+                        "by time (default 5)")
     p.add_argument("--warm-holdout", type=float, default=0.0,
                    help="cold-items split: also hold out this per-user share of warm rows (default 0)")
     p.add_argument("--items-per-shard", type=int, default=1000, help="items per tar file (default 1000)")
@@ -81,7 +85,7 @@ def shard_configs(args: argparse.Namespace) -> tuple[SplitConfig, ShardOptions]:
     from mmrec.data.splits import SplitConfig
 
     split = SplitConfig(protocol=args.split, seed=args.seed, ratios=args.ratios, cold_fraction=args.cold_fraction,
-                        warm_holdout=args.warm_holdout)
+                        warm_holdout=args.warm_holdout, given=args.given)
     options = ShardOptions(items_per_shard=args.items_per_shard, image_max_side=args.image_max_side,
                            audio_rate=args.audio_rate, text_template=args.text_template, workers=args.workers,
                            progress=not args.no_progress, overwrite=args.overwrite, rating_range=args.rating_range,
@@ -99,7 +103,7 @@ def shard_command(items: Path, interactions: Path, out: Path, split: SplitConfig
     defaults = SplitConfig(protocol=split.protocol)
     if split.ratios != defaults.ratios:
         argv += ["--ratios", ",".join(str(r) for r in split.ratios)]
-    for name in ("cold_fraction", "warm_holdout"):
+    for name in ("cold_fraction", "warm_holdout", "given"):
         if getattr(split, name) != getattr(defaults, name):
             argv += [f"--{name.replace('_', '-')}", str(getattr(split, name))]
     for f in fields(ShardOptions):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrec.data.schema import INTERACTIONS_DIR, MANIFEST, SPLITS
+from mmrec.data.schema import HISTORY_SPLITS, INTERACTIONS_DIR, MANIFEST, SPLITS
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import sha256_of
 
@@ -28,26 +28,39 @@ class SplitArrays:
     users: np.ndarray  # (R,) int64
     items: np.ndarray  # (R,) int64
     ratings: np.ndarray  # (R,) float32
+    timestamps: np.ndarray | None = None  # (R,) float64, NaN where a row has none; rows are in file order
 
     def __len__(self) -> int:
         return len(self.users)
 
     def subset(self, keep: np.ndarray) -> "SplitArrays":
         """The rows where the boolean mask `keep` is True."""
-        return SplitArrays(self.users[keep], self.items[keep], self.ratings[keep])
+        times = None if self.timestamps is None else self.timestamps[keep]
+        return SplitArrays(self.users[keep], self.items[keep], self.ratings[keep], times)
 
 
-def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary) -> SplitArrays:
-    """Parse DATA/interactions/{split}.csv into index arrays."""
-    items_of, users_of = vocab.item_index(), vocab.user_index()
-    users, items, ratings = [], [], []
+@dataclass
+class HeldOutUsers:
+    """The users a cold-users split held out of one split, indexed 0..C-1 in `user_ids` order."""
+
+    user_ids: list[str]
+    history: SplitArrays  # the interactions given (users: 0..C-1)
+    held: SplitArrays  # the interactions to find (users: 0..C-1)
+
+
+def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary,
+               users_of: dict[str, int] | None = None) -> SplitArrays:
+    """Parse DATA/interactions/{split}.csv into index arrays (users by `users_of`, default the vocabulary's)."""
+    items_of, users_of = vocab.item_index(), vocab.user_index() if users_of is None else users_of
+    users, items, ratings, times = [], [], [], []
     with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             users.append(users_of.get(row["user_id"], -1))
             items.append(items_of[row["item_id"]])
             ratings.append(float(row["rating"]))
+            times.append(float(row["timestamp"]) if row.get("timestamp") else np.nan)
     return SplitArrays(np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64),
-                       np.asarray(ratings, dtype=np.float32))
+                       np.asarray(ratings, dtype=np.float32), np.asarray(times, dtype=np.float64))
 
 
 class RunSplits:
@@ -67,12 +80,33 @@ class RunSplits:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
         if split not in self._parsed:
-            expected = self._manifest["interactions"][split]["sha256"]
-            if sha256_of(self.data_dir / INTERACTIONS_DIR / f"{split}.csv") != expected:
-                raise ValueError(f"{self.data_dir / INTERACTIONS_DIR / f'{split}.csv'} does not match the manifest's "
-                                 "sha256 (replaced or edited since `mmrec shard`): re-shard, or restore it")
+            self._verify(split)
             self._parsed[split] = read_split(self.data_dir, split, self.vocab)
         return self._parsed[split]
+
+    def _verify(self, split: str) -> None:
+        expected = self._manifest["interactions"][split]["sha256"]
+        if sha256_of(self.data_dir / INTERACTIONS_DIR / f"{split}.csv") != expected:
+            raise ValueError(f"{self.data_dir / INTERACTIONS_DIR / f'{split}.csv'} does not match the manifest's "
+                             "sha256 (replaced or edited since `mmrec shard`): re-shard, or restore it")
+
+    @property
+    def cold_users_split(self) -> bool:
+        """A cold-users split: valid / test users are held out of training, with some history given."""
+        return self._manifest["split"]["protocol"] == "cold-users"
+
+    def held_out_users(self, split: str) -> HeldOutUsers:
+        """The held-out users of `split` ("valid" / "test") of a cold-users split, with their given history."""
+        if not self.cold_users_split:
+            raise ValueError(f"{self.data_dir} is not a cold-users split (protocol "
+                             f"{self._manifest['split']['protocol']!r}): its users have no given history")
+        user_ids = list(self._manifest["split"]["cold_users"][split])
+        users_of = {u: i for i, u in enumerate(user_ids)}
+        history = HISTORY_SPLITS[split]
+        for name in (history, split):
+            self._verify(name)
+        return HeldOutUsers(user_ids, read_split(self.data_dir, history, self.vocab, users_of),
+                            read_split(self.data_dir, split, self.vocab, users_of))
 
     @property
     def num_users(self) -> int:

@@ -11,6 +11,10 @@ because duplicates are removed before splitting.
 - cold-items: `cold_fraction` of the rated items is held out with all its rows: half of those items
               to valid, half to test; no row of a cold item is ever in train. With `warm_holdout`,
               a per-user random share of the warm rows is held out too (warm and cold tracks)
+- cold-users: `cold_fraction` of the users with more than `given` rows is held out entirely (half to
+              valid, half to test); each held-out user's first `given` rows by time (a seeded random
+              order where a row has no timestamp) are their history (`valid_history` / `test_history`
+              files), the rest is to be found. No row of a held-out user is ever in train
 - given:      the input's own `split` column
 """
 
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mmrec.data.interactions import Interaction
-from mmrec.data.schema import SPLIT_PROTOCOLS, SPLITS
+from mmrec.data.schema import HISTORY_SPLITS, SPLIT_PROTOCOLS, SPLITS
 
 
 @dataclass
@@ -32,9 +36,10 @@ class SplitConfig:
     protocol: str = "random"  # one of SPLIT_PROTOCOLS
     seed: int = 0  # every random choice derives from it
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train/valid/test, for random and ratio
-    cold_fraction: float = 0.2  # cold-items: fraction of rated items held out entirely
+    cold_fraction: float = 0.2  # cold-items: fraction of rated items held out entirely; cold-users: of users
     warm_holdout: float = 0.0  # cold-items: per user, also hold out this fraction of warm rows (half valid,
     #                            half test), so one split measures warm and cold items (0: cold only)
+    given: int = 5  # cold-users: interactions of each held-out user given as history (the first by time)
 
     def __post_init__(self) -> None:
         if self.protocol not in SPLIT_PROTOCOLS:
@@ -46,6 +51,8 @@ class SplitConfig:
             raise ValueError(f"cold_fraction must be in (0, 1), got {self.cold_fraction}")
         if not 0.0 <= self.warm_holdout < 1.0:
             raise ValueError(f"warm_holdout must be in [0, 1), got {self.warm_holdout}")
+        if self.given < 1:
+            raise ValueError(f"given must be >= 1 (interactions given per held-out user), got {self.given}")
 
     def to_dict(self) -> dict:
         """The protocol, its seed and only the parameters that protocol uses."""
@@ -56,6 +63,8 @@ class SplitConfig:
             d["cold_fraction"] = self.cold_fraction
             if self.warm_holdout:
                 d["warm_holdout"] = self.warm_holdout
+        if self.protocol == "cold-users":
+            d["cold_fraction"], d["given"] = self.cold_fraction, self.given
         return d
 
 
@@ -152,6 +161,36 @@ def split_cold_items(rows: list[Interaction], cfg: SplitConfig) -> SplitResult:
     return SplitResult(_assign(parts), details)
 
 
+def split_cold_users(rows: list[Interaction], cfg: SplitConfig) -> SplitResult:
+    rng = np.random.default_rng(cfg.seed)
+    users = _by_user(rows)
+    # only a user with more than `given` rows has something left to find once the history is given
+    eligible = sorted(u for u, r in users.items() if len(r) > cfg.given)
+    n_cold = int(round(len(users) * cfg.cold_fraction))
+    if n_cold < 2 or len(eligible) < n_cold:
+        raise ValueError(f"the cold-users split holds out {cfg.cold_fraction:.0%} of {len(users)} users = {n_cold}; "
+                         f"{len(eligible)} users have more than given={cfg.given} interactions and at least 2 are "
+                         "needed: lower --given or raise --cold-fraction")
+    cold = [eligible[i] for i in rng.permutation(len(eligible))[:n_cold]]
+    held = {"valid": sorted(cold[: n_cold // 2]), "test": sorted(cold[n_cold // 2 :])}
+    timed = all(r.timestamp is not None for r in rows)
+    parts: dict[str, list[Interaction]] = defaultdict(list)
+    for name, held_users in held.items():
+        for user in held_users:
+            user_rows = users[user]
+            if timed:  # the first interactions in time; ties in file order
+                ordered = sorted(user_rows, key=lambda r: (r.timestamp, r.line))
+            else:
+                ordered = [user_rows[i] for i in rng.permutation(len(user_rows))]
+            parts[HISTORY_SPLITS[name]] += ordered[: cfg.given]
+            parts[name] += ordered[cfg.given :]
+    cold_set = set(cold)
+    parts["train"] = [r for r in rows if r.user_id not in cold_set]
+    splits = {name: sorted(parts.get(name, []), key=lambda r: r.line) for name in (*SPLITS, *HISTORY_SPLITS.values())}
+    details = {"cold_users": held, "history_order": "timestamp" if timed else "random (rows without a timestamp)"}
+    return SplitResult(splits, details)
+
+
 def split_given(rows: list[Interaction], cfg: SplitConfig) -> SplitResult:
     if any(r.split is None for r in rows):
         raise ValueError("the given split needs a `split` column (train/valid/test) in the interactions file")
@@ -166,6 +205,7 @@ _PROTOCOLS = {
     "temporal": split_temporal,
     "ratio": split_ratio,
     "cold-items": split_cold_items,
+    "cold-users": split_cold_users,
     "given": split_given,
 }
 

@@ -10,6 +10,14 @@
 - content kNN: cosine between an item's raw (frozen) content features and the mean of the user's
   training items' features: what content gives with no learning at all, for cold items.
 All are (user_vecs, item_vecs) pairs, so `mmrec.eval.protocol.evaluate_split` scores them unchanged.
+
+For users given only a history (a cold-users split, or a user who arrived after training), the
+`history_*` functions compute user vectors from that history against the same item vectors:
+- item-kNN: score(u, i) = sum over the history items j of cos(i, j), the cosine between the items'
+  columns of the binary training matrix (Sarwar et al. 2001, "Item-based collaborative filtering");
+- ALS fold-in: the user's factors solved by least squares with the item factors fixed (one ALS
+  half-step on the given history, exactly the solve training would make for that user);
+- EASE: x_u B, with x_u the user's history as a multi-hot row.
 """
 
 from __future__ import annotations
@@ -114,3 +122,39 @@ def content_knn_vectors(features: torch.Tensor, train: SplitArrays, num_users: i
     x = _user_item_matrix(train, num_users, features.shape[0])
     user = torch.nn.functional.normalize(x @ item, dim=-1)
     return user, item
+
+
+def _history_matrix(history: SplitArrays, num_users: int, num_items: int) -> torch.Tensor:
+    """(num_users, N) binary matrix of the given history (users indexed 0..num_users-1)."""
+    x = torch.zeros(num_users, num_items)
+    x[torch.from_numpy(history.users), torch.from_numpy(history.items)] = 1.0
+    return x
+
+
+def item_cosine(train: SplitArrays, num_items: int) -> torch.Tensor:
+    """(N, N) S[j, i] = cosine between items j and i over the training users (binary), zero diagonal."""
+    x = _user_item_matrix(train, int(train.users.max()) + 1 if len(train) else 0, num_items)
+    norms = x.sum(0).sqrt().clamp(min=1.0)  # (N,) binary columns: |x_i| = sqrt(count)
+    sim = (x.T @ x) / norms[:, None] / norms[None, :]  # (N, N)
+    return sim.fill_diagonal_(0.0)
+
+
+def item_knn_vectors(train: SplitArrays, num_items: int, history: SplitArrays, num_users: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """user = the multi-hot history row, item = the item's column of `item_cosine` (N^2 memory): the
+    score is the summed similarity to the history items."""
+    return _history_matrix(history, num_users, num_items), item_cosine(train, num_items).T.contiguous()
+
+
+def als_fold_in_vectors(item_factors: torch.Tensor, history: SplitArrays, num_users: int, reg: float = 0.1,
+                        alpha: float = 10.0) -> torch.Tensor:
+    """(num_users, factors) user factors of implicit ALS (`implicit_als_vectors`' item vectors, same
+    reg and alpha) solved on the given history alone: the fold-in of a user who was not trained."""
+    y = item_factors.double().numpy()
+    x = _als_sweep(y, _rows_by(history.users, history.items, num_users), alpha, reg * np.eye(y.shape[1]))
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def ease_history_vectors(history: SplitArrays, num_users: int, num_items: int) -> torch.Tensor:
+    """(num_users, N) user vectors for `ease_vectors`' item vectors: the multi-hot history rows."""
+    return _history_matrix(history, num_users, num_items)

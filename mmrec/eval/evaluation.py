@@ -14,8 +14,12 @@ Sections of the report:
   interactions of the recommended items), intra-list diversity@K (1 - mean pairwise cosine of the
   recommended items' q vectors);
 - slices: warm items (relevant warm items ranked among warm items), cold items (relevant cold items
-  ranked among cold items: the cold-start track, content only), and user-activity buckets;
+  ranked among cold items: the cold-start track, content only), and users by history length;
 - baselines on the same split in the same run: popularity and bias-only;
+On a cold-users split the scored users were never trained: each is served from their given history
+(the history tower; an ID tower has only its unknown-user row for them), their history items are
+masked, and the baselines are those that serve a user from a history: popularity, item-kNN over the
+history, ALS fold-in and EASE.
 - ablation: the same metrics with each modality dropped from every item at inference.
 """
 
@@ -32,18 +36,29 @@ from safetensors.torch import load_file
 
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
+from mmrec.data.schema import HISTORY_SPLITS
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, embed_batches, item_batches, verify_shards
-from mmrec.eval.baselines import bias_vectors, popularity_vectors
-from mmrec.eval.protocol import EvalProtocol, evaluate_split, ranked_lists
+from mmrec.eval.baselines import (
+    als_fold_in_vectors,
+    bias_vectors,
+    ease_history_vectors,
+    ease_vectors,
+    implicit_als_vectors,
+    item_knn_vectors,
+    popularity_vectors,
+)
+from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split, ranked_lists
 from mmrec.eval.report import write_report
 from mmrec.files import sha256_of
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
-from mmrec.model.model import user_vectors
+from mmrec.model.history import UserHistory
+from mmrec.model.model import user_vectors, vectors_for_histories
 from mmrec.precision import bf16_autocast
 
-ACTIVITY_BUCKETS = ((1, 5), (6, 20), (21, 50), (51, None))
+# users by history length (training interactions): a user vector from 1 interaction, a handful, ...
+ACTIVITY_BUCKETS = ((1, 1), (2, 5), (6, 20), (21, None))
 
 
 class _Evaluator:
@@ -58,7 +73,7 @@ class _Evaluator:
         activity = np.bincount(train.users[train.users >= 0], minlength=splits.num_users)
         self.buckets = {}
         for lo, hi in ACTIVITY_BUCKETS:
-            name = f"{lo}+" if hi is None else f"{lo}-{hi}"
+            name = f"{lo}+" if hi is None else str(lo) if lo == hi else f"{lo}-{hi}"
             self.buckets[name] = np.nonzero((activity >= lo) & ((activity <= hi) if hi else True))[0]
 
     def _run(self, user_vecs, item_vecs, candidates="protocol", users=None) -> dict:
@@ -114,25 +129,34 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     manifest = load_manifest(data_dir)
     protocol = EvalProtocol.for_split(split, manifest["split"], mask=mask, candidates=candidates, threshold=threshold)
     splits = RunSplits(data_dir, vocab)  # every split file parsed once for the whole report
-    ev = _Evaluator(splits, protocol, ks)
-    user_vecs = user_vectors(model)  # on the CPU, wherever the model is
 
     report = {"protocol": {
         "split": split,
         "protocol": manifest["split"]["protocol"],
         "seed": manifest["split"]["seed"],
-        "params": {k: v for k, v in manifest["split"].items() if k not in ("protocol", "seed", "cold_items")},
+        "params": {k: v for k, v in manifest["split"].items() if k not in ("protocol", "seed", "cold_items", "cold_users")},
         "split_sha256": {name: info["sha256"] for name, info in manifest["interactions"].items()},
         "masked_splits": list(protocol.masked),
         "relevance_threshold": threshold,
-        "candidates": protocol.describe() + "; slices: warm among warm items, cold among cold items",
+        "candidates": (protocol.describe() + "; slices: warm among warm items, cold among cold items"
+                       if not splits.cold_users_split else "all items but each user's given history"),
         "checkpoint": f"{run_dir / 'model'} (sha256 {sha256_of(run_dir / 'model' / WEIGHTS_FILE)[:16]})",
         "data": str(data_dir.resolve()),
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ks": ks,
         "feedback": ("implicit (no rating column, or one rating value): ranking metrics only; a rating "
                      "error would mean nothing" if splits.implicit else "explicit ratings"),
+        "users": ("held out of training, each served from the given history of the split's "
+                  f"{split}_history file" if splits.cold_users_split else "trained users"),
     }}
+    if splits.cold_users_split:
+        report.update(_cold_users(splits, split, item_vecs, ablated, model, ks, threshold))
+        report["protocol"]["masked_splits"] = [HISTORY_SPLITS[split]]  # each user's given history
+        return report
+    ev = _Evaluator(splits, protocol, ks)
+    history = (UserHistory.from_rows(splits["train"], splits.num_users + 1, model.config.history_length)
+               if model.history_tower else None)
+    user_vecs = user_vectors(model, item_vecs, history)  # on the CPU, wherever the model is
     ours = ev.score(user_vecs, item_vecs)
     if "not_computable" in ours["ranking"]:  # a slice may lack a cut-off; the headline may not
         reasons = "; ".join(f"{k}: {why}" for k, why in ours["ranking"]["not_computable"].items())
@@ -144,11 +168,44 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     pop.pop("rating")  # popularity predicts no rating
     bias = ev.score(*bias_vectors(splits["train"], n_users, n_items), slices=False)
     report["baselines"] = {"popularity": pop, "bias_only": bias}
-    report["ablation"] = {f"without_{m}": ev.score(user_vecs, vecs, slices=False) for m, vecs in ablated.items()}
+    # a history tower's users are computed from the item vectors: with a modality dropped, from those too
+    report["ablation"] = {f"without_{m}": ev.score(user_vectors(model, vecs, history), vecs, slices=False)
+                          for m, vecs in ablated.items()}
     if splits.implicit:  # no section says "rating" where there is none
         for section in (report, bias, *report["ablation"].values()):
             section.pop("rating", None)
     return report
+
+
+def _cold_users(splits: RunSplits, split: str, item_vecs: torch.Tensor, ablated: dict[str, torch.Tensor], model,
+                ks: list[int], threshold: float | None) -> dict:
+    """The report sections for a cold-users split: held-out users served from their given history."""
+    users = splits.held_out_users(split)
+    n_users, n_items, train = len(users.user_ids), splits.num_items, splits["train"]
+
+    def score(user_vecs: torch.Tensor, vecs: torch.Tensor, rating: bool = True) -> dict:
+        out = evaluate_held_out_users(user_vecs, vecs, users, tuple(ks), threshold, splits.implicit or not rating)
+        return out if rating and not splits.implicit else {"ranking": out["ranking"]}
+
+    ours = score(vectors_for_histories(model, item_vecs, users.history, n_users), item_vecs)
+    if "not_computable" in ours["ranking"]:
+        reasons = "; ".join(f"{k}: {why}" for k, why in ours["ranking"]["not_computable"].items())
+        raise ValueError(f"the headline ranking cannot be computed at every --k ({reasons}); pass smaller --k")
+    pop_users, pop_items = popularity_vectors(train, n_users, n_items)
+    bias_users, bias_items = bias_vectors(train, splits.num_users, n_items)
+    _, als_items = implicit_als_vectors(train, splits.num_users, n_items)
+    _, ease_items = ease_vectors(train, splits.num_users, n_items)
+    baselines = {
+        "popularity": score(pop_users[:n_users], pop_items, rating=False),
+        # a user who was not trained has no bias of their own: r_hat = mu + b_i
+        "bias_only": score(bias_users[-1:].expand(n_users, -1), bias_items),
+        "item_knn": score(*item_knn_vectors(train, n_items, users.history, n_users), rating=False),
+        "als_fold_in": score(als_fold_in_vectors(als_items, users.history, n_users), als_items, rating=False),
+        "ease": score(ease_history_vectors(users.history, n_users, n_items), ease_items, rating=False),
+    }
+    ablation = {f"without_{m}": score(vectors_for_histories(model, vecs, users.history, n_users), vecs)
+                for m, vecs in ablated.items()}
+    return {**ours, "baselines": baselines, "ablation": ablation}
 
 
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, split: str = "test",

@@ -12,6 +12,10 @@ so model selection measures exactly what the headline reports (docs/design.md "E
   so both splits rank among all items and the report's slices separate the two;
 - relevance: every held-out row whose user was seen in training (optionally rating >= threshold).
 
+On a `cold-users` split the held-out users were never trained: each comes with a given history
+(`valid_history` / `test_history`), and is scored by a user vector computed from that history
+(`evaluate_held_out_users`): their history items are masked, every other item is a candidate.
+
 The score of (u, i) is `user_vecs[u] @ item_vecs[i]` (the ranking score contract), so any scorer
 fits: the model, a baseline, or vectors read back from `mmrec embed`.
 """
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmrec.data.split_files import RunSplits, SplitArrays
+from mmrec.data.split_files import HeldOutUsers, RunSplits, SplitArrays
 from mmrec.eval.metrics import UserItems, ranking_metrics, rating_metrics, top_k
 
 MASK_CHOICES = ("auto", "train")
@@ -147,3 +151,52 @@ def ranked_lists(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSp
     if torch.cuda.is_available():
         u, i = u.cuda(), i.cuda()
     return candidates[top_k(u, i, k, exclude=exclude).numpy()]
+
+
+@torch.no_grad()
+def evaluate_held_out_users(user_vecs: torch.Tensor, item_vecs: torch.Tensor, users: HeldOutUsers,
+                            ks: tuple[int, ...] = (10,), threshold: float | None = None, implicit: bool = False,
+                            candidates: np.ndarray | None = None, only: np.ndarray | None = None) -> dict:
+    """`evaluate_split` for users who were not trained (a cold-users split): each ranks every item but
+    those of their given history, by a vector computed from that history.
+
+    Args:
+        user_vecs: (C, d), row c for users.user_ids[c].
+        item_vecs: (N, d).
+        candidates: item indices to rank among (None: every item).
+        only: score only these held-out users (indices into users.user_ids), e.g. a slice.
+    Returns: as `evaluate_split`.
+    """
+    held = users.held
+    keep = np.ones(len(held), dtype=bool) if threshold is None else held.ratings >= threshold
+    if only is not None:
+        keep &= np.isin(held.users, only)
+    held = held.subset(keep)
+    result: dict = {"rating": {}}
+    if not implicit:
+        predicted = (user_vecs[torch.from_numpy(held.users)] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
+        result["rating"] = rating_metrics(predicted.numpy(), held.ratings)
+    n_items = item_vecs.shape[0]
+    cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
+    col_of = np.full(n_items, -1, dtype=np.int64)
+    col_of[cand] = np.arange(len(cand))
+    known = col_of[held.items] >= 0
+    eval_users = np.unique(held.users[known])
+    row_of = np.full(len(users.user_ids), -1, dtype=np.int64)
+    row_of[eval_users] = np.arange(len(eval_users))
+    relevant = UserItems.from_pairs(row_of[held.users[known]], col_of[held.items[known]], len(eval_users))
+    given = users.history
+    in_eval = (row_of[given.users] >= 0) & (col_of[given.items] >= 0)
+    exclude = UserItems.from_pairs(row_of[given.users[in_eval]], col_of[given.items[in_eval]], len(eval_users))
+    supported = [k for k in ks if k <= len(cand)]
+    ranking: dict = {"users": int(len(eval_users))}
+    if supported and len(eval_users):
+        u, i = user_vecs[torch.from_numpy(eval_users)].float(), item_vecs[torch.from_numpy(cand)].float()
+        if torch.cuda.is_available():
+            u, i = u.cuda(), i.cuda()
+        ranking = ranking_metrics(top_k(u, i, max(supported), exclude=exclude).numpy(), relevant, supported)
+    too_large = [k for k in ks if k > len(cand)]
+    if too_large:
+        ranking["not_computable"] = {f"@{k}": f"only {len(cand)} candidate items, fewer than K = {k}" for k in too_large}
+    result["ranking"] = ranking | {"candidates": len(cand)}
+    return result

@@ -44,8 +44,17 @@ class ModelConfig:
     # ID terms, which then learn a residual on top of content instead of trading warm accuracy for cold.
     item_id_dropout_pivot: float = 0.0
     init_std: float = 0.01  # std of the ID embeddings at initialisation
+    # "id": a learned vector per training user (matrix factorisation); "history": the user's vector is
+    # computed from the items they interacted with (mmrec.model.history), so users who arrive after
+    # training, and new interactions, are served without retraining
+    user_tower: str = "id"
+    history_length: int = 50  # history tower: the latest interactions a user's vector is computed from
 
     def __post_init__(self) -> None:
+        if self.user_tower not in ("id", "history"):
+            raise ValueError(f"model.user_tower must be 'id' or 'history', got {self.user_tower!r}")
+        if self.history_length < 1:
+            raise ValueError(f"model.history_length must be >= 1, got {self.history_length}")
         unknown = sorted(set(self.encoders) - set(MODALITIES))
         if unknown:
             raise ValueError(f"unknown modality {unknown} in model.encoders; expected any of {list(MODALITIES)}")
@@ -98,6 +107,9 @@ class TaskConfig:
     feature_weight: float = 1.0  # generation of a masked modality's pooled feature
     feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
     attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
+    # "softmax": cross-entropy against the item's attributes as a distribution (multi-hot / count);
+    # "bce": one sigmoid per attribute. See benchmarks/results/attribute_task_cpu.json for why softmax
+    attribute_loss: str = "softmax"
     retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
     retrieval_temperature: float = 0.1  # softmax temperature for retrieval
     # Subtract log(sampling probability) from each in-batch item's logit (Yi et al. 2019, "Sampling-bias-
@@ -108,6 +120,8 @@ class TaskConfig:
     def __post_init__(self) -> None:
         if self.feature_loss not in ("cosine", "mse"):
             raise ValueError(f"feature_loss must be 'cosine' or 'mse', got {self.feature_loss!r}")
+        if self.attribute_loss not in ("softmax", "bce"):
+            raise ValueError(f"attribute_loss must be 'softmax' or 'bce', got {self.attribute_loss!r}")
         for name in ("rating_weight", "rating_l2", "feature_weight", "attribute_weight", "retrieval_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -4,7 +4,9 @@ Item tower: each present modality goes through its encoder (only the items that 
 outputs are scattered back to batch positions, and the fusion transformer turns whatever an item
 has into one state h_i (B, D). From h_i: q_i (B, E) and a content bias b_i; items seen in training
 can add learned ID terms (`item_id_embeddings`), cold items never have them.
-User tower: a user ID embedding p_u (E) and bias b_u; users unseen in training map to a zero row.
+User tower (`model.user_tower`): "id", a user ID embedding p_u (E) and bias b_u, users unseen in
+training mapping to a zero row; or "history", p_u and b_u computed from the user's interaction history
+(`mmrec.model.history`), so any user with a history has a vector.
 
 Rating: r_hat(u, i) = mu + b_u + b_i + <p_u, q_i>  (Koren et al. 2009, "Matrix factorization
 techniques for recommender systems"). The exported vectors fold the biases into two extra
@@ -17,6 +19,7 @@ Shape legend: B items in the batch, P (item, user) pairs, E embedding width, D f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -25,6 +28,10 @@ from encoders import EncoderOutput, ModalityEncoder
 from fusion import FusionInput, FusionTransformer
 from mmrec.data.batch import ItemBatch
 from mmrec.model.config import ModelConfig
+from mmrec.model.history import HistoryUserTower, UserHistory
+
+if TYPE_CHECKING:  # types only: the model must not pull in the data readers (webdataset, PIL)
+    from mmrec.data.split_files import SplitArrays
 
 
 @dataclass
@@ -62,14 +69,22 @@ class RecModel(nn.Module):
             self.item_id_b = nn.Embedding(num_items, 1)
             nn.init.normal_(self.item_id_q.weight, std=config.init_std)
             nn.init.zeros_(self.item_id_b.weight)
-        # Row num_users is the unknown user: never trained, zero, so r_hat = mu + b_i for cold users.
-        self.user_p = nn.Embedding(num_users + 1, E)
-        self.user_b = nn.Embedding(num_users + 1, 1)
-        nn.init.normal_(self.user_p.weight, std=config.init_std)
-        nn.init.zeros_(self.user_b.weight)
-        with torch.no_grad():
-            self.user_p.weight[num_users].zero_()
+        if config.user_tower == "history":
+            self.user_tower = HistoryUserTower(E, num_items, config.history_length, config.init_std,
+                                               config.item_id_dropout)
+        else:
+            # Row num_users is the unknown user: never trained, zero, so r_hat = mu + b_i for cold users.
+            self.user_p = nn.Embedding(num_users + 1, E)
+            self.user_b = nn.Embedding(num_users + 1, 1)
+            nn.init.normal_(self.user_p.weight, std=config.init_std)
+            nn.init.zeros_(self.user_b.weight)
+            with torch.no_grad():
+                self.user_p.weight[num_users].zero_()
         self.register_buffer("global_mean", torch.tensor(float(global_mean)))
+        # history tower, training only (not saved): the training users' histories (`set_history`) and the
+        # latest [q_i, b_i] of each item seen in a batch (`remember`), which the histories are read from
+        self.history: UserHistory | None = None
+        self.item_memory: torch.Tensor | None = None
         # Items with training interactions: only they use ID terms (a cold item's would be untrained noise).
         seen = torch.ones(num_items, dtype=torch.bool) if item_seen is None else item_seen.to(torch.bool)
         self.register_buffer("item_seen", seen)
@@ -97,7 +112,7 @@ class RecModel(nn.Module):
         """Run each encoder on the items that have its modality; scatter back to (B, ...) with zeros."""
         B = batch.size
         out = {}
-        dtype = self.user_p.weight.dtype
+        dtype = self.global_mean.dtype  # the parameters' dtype (buffers follow .to(dtype) too)
         for m, encoder in self.encoders.items():
             if m in batch.features:  # precomputed by `mmrec cache` (fp16 on disk)
                 f = batch.features[m]
@@ -126,17 +141,19 @@ class RecModel(nn.Module):
 
         Args:
             state: (B, D) fused states, or None for an ID-only model.
-            item_index: (B,) item indices.
+            item_index: (B,) item indices; -1 = an item the model was not trained on (content alone).
         """
         B = item_index.shape[0]
-        device = self.user_p.weight.device
+        device = self.global_mean.device
         q = torch.zeros(B, self.config.embedding_dim, device=device)
         b = torch.zeros(B, device=device)
         if state is not None:
             q = q + self.item_q(state)  # (B, E)
             b = b + self.item_b(state).squeeze(-1)  # (B,)
         if self.config.item_id_embeddings:
-            warm = self.item_seen[item_index]  # (B,)
+            known = item_index >= 0
+            item_index = item_index.clamp(min=0)  # a row to look up; `known` keeps it out
+            warm = self.item_seen[item_index] & known  # (B,)
             if self.training and self.config.item_id_dropout > 0 and state is not None:
                 rate = self.config.item_id_dropout if self.item_id_drop is None else self.item_id_drop[item_index]
                 warm = warm & (torch.rand(warm.shape, device=warm.device) >= rate)
@@ -152,14 +169,45 @@ class RecModel(nn.Module):
 
     # ----------------------------------------------------------------------------------- user tower
 
+    @property
+    def history_tower(self) -> bool:
+        return self.config.user_tower == "history"
+
     def user_index(self, users: torch.Tensor) -> torch.Tensor:
         """Map out-of-range indices (users unseen in training, given as -1) to the zero row."""
         return torch.where((users >= 0) & (users < self.num_users), users, self.num_users)
 
     def predict_rating(self, users: torch.Tensor, q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """r_hat (P,) for users (P,) and their items' q (P, E), b (P,)."""
-        u = self.user_index(users)
-        return self.global_mean + self.user_b(u).squeeze(-1) + b + (self.user_p(u) * q).sum(-1)
+        return rating_of(self.user_export(users), q, b)
+
+    def set_history(self, history: UserHistory) -> None:
+        """History tower, training: the training users' histories (row num_users: the empty history)."""
+        if len(history) != self.num_users + 1:
+            raise ValueError(f"expected histories for {self.num_users} users + the unknown one, got {len(history)}")
+        self.history = history.to(self.global_mean.device)
+        self.item_memory = torch.zeros(self.num_items, self.config.embedding_dim + 1, device=self.global_mean.device)
+
+    @torch.no_grad()
+    def remember(self, item_index: torch.Tensor, items: ItemOutput) -> None:
+        """History tower, training: keep the batch items' latest [q_i, b_i] for the histories they are in."""
+        if self.item_memory is not None:
+            self._history_to_device()
+            self.item_memory[item_index] = torch.cat([items.q, items.bias[:, None]], -1).float()
+
+    def _history_to_device(self) -> None:
+        """Plain attributes (not buffers: never saved, and DDP must not broadcast one rank's memory) follow
+        the model when accelerate moves it."""
+        device = self.global_mean.device
+        if self.item_memory.device != device:
+            self.history, self.item_memory = self.history.to(device), self.item_memory.to(device)
+
+    def history_export(self, item_vecs: torch.Tensor, history: UserHistory,
+                       exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, E + 2) user vectors computed from P histories against item vectors (N, >= E + 1)."""
+        item_vecs, history = item_vecs.to(self.global_mean.device), history.to(self.global_mean.device)
+        p, b = self.user_tower(item_vecs, history, self.item_seen, self.global_mean, exclude)
+        return torch.cat([p, torch.ones_like(b)[:, None], (self.global_mean + b)[:, None]], dim=-1)
 
     # ----------------------------------------------------------------------------------- export
 
@@ -169,14 +217,63 @@ class RecModel(nn.Module):
         ones = torch.ones_like(item.bias)
         return torch.cat([item.q, item.bias[:, None], ones[:, None]], dim=-1)
 
-    def user_export(self, users: torch.Tensor) -> torch.Tensor:
-        """(U, E + 2) = [p_u, 1, mu + b_u], so <user, item> == r_hat(u, i)."""
+    def user_export(self, users: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(U, E + 2) = [p_u, 1, mu + b_u], so <user, item> == r_hat(u, i).
+
+        History tower (training): from the users' training histories and the item memory, leaving
+        `exclude` (U,) (each pair's target item) out of its user's history.
+        """
         u = self.user_index(users)
+        if self.history_tower:
+            if self.history is None:
+                raise ValueError("the history tower needs the users' histories: call set_history first")
+            self._history_to_device()
+            return self.history_export(self.item_memory, self.history.rows(u), exclude)
         p, b = self.user_p(u), self.user_b(u).squeeze(-1)
         return torch.cat([p, torch.ones_like(b)[:, None], (self.global_mean + b)[:, None]], dim=-1)
 
 
-def user_vectors(model: RecModel) -> torch.Tensor:
-    """(U + 1, E + 2) exported user vectors, the last row for users unseen in training."""
-    with torch.no_grad():
-        return model.user_export(torch.arange(model.num_users + 1, device=model.user_p.weight.device)).float().cpu()
+def rating_of(user_vecs: torch.Tensor, q: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """r_hat (P,) = <[p_u, 1, mu + b_u], [q_i, b_i, 1]> for exported users (P, E + 2) and items' q (P, E), b (P,)."""
+    return (user_vecs[:, :-2] * q).sum(-1) + b + user_vecs[:, -1]
+
+
+@torch.no_grad()
+def user_vectors(model: RecModel, item_vecs: torch.Tensor | None = None, history: UserHistory | None = None,
+                 chunk: int = 4096) -> torch.Tensor:
+    """(U + 1, E + 2) exported user vectors of the training users, the last row for unseen users.
+
+    History tower: computed from `history` (each training user's, `UserHistory.from_rows` on the
+    train split, plus an empty last row) against the exported item vectors `item_vecs` (N, E + 2).
+    """
+    if not model.history_tower:
+        return model.user_export(torch.arange(model.num_users + 1, device=model.global_mean.device)).float().cpu()
+    if item_vecs is None or history is None:
+        raise ValueError("a history-tower model computes user vectors from item vectors and histories: "
+                         "pass item_vecs and history")
+    return history_user_vectors(model, item_vecs, history, chunk)
+
+
+@torch.no_grad()
+def history_user_vectors(model: RecModel, item_vecs: torch.Tensor, history: UserHistory,
+                         chunk: int = 4096) -> torch.Tensor:
+    """(P, E + 2) user vectors for any P histories (history tower), in chunks of `chunk` users."""
+    if not model.history_tower:
+        raise ValueError("this model has an ID user tower (model.user_tower: id): it has vectors only for the "
+                         "users it was trained on; train with model.user_tower=history to serve users from history")
+    was_training = model.training
+    model.eval()
+    out = [model.history_export(item_vecs, history.rows(torch.arange(s, min(s + chunk, len(history)))))
+           for s in range(0, len(history), chunk)]
+    model.train(was_training)
+    return torch.cat(out).float().cpu() if out else torch.zeros(0, model.export_dim)
+
+
+@torch.no_grad()
+def vectors_for_histories(model: RecModel, item_vecs: torch.Tensor, rows: SplitArrays, num_users: int) -> torch.Tensor:
+    """(num_users, E + 2) vectors of users who were not trained, from their histories `rows` (users
+    0..num_users-1), e.g. a cold-users split's held-out users. The history tower computes them; an ID
+    tower has no vector for them and gives each its unknown-user row (r_hat = mu + b_i)."""
+    if model.history_tower:
+        return history_user_vectors(model, item_vecs, UserHistory.from_rows(rows, num_users, model.config.history_length))
+    return user_vectors(model)[-1:].expand(num_users, -1).clone()

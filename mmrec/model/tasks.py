@@ -4,7 +4,7 @@
   interaction comes once per epoch: `ExampleBuilder.pairs`);
 - feature generation: mask one present modality of each item that has at least two, fuse the rest,
   and generate the masked modality's pooled encoder feature (stop-gradient target; cosine or MSE)
-  and the item's attributes (multi-label BCE). It needs no ratings, so unrated catalogue items train
+  and the item's attributes (softmax over the vocabulary, or one sigmoid each). It needs no ratings, so unrated catalogue items train
   it too, and it teaches the fused state to stand in for a missing modality;
 - retrieval (optional): in-batch sampled softmax between the exported user and item vectors, with a
   temperature, other positives of the same user masked out, corrected for the items' sampling rates.
@@ -21,7 +21,7 @@ from torch import nn
 from encoders import EncoderOutput
 from mmrec.data.batch import ItemBatch
 from mmrec.model.config import TaskConfig
-from mmrec.model.model import ItemOutput, RecModel
+from mmrec.model.model import ItemOutput, RecModel, rating_of
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -38,14 +38,15 @@ class RatingTask(nn.Module):
         super().__init__()
         self.l2 = l2
 
-    def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput) -> torch.Tensor | None:
+    def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput, users: torch.Tensor) -> torch.Tensor | None:
+        """users: (P, E + 2) the pairs' exported user vectors."""
         if batch.pair_item.numel() == 0:
             return None
         q, b = items.q[batch.pair_item], items.bias[batch.pair_item]  # (P, E), (P,)
-        err = (model.predict_rating(batch.pair_user, q, b) - batch.pair_rating) ** 2  # (P,)
+        err = (rating_of(users, q, b) - batch.pair_rating) ** 2  # (P,)
         if self.l2 > 0:
-            u = model.user_index(batch.pair_user)
-            norms = model.user_p(u).square().sum(-1) + model.user_b(u).squeeze(-1).square() + q.square().sum(-1) + b.square()
+            b_u = users[:, -1] - model.global_mean
+            norms = users[:, :-2].square().sum(-1) + b_u.square() + q.square().sum(-1) + b.square()
             err = err + self.l2 * norms  # (P,)
         return _weighted_mean(err, batch.pair_weight)
 
@@ -53,9 +54,10 @@ class RatingTask(nn.Module):
 class FeatureGenerationTask(nn.Module):
     """From the fused remainder of an item, generate a masked modality's feature and its attributes."""
 
-    def __init__(self, fusion_dim: int, feature_dims: dict[str, int], num_attributes: int, loss: str = "cosine"):
+    def __init__(self, fusion_dim: int, feature_dims: dict[str, int], num_attributes: int, loss: str = "cosine",
+                 attribute_loss: str = "softmax"):
         super().__init__()
-        self.loss_kind = loss
+        self.loss_kind, self.attribute_loss = loss, attribute_loss
         self.feature_heads = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(fusion_dim, fusion_dim), nn.GELU(), nn.Linear(fusion_dim, dim))
             for m, dim in feature_dims.items()
@@ -95,10 +97,19 @@ class FeatureGenerationTask(nn.Module):
         if feature_losses:
             out["feature"] = torch.cat(feature_losses).mean()
         if self.attribute_head is not None:
-            # every item with content: single-modality items predict their attributes from what they have
-            rows = torch.stack(list(remainder.values()), 1).any(1).nonzero().squeeze(-1)
-            logits = self.attribute_head(state[rows])  # (B', A)
-            out["attributes"] = F.binary_cross_entropy_with_logits(logits, batch.attributes[rows])
+            # every item with content and attributes: single-modality items predict their attributes from
+            # what they have; an item without any attribute is unlabelled, not "none of them"
+            labelled = torch.stack(list(remainder.values()), 1).any(1) & (batch.attributes.sum(1) > 0)
+            rows = labelled.nonzero().squeeze(-1)
+            if rows.numel():
+                logits = self.attribute_head(state[rows])  # (B', A)
+                target = batch.attributes[rows]  # (B', A) multi-hot
+                if self.attribute_loss == "softmax":
+                    # one distribution over the vocabulary: every label of an item competes with every
+                    # other, as in a classifier (one label per item: exactly cross-entropy)
+                    out["attributes"] = F.cross_entropy(logits, target / target.sum(1, keepdim=True))
+                else:
+                    out["attributes"] = F.binary_cross_entropy_with_logits(logits, target)
         return out
 
 
@@ -109,10 +120,10 @@ class RetrievalTask(nn.Module):
         super().__init__()
         self.temperature, self.logq = temperature, logq
 
-    def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput) -> torch.Tensor | None:
+    def loss(self, model: RecModel, batch: ItemBatch, items: ItemOutput, users: torch.Tensor) -> torch.Tensor | None:
+        """users: (P, E + 2) the pairs' exported user vectors."""
         if batch.pair_item.numel() == 0 or batch.size < 2:
             return None
-        users = model.user_export(batch.pair_user)  # (P, E + 2)
         item_vecs = model.item_export(items)  # (B, E + 2)
         logits = users @ item_vecs.T / self.temperature  # (P, B)
         if self.logq and batch.item_visits is not None:
@@ -138,20 +149,26 @@ class MultiTaskLoss(nn.Module):
         if model.fusion is not None and (config.feature_weight or config.attribute_weight):
             # feature generation needs a second modality to generate from; attributes do not
             dims = {m: model.encoders[m].output_dim for m in model.modalities} if len(model.modalities) >= 2 else {}
-            self.feature = FeatureGenerationTask(model.fusion.output_dim, dims, num_attributes, config.feature_loss)
+            self.feature = FeatureGenerationTask(model.fusion.output_dim, dims, num_attributes, config.feature_loss,
+                                                 config.attribute_loss)
         self.retrieval = (RetrievalTask(config.retrieval_temperature, config.retrieval_logq)
                           if config.retrieval_weight > 0 else None)
 
     def forward(self, model: RecModel, batch: ItemBatch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         items, encoded = model.items(batch)
+        model.remember(batch.item_index, items)  # history tower: the items' latest vectors, for the histories
+        users = None
+        if batch.pair_item.numel():
+            # a pair's target item is never in the history its user vector is computed from
+            users = model.user_export(batch.pair_user, exclude=batch.item_index[batch.pair_item])  # (P, E + 2)
         losses: dict[str, torch.Tensor] = {}
         weights = {"rating": self.config.rating_weight, "feature": self.config.feature_weight,
                    "attributes": self.config.attribute_weight, "retrieval": self.config.retrieval_weight}
-        if self.config.rating_weight > 0 and (loss := self.rating.loss(model, batch, items)) is not None:
+        if self.config.rating_weight > 0 and (loss := self.rating.loss(model, batch, items, users)) is not None:
             losses["rating"] = loss
         if self.feature is not None:
             losses.update(self.feature.losses(model, batch, encoded, generator))
-        if self.retrieval is not None and (loss := self.retrieval.loss(model, batch, items)) is not None:
+        if self.retrieval is not None and (loss := self.retrieval.loss(model, batch, items, users)) is not None:
             losses["retrieval"] = loss
         terms = [weights[k] * v for k, v in losses.items() if weights[k] > 0]
         # A batch with no pairs and no multi-modal item still returns a differentiable zero.
