@@ -254,3 +254,18 @@ def test_held_out_users_are_ranked_without_their_history_by_hand():
     assert flipped["ranking"]["recall@1"] == pytest.approx((1 + 0.5) / 2) and flipped["rating"] == {}
     only_b = evaluate_held_out_users(torch.tensor([[1.0], [-1.0]]), item_vecs, users, ks=(1,), only=np.array([1]))
     assert only_b["ranking"]["users"] == 1 and only_b["ranking"]["recall@1"] == pytest.approx(0.5)
+
+
+def test_history_subsampling_keeps_histories_of_every_length_and_never_empties_one():
+    from mmrec.model.history import subsample_history
+
+    torch.manual_seed(0)
+    mask = torch.zeros(4000, 50, dtype=torch.bool)
+    mask[:, :40] = True  # 40 interactions each
+    mask[-1] = False  # and one empty history
+    kept = subsample_history(mask)
+    assert not (kept & ~mask).any()  # only real interactions
+    counts = kept[:-1].sum(1).float()
+    assert (counts >= 1).all() and not kept[-1].any()
+    assert abs(counts.mean().item() / 40 - 0.5) < 0.03  # a uniform rate per row: half on average
+    assert (counts <= 3).float().mean() > 0.03 and (counts >= 37).float().mean() > 0.03  # short and long ones

@@ -49,6 +49,9 @@ class ModelConfig:
     # training, and new interactions, are served without retraining
     user_tower: str = "id"
     history_length: int = 50  # history tower: the latest interactions a user's vector is computed from
+    # history tower, training: compute each pair's user vector from a random subset of the history (a
+    # rate drawn per pair), so the tower also learns to serve users with a handful of interactions
+    history_subsample: bool = False
 
     def __post_init__(self) -> None:
         if self.user_tower not in ("id", "history"):

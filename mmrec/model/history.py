@@ -83,10 +83,10 @@ class HistoryUserTower(nn.Module):
     """(history item vectors, ratings, recency) -> (p_u, b_u); see the module docstring."""
 
     def __init__(self, embedding_dim: int, num_items: int, history_length: int, init_std: float,
-                 id_dropout: float = 0.0):
+                 id_dropout: float = 0.0, subsample: bool = False):
         super().__init__()
         E = embedding_dim
-        self.history_length, self.id_dropout = history_length, id_dropout
+        self.history_length, self.id_dropout, self.subsample = history_length, id_dropout, subsample
         self.item_in = nn.Linear(E + 1, E)  # A: [q_j, b_j] -> E
         self.history_id = nn.Embedding(num_items, E)  # y_j
         nn.init.normal_(self.history_id.weight, std=init_std)
@@ -122,6 +122,8 @@ class HistoryUserTower(nn.Module):
         items, mask = history.items, history.mask  # (P, L)
         if exclude is not None:
             mask = mask & (items != exclude[:, None])
+        if self.training and self.subsample:
+            mask = subsample_history(mask)
         vecs = item_vecs[items][..., : self.item_in.in_features].detach()  # (P, L, E + 1)
         # rows past the run's items were added after training (`mmrec embed-items`): no history-ID term
         n = self.history_id.num_embeddings
@@ -140,3 +142,16 @@ class HistoryUserTower(nn.Module):
         weights = torch.softmax(scores, dim=1).nan_to_num(0.0) * mask  # (P, L); an empty history: all zero
         h = (weights[..., None] * e).sum(1)  # (P, E)
         return self.out_p(h), self.out_b(h).squeeze(-1)
+
+
+def subsample_history(mask: torch.Tensor) -> torch.Tensor:
+    """(P, L) mask keeping each interaction of row p with a probability drawn uniformly per row, and at
+    least one of a non-empty row: training sees histories of every length, from one interaction to all
+    (`model.history_subsample`), as users who arrive after training bring them."""
+    keep = torch.rand(mask.shape[0], 1, device=mask.device)  # (P, 1) each row's rate
+    kept = mask & (torch.rand(mask.shape, device=mask.device) < keep)  # (P, L)
+    # a row left empty keeps one of its interactions, at random
+    pick = torch.where(mask, torch.rand(mask.shape, device=mask.device), -1.0).argmax(1)  # (P,)
+    empty = ~kept.any(1) & mask.any(1)
+    kept[empty, pick[empty]] = True
+    return kept

@@ -71,7 +71,7 @@ class RecModel(nn.Module):
             nn.init.zeros_(self.item_id_b.weight)
         if config.user_tower == "history":
             self.user_tower = HistoryUserTower(E, num_items, config.history_length, config.init_std,
-                                               config.item_id_dropout)
+                                               config.item_id_dropout, config.history_subsample)
         else:
             # Row num_users is the unknown user: never trained, zero, so r_hat = mu + b_i for cold users.
             self.user_p = nn.Embedding(num_users + 1, E)

@@ -4,8 +4,9 @@
   interaction comes once per epoch: `ExampleBuilder.pairs`);
 - feature generation: mask one present modality of each item that has at least two, fuse the rest,
   and generate the masked modality's pooled encoder feature (stop-gradient target; cosine or MSE)
-  and the item's attributes (softmax over the vocabulary, or one sigmoid each). It needs no ratings, so unrated catalogue items train
-  it too, and it teaches the fused state to stand in for a missing modality;
+  and the item's attributes (a softmax over the vocabulary, or one sigmoid each). It needs no
+  ratings, so unrated catalogue items train it too, and it teaches the fused state to stand in for
+  a missing modality;
 - retrieval (optional): in-batch sampled softmax between the exported user and item vectors, with a
   temperature, other positives of the same user masked out, corrected for the items' sampling rates.
 
