@@ -51,7 +51,8 @@ class ModelConfig:
     history_length: int = 50  # history tower: the latest interactions a user's vector is computed from
     # history tower, training: compute each pair's user vector from a random subset of the history (a
     # rate drawn per pair), so the tower also learns to serve users with a handful of interactions
-    history_subsample: bool = False
+    # (on MovieLens' valid cold users, 5 given: Recall@20 0.1072 against 0.0988 without)
+    history_subsample: bool = True
 
     def __post_init__(self) -> None:
         if self.user_tower not in ("id", "history"):
