@@ -1,6 +1,6 @@
 """Quality on real data: MovieLens latest-small with text and posters, against classic baselines in one run.
 
-    .venv/bin/python benchmarks/movielens.py            # reads ../shared/data; about 31 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/movielens.py            # reads ../shared/data; about an hour on 2 CPU cores
 
 Three protocols, each sharded from the same catalogue by `datasets/movielens.py` (seed 0):
 
