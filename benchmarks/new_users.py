@@ -189,14 +189,66 @@ def update_speed(model, item_vecs: torch.Tensor) -> dict:
             "threads": torch.get_num_threads()}
 
 
+def goals_of(cold: dict, warm: dict, speed: dict) -> dict:
+    """The issue's goals, from whichever parts were run."""
+    goals = {}
+    if cold:
+        best_baseline = max(("item-kNN", "MF fold-in (implicit ALS)"), key=lambda n: cold[n]["given 5"]["ndcg@20"])
+        ours = cold["mmrec history tower (text + image)"]["given 5"]["ndcg@20"]
+        ratio = ours / cold[best_baseline]["given 5"]["ndcg@20"]
+        goals["cold_users_5_given"] = {"ndcg@20": ours, "better_of_item_knn_and_fold_in": best_baseline,
+                                       "baseline_ndcg@20": cold[best_baseline]["given 5"]["ndcg@20"],
+                                       "ratio": ratio, "goal_ratio": 1.1, "met": ratio >= 1.1}
+        goals["update_10k_users_seconds"] = {"max_of_runs": max(speed["seconds"]), "goal": 10.0,
+                                             "met": max(speed["seconds"]) < 10.0}
+    if warm:
+        id_r = warm["mmrec ID tower (text + image)"]["recall@20"]
+        hist_r = warm["mmrec history tower (text + image)"]["recall@20"]
+        goals["warm_users"] = {"id_tower_recall@20": id_r, "history_tower_recall@20": hist_r,
+                               "relative": hist_r / id_r, "met": hist_r >= 0.98 * id_r}
+    return goals
+
+
+def merge(paths: list[Path], out: Path) -> dict:
+    """One report from a cold-only and a warm-only run (`--part`), made side by side."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    report = {**parts[0], "parts": [str(p) for p in paths]}
+    for part in parts[1:]:
+        for key in ("cold_users", "warm_users", "update_speed"):
+            report[key] = part[key] or report[key]
+        report["protocols"].update(part["protocols"])
+        report["seconds"] = max(report["seconds"], part["seconds"])
+    report["goals"] = goals_of(report["cold_users"], report["warm_users"], report["update_speed"])
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def print_tables(report: dict) -> None:
+    cold, warm = report["cold_users"], report["warm_users"]
+    print("| cold users | " + " | ".join(f"NDCG@20, {n} given" for n in GIVEN) + " | Recall@20, 5 given |")
+    print("|---" * (len(GIVEN) + 2) + "|")
+    for name, r in cold.items():
+        print(f"| {name} | " + " | ".join(f"{r[f'given {n}']['ndcg@20']:.4f}" for n in GIVEN)
+              + f" | {r['given 5']['recall@20']:.4f} |")
+    for name, r in warm.items():
+        print(f"warm {name}: Recall@20 {r['recall@20']:.4f} NDCG@20 {r['ndcg@20']:.4f}")
+    print(json.dumps(report["goals"], indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shared", type=Path, default=SHARED)
     p.add_argument("--work", type=Path, default=Path("/tmp/mmrec-movielens"), help="datasets, caches and runs")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--skip-warm", action="store_true", help="cold users only")
+    p.add_argument("--part", choices=("all", "cold", "warm"), default="all",
+                   help="run one protocol only (two processes side by side, then --merge)")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, help="merge --part reports into --out")
     p.add_argument("overrides", nargs="*", help="key=value overrides for the history-tower runs (tuning on valid)")
     args = p.parse_args(argv)
+    default_out = REPO / "benchmarks" / "results" / f"new_users_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    if args.merge:
+        print_tables(merge(args.merge, args.out or default_out))
+        return 0
     if not (args.shared / "ml-latest-small" / "ratings.csv").is_file():
         sys.exit(f"MovieLens not found under {args.shared} (see ../shared/data/SOURCES.md)")
     started = time.perf_counter()
@@ -206,19 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     feats = feature_cache(args.work, "features", datasets["ranking"], base, MODALITIES)
     history = ["model.user_tower=history", *args.overrides]
 
-    data = datasets["cold-users"]
-    log("cold users: baselines")
-    cold = cold_baselines(data)
-    log("cold users: history tower (text + image)")
-    model, item_vecs, info = train_model("cold-users-history", data, feats, base, args.work, history)
-    test = run_splits(data).held_out_users("test")
-    cold["mmrec history tower (text + image)"] = {
-        **cold_scores(lambda h, c: vectors_for_histories(model, item_vecs, h, c), item_vecs, test), **info}
-    speed = update_speed(model, item_vecs)
-    log(f"   {json.dumps(cold['mmrec history tower (text + image)']['given 5'])}; update {speed['seconds']} s")
+    cold, warm, speed = {}, {}, {}
+    if args.part in ("all", "cold"):
+        data = datasets["cold-users"]
+        log("cold users: baselines")
+        cold = cold_baselines(data)
+        log("cold users: history tower (text + image)")
+        model, item_vecs, info = train_model("cold-users-history", data, feats, base, args.work, history)
+        test = run_splits(data).held_out_users("test")
+        cold["mmrec history tower (text + image)"] = {
+            **cold_scores(lambda h, c: vectors_for_histories(model, item_vecs, h, c), item_vecs, test), **info}
+        speed = update_speed(model, item_vecs)
+        log(f"   {json.dumps(cold['mmrec history tower (text + image)']['given 5'])}; update {speed['seconds']} s")
 
-    warm = {}
-    if not args.skip_warm:
+    if args.part in ("all", "warm"):
         data = datasets["ranking"]
         for name, extra in (("mmrec ID tower (text + image)", list(args.overrides)),
                             ("mmrec history tower (text + image)", history)):
@@ -227,19 +280,6 @@ def main(argv: list[str] | None = None) -> int:
             warm[name] = {**warm_scores(model, item_vecs, data), **info}
             log(f"   recall@20 {warm[name]['recall@20']:.4f}")
 
-    best_baseline = max(("item-kNN", "MF fold-in (implicit ALS)"), key=lambda n: cold[n]["given 5"]["ndcg@20"])
-    ours = cold["mmrec history tower (text + image)"]["given 5"]["ndcg@20"]
-    goals = {"cold_users_5_given": {"ndcg@20": ours, "better_of_item_knn_and_fold_in": best_baseline,
-                                    "baseline_ndcg@20": cold[best_baseline]["given 5"]["ndcg@20"],
-                                    "ratio": ours / cold[best_baseline]["given 5"]["ndcg@20"], "goal_ratio": 1.1},
-             "update_10k_users_seconds": {"max_of_runs": max(speed["seconds"]), "goal": 10.0}}
-    goals["cold_users_5_given"]["met"] = goals["cold_users_5_given"]["ratio"] >= 1.1
-    goals["update_10k_users_seconds"]["met"] = max(speed["seconds"]) < 10.0
-    if warm:
-        id_r = warm["mmrec ID tower (text + image)"]["recall@20"]
-        hist_r = warm["mmrec history tower (text + image)"]["recall@20"]
-        goals["warm_users"] = {"id_tower_recall@20": id_r, "history_tower_recall@20": hist_r,
-                               "relative": hist_r / id_r, "met": hist_r >= 0.98 * id_r}
     manifest = {n: load_manifest(d) for n, d in datasets.items()}
     report = {
         "benchmark": "new users (MovieLens latest-small)",
@@ -253,19 +293,12 @@ def main(argv: list[str] | None = None) -> int:
             "ranking": "random 8:1:1 per user, seed 0, train+valid masked (as benchmarks/movielens.py)",
         },
         "config": str(CONFIGS["ranking"].relative_to(REPO)), "history_overrides": history,
-        "cold_users": cold, "warm_users": warm, "update_speed": speed, "goals": goals,
+        "cold_users": cold, "warm_users": warm, "update_speed": speed, "goals": goals_of(cold, warm, speed),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    out = args.out or REPO / "benchmarks" / "results" / f"new_users_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
+    out = args.out or default_out
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print("| cold users | " + " | ".join(f"NDCG@20, {n} given" for n in GIVEN) + " | Recall@20, 5 given |")
-    print("|---" * (len(GIVEN) + 2) + "|")
-    for name, r in cold.items():
-        print(f"| {name} | " + " | ".join(f"{r[f'given {n}']['ndcg@20']:.4f}" for n in GIVEN)
-              + f" | {r['given 5']['recall@20']:.4f} |")
-    for name, r in warm.items():
-        print(f"warm {name}: Recall@20 {r['recall@20']:.4f} NDCG@20 {r['ndcg@20']:.4f}")
-    print(json.dumps(goals, indent=2))
+    print_tables(report)
     log(f"wrote {out} ({report['seconds']:.0f} s)")
     return 0
 
