@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.part in ("all", "warm"):
         data = datasets["ranking"]
-        for name, extra in (("mmrec ID tower (text + image)", list(args.overrides)),
+        shared = [o for o in args.overrides if not o.startswith("model.history")]  # the ID tower has no history keys
+        for name, extra in (("mmrec ID tower (text + image)", shared),
                             ("mmrec history tower (text + image)", history)):
             log(f"warm users: {name}")
             model, item_vecs, info = train_model(name.split()[1] + "-warm", data, feats, base, args.work, extra)

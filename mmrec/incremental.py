@@ -150,7 +150,10 @@ def embed_users(model: RecModel, emb_dir: str | Path, interactions: str | Path, 
     remap[chosen] = np.arange(len(chosen))
     table = UserHistory.from_rows(SplitArrays(remap[rows.users], rows.items, rows.ratings, rows.timestamps),
                                   len(chosen), model.config.history_length)
-    vectors = history_user_vectors(model, emb.items, table)  # (C, E + 2)
+    # users the run was trained on keep their ID residual (`model.history_user_id`); new users have none
+    run_index = {u: i for i, u in enumerate(vocab.user_ids)}
+    run_users = torch.tensor([run_index.get(user_ids[c], -1) for c in chosen.tolist()], dtype=torch.long)
+    vectors = history_user_vectors(model, emb.items, table, users=run_users)  # (C, E + 2)
 
     all_vecs = torch.zeros(len(user_ids), emb.items.shape[1])
     all_vecs[: len(emb.user_ids)] = emb.users

@@ -71,12 +71,44 @@ def test_the_vector_depends_on_the_history_and_only_on_it():
     torch.testing.assert_close(e[0], tower.out_p.bias)
 
 
+def test_the_user_id_residual_is_added_for_training_users_only():
+    from mmrec.model.config import ModelConfig
+    from mmrec.model.model import RecModel, history_user_vectors, user_vectors
+
+    cfg = ModelConfig(encoders={}, embedding_dim=4, item_id_embeddings=True, user_tower="history",
+                      history_length=3, history_user_id=True, history_user_id_dropout=0.5, init_std=0.5)
+    torch.manual_seed(0)
+    model = RecModel(cfg, {}, None, num_users=2, num_items=6, global_mean=3.0).eval()
+    _, item_vecs, history, _, _ = tower_inputs()
+    history = UserHistory(*(torch.cat([t, torch.zeros_like(t[:1])]) for t in (history.items, history.ratings,
+                                                                              history.mask)))  # + an empty row
+    plain = history_user_vectors(model, item_vecs, history)  # (3, E + 2): no residual asked for
+    served = user_vectors(model, item_vecs, history)  # users 0, 1 and the unknown row
+    residual = torch.cat([model.user_p.weight, torch.zeros(3, 1), model.user_b.weight], 1).detach()
+    torch.testing.assert_close(served[:2], plain[:2] + residual[:2])
+    torch.testing.assert_close(served[2], plain[2])  # the unknown user: history alone
+    # a user the run never saw (-1) gets no residual
+    torch.testing.assert_close(history_user_vectors(model, item_vecs, history, users=torch.tensor([-1, 1, 2])),
+                               torch.stack([plain[0], served[1], plain[2]]))
+    # training hides the residual for about half of the users (history_user_id_dropout = 0.5)
+    model.train()
+    model.user_tower.subsample = False  # the history part then is deterministic
+    many = torch.zeros(2000, dtype=torch.long)
+    h = history.rows(many)
+    p = model.history_export(item_vecs, h, users=many)[:, :4] - model.user_tower(item_vecs, h, model.item_seen,
+                                                                                model.global_mean)[0]
+    kept = p.detach().abs().sum(1) > 1e-6
+    assert torch.allclose(p[kept], model.user_p.weight[0].expand(int(kept.sum()), -1))
+    assert 0.45 < kept.float().mean() < 0.55
+
+
 # ------------------------------------------------------------------------------- trained end to end
 
 
 @pytest.fixture(scope="module")
 def cold_users_run(tmp_path_factory):
-    """A tiny history-tower run on a cold-users split of the synthetic catalogue, embedded."""
+    """A tiny history-tower run (with the per-user ID residual) on a cold-users split of the synthetic
+    catalogue, embedded."""
     from mmrec.cli import main
     from mmrec.config import load_run_config
     from mmrec.training import train
@@ -84,7 +116,8 @@ def cold_users_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("history")
     data = make_dataset(root, num_items=120, num_users=80, num_ratings=3000, items_per_shard=30,
                         protocol="cold-users")
-    cfg = load_run_config(TINY, ["model.user_tower=history", "train.epochs=20", "data.batch_size=32",
+    cfg = load_run_config(TINY, ["model.user_tower=history", "model.history_user_id=true", "train.epochs=20",
+                                 "data.batch_size=32",
                                  "train.early_stopping_patience=0"])
     train(cfg, data, root / "run")
     assert main(["embed", "--run", str(root / "run"), "--data", str(data), "--out", str(root / "emb")]) == 0
@@ -176,6 +209,16 @@ def test_embed_users_moves_a_user_towards_their_new_interactions(cold_users_run,
     # the unknown item is quarantined with its reason, not dropped silently
     quarantine = (emb_dir / "embed_users_quarantine.jsonl").read_text()
     assert "unknown-item" in quarantine
+    # recomputing every user from unchanged histories reproduces `mmrec embed`'s vectors, the training
+    # users' ID residuals included; the newcomer has none
+    again = tmp_path / "again"
+    shutil.copytree(root / "emb", again)
+    csv.write_text("user_id,item_id,rating\nnewcomer,{},5\n".format(new_items[0]))
+    assert main(["embed-users", "--run", str(root / "run"), "--interactions", str(csv), "--out", str(again),
+                 "--all-users"]) == 0
+    recomputed = Embeddings.load(again)
+    torch.testing.assert_close(recomputed.users[: len(before.user_ids)], before.users, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(recomputed.users[-1], after.users[-1], atol=1e-5, rtol=1e-5)
 
 
 def test_an_id_tower_run_refuses_history_serving(trained, capsys):

@@ -72,7 +72,7 @@ class RecModel(nn.Module):
         if config.user_tower == "history":
             self.user_tower = HistoryUserTower(E, num_items, config.history_length, config.init_std,
                                                config.item_id_dropout, config.history_subsample)
-        else:
+        if config.user_tower == "id" or config.history_user_id:
             # Row num_users is the unknown user: never trained, zero, so r_hat = mu + b_i for cold users.
             self.user_p = nn.Embedding(num_users + 1, E)
             self.user_b = nn.Embedding(num_users + 1, 1)
@@ -203,10 +203,21 @@ class RecModel(nn.Module):
             self.history, self.item_memory = self.history.to(device), self.item_memory.to(device)
 
     def history_export(self, item_vecs: torch.Tensor, history: UserHistory,
-                       exclude: torch.Tensor | None = None) -> torch.Tensor:
-        """(P, E + 2) user vectors computed from P histories against item vectors (N, >= E + 1)."""
+                       exclude: torch.Tensor | None = None, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(P, E + 2) user vectors computed from P histories against item vectors (N, >= E + 1).
+
+        users: (P,) the training users these histories belong to (-1: a user the run never saw), for the
+        per-user ID residual (`history_user_id`); None = no residual (users not from training).
+        """
         item_vecs, history = item_vecs.to(self.global_mean.device), history.to(self.global_mean.device)
         p, b = self.user_tower(item_vecs, history, self.item_seen, self.global_mean, exclude)
+        if self.config.history_user_id and users is not None:
+            u = self.user_index(users.to(self.global_mean.device))
+            keep = torch.ones_like(b)
+            if self.training and self.config.history_user_id_dropout > 0:
+                keep = (torch.rand_like(b) >= self.config.history_user_id_dropout).to(b.dtype)
+            p = p + self.user_p(u) * keep[:, None]
+            b = b + self.user_b(u).squeeze(-1) * keep
         return torch.cat([p, torch.ones_like(b)[:, None], (self.global_mean + b)[:, None]], dim=-1)
 
     # ----------------------------------------------------------------------------------- export
@@ -228,7 +239,7 @@ class RecModel(nn.Module):
             if self.history is None:
                 raise ValueError("the history tower needs the users' histories: call set_history first")
             self._history_to_device()
-            return self.history_export(self.item_memory, self.history.rows(u), exclude)
+            return self.history_export(self.item_memory, self.history.rows(u), exclude, users)
         p, b = self.user_p(u), self.user_b(u).squeeze(-1)
         return torch.cat([p, torch.ones_like(b)[:, None], (self.global_mean + b)[:, None]], dim=-1)
 
@@ -251,20 +262,24 @@ def user_vectors(model: RecModel, item_vecs: torch.Tensor | None = None, history
     if item_vecs is None or history is None:
         raise ValueError("a history-tower model computes user vectors from item vectors and histories: "
                          "pass item_vecs and history")
-    return history_user_vectors(model, item_vecs, history, chunk)
+    users = torch.arange(len(history))  # the training users, then the unknown user's (empty) row
+    return history_user_vectors(model, item_vecs, history, chunk, users)
 
 
 @torch.no_grad()
 def history_user_vectors(model: RecModel, item_vecs: torch.Tensor, history: UserHistory,
-                         chunk: int = 4096) -> torch.Tensor:
-    """(P, E + 2) user vectors for any P histories (history tower), in chunks of `chunk` users."""
+                         chunk: int = 4096, users: torch.Tensor | None = None) -> torch.Tensor:
+    """(P, E + 2) user vectors for any P histories (history tower), in chunks of `chunk` users.
+    users: (P,) each history's training user (-1 = none), for the ID residual (`history_user_id`)."""
     if not model.history_tower:
         raise ValueError("this model has an ID user tower (model.user_tower: id): it has vectors only for the "
                          "users it was trained on; train with model.user_tower=history to serve users from history")
     was_training = model.training
     model.eval()
-    out = [model.history_export(item_vecs, history.rows(torch.arange(s, min(s + chunk, len(history)))))
-           for s in range(0, len(history), chunk)]
+    out = []
+    for s in range(0, len(history), chunk):
+        rows = torch.arange(s, min(s + chunk, len(history)))
+        out.append(model.history_export(item_vecs, history.rows(rows), users=None if users is None else users[rows]))
     model.train(was_training)
     return torch.cat(out).float().cpu() if out else torch.zeros(0, model.export_dim)
 
