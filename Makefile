@@ -1,18 +1,20 @@
 # The two commands of the README: `make demo` and `make test`. Each creates the virtual
-# environment on first use (python3 -m venv + pip install -e '.[test]') and reuses it afterwards.
+# environment on first use (python3 -m venv + pip install -e '.[test]' with the exact versions of
+# constraints.txt, the tested set) and reuses it until pyproject.toml or constraints.txt changes.
 PYTHON ?= python3
 VENV ?= .venv
 DEMO_OUT ?= demo_out
+CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.mmrec-installed
 
 .PHONY: demo test env clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --upgrade --quiet pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

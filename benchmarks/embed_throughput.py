@@ -83,7 +83,7 @@ def _sync(device: torch.device) -> None:
 def loader_rate(data: Path, pre: dict, batch_size: int, workers: int) -> tuple[float, float]:
     """(items/s of shard reading + decoding + preprocessing alone (no model), seconds to the first batch)."""
     loader = item_loader(data, "eval", ReaderConfig(batch_size=batch_size, num_workers=workers),
-                         transform=ExampleBuilder(pre, []), collate=BatchCollator(pre), rank=0, world_size=1)
+                         transform=ExampleBuilder(pre, [], catalogue=None), collate=BatchCollator(pre), rank=0, world_size=1)
     start, n, first = time.perf_counter(), 0, None
     for batch in loader:
         first = first or time.perf_counter() - start
@@ -100,7 +100,7 @@ def input_profile(data: Path, pre: dict, batch_size: int, items: int) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     seconds: dict[str, float] = defaultdict(float)
-    builder, collate = ExampleBuilder(pre, []), BatchCollator(pre)
+    builder, collate = ExampleBuilder(pre, [], catalogue=None), BatchCollator(pre)
     samples = iter(wds.DataPipeline(wds.SimpleShardList(shard_urls(data)), wds.tarfile_to_samples()))
     examples, n = [], 0
     try:
@@ -136,7 +136,7 @@ def input_profile(data: Path, pre: dict, batch_size: int, items: int) -> dict:
 def encoder_rate(model, data: Path, pre: dict, batch_size: int, device: torch.device, autocast: bool,
                  batches: int) -> float:
     """items/s of the encoders' forward on preprocessed batches already on the device (first batch: warm-up)."""
-    loader = item_loader(data, "eval", ReaderConfig(batch_size=batch_size), transform=ExampleBuilder(pre, []),
+    loader = item_loader(data, "eval", ReaderConfig(batch_size=batch_size), transform=ExampleBuilder(pre, [], catalogue=None),
                          collate=BatchCollator(pre), rank=0, world_size=1)
     ready = [b.to(device) for _, b in zip(range(batches + 1), loader)]
     ready = ready if len(ready) > 1 else ready * 2  # a one-batch dataset: time it after warming up on it

@@ -43,7 +43,7 @@ def time_config(name: str, overrides: list[str], data: Path, manifest: dict, bat
     cfg = load_run_config(REPO / "configs" / "tiny.yaml", overrides)
     model, pre = create_model(cfg.model, ModelSizes(400, manifest["num_items"], manifest["attributes"], 3.5))
     model.eval()
-    loader = item_loader(data, "eval", ReaderConfig(batch_size=batch_size), transform=ExampleBuilder(pre, manifest["attributes"]),
+    loader = item_loader(data, "eval", ReaderConfig(batch_size=batch_size), transform=ExampleBuilder(pre, manifest["attributes"], catalogue=None),
                          collate=BatchCollator(pre), rank=0, world_size=1)
     batches = [b for _, b in zip(range(repeats + 1), loader)]
     times = []

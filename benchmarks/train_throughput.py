@@ -51,7 +51,7 @@ def encoder_reference(trainer: Trainer, batches: int) -> float:
     """items/s of the encoders alone (forward + backward of the trainable part) on device-resident batches."""
     model, device = trainer.model, trainer.accelerator.device
     loader = item_loader(trainer.data_dir, "eval", ReaderConfig(batch_size=trainer.cfg.data.batch_size),
-                         transform=ExampleBuilder(trainer.preprocessors, []), collate=BatchCollator(trainer.preprocessors),
+                         transform=ExampleBuilder(trainer.preprocessors, [], catalogue=None), collate=BatchCollator(trainer.preprocessors),
                          rank=0, world_size=1)
     ready = [b.to(device) for _, b in zip(range(batches + 1), loader)]
     trainable = any(p.requires_grad for p in model.encoders.parameters())

@@ -9,6 +9,7 @@ a trained fusion model, item/user embeddings and an honest offline evaluation ou
     mmrec.train(cfg, "data", "run")
     mmrec.embed("run", "data", "emb")
     report, paths = mmrec.evaluate_run("run", "data", "report")
+    rec = mmrec.Recommender.from_run("run")  # then rec.recommend(user=...), .similar, .search, .embed_items
 
 The flow and the files each step writes: docs/design.md. Names are imported on first use, so
 `import mmrec` stays cheap (no torch until a model or a loader is touched).
@@ -29,10 +30,12 @@ _API = {
     "SplitConfig": "mmrec.data.splits", "load_manifest": "mmrec.data.reader",
     "RunVocabulary": "mmrec.data.vocabulary", "RunSplits": "mmrec.data.split_files",
     "write_synthetic_catalogue": "mmrec.data.synthetic", "SyntheticCatalogueConfig": "mmrec.data.synthetic",
+    "audio_handler": "mmrec.data.media",  # wds.WebDataset(urls).decode("pil", mmrec.audio_handler)
     # model
     "create_model": "mmrec.model.factory", "build_model": "mmrec.model.factory",
     "load_model": "mmrec.model.factory", "save_model": "mmrec.model.factory",
     "ModelSizes": "mmrec.model.factory", "RecModel": "mmrec.model.model",
+    "from_pretrained": "mmrec.model.factory", "export_model": "mmrec.model.factory",
     # training, embedding, caching
     "train": "mmrec.training", "embed": "mmrec.embedding", "cache_features": "mmrec.cache",
     # evaluation
@@ -41,6 +44,7 @@ _API = {
     # serving
     "Embeddings": "mmrec.serving", "recommend": "mmrec.serving", "similar": "mmrec.serving",
     "search": "mmrec.serving",
+    "Recommender": "mmrec.api", "Recommendation": "mmrec.api", "Recommendations": "mmrec.api",
 }
 
 __all__ = ["__version__", *sorted(_API)]

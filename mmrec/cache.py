@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,12 @@ from mmrec import __version__
 from mmrec.data import schema
 from mmrec.data.features import FEATURE_PATTERN
 from mmrec.data.reader import load_manifest
-from mmrec.embedding import item_batches
+from mmrec.embedding import item_batches, progress_shown
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.model import RecModel
 from mmrec.precision import bf16_autocast
+
+logger = logging.getLogger(__name__)
 
 
 def encoder_fingerprints(model: RecModel) -> dict[str, str]:
@@ -96,7 +99,9 @@ def _cache_features(model: RecModel, preprocessors: dict, data_dir: Path, out: P
     autocast = bf16_autocast(device)
     model.to(device).eval()
     per_file: dict[str, int] = {}
-    bar = tqdm(total=source["num_items"], desc="cache", unit="item", disable=not progress)
+    logger.info(f"encoding {source['num_items']} items with the frozen {', '.join(sorted(model.encoders))} encoders "
+                f"on {device.type} -> {out}")
+    bar = tqdm(total=source["num_items"], desc="cache", unit="item", disable=not progress or not progress_shown())
     with wds.ShardWriter(str(tmp / FEATURE_PATTERN), maxcount=per_shard, maxsize=float("inf"), verbose=0,
                          mtime=0.0) as writer:
         for batch, metas in loader:

@@ -7,12 +7,16 @@ status 2 and one clear line, never a traceback from deep inside.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
 from mmrec import __version__
+
+logger = logging.getLogger(__name__)
 
 
 def _cutoffs(text: str) -> list[int]:
@@ -165,7 +169,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     from mmrec.data.fingerprint import check_dataset
     from mmrec.serving import Embeddings, format_results, recommend, seen_items
 
-    emb = Embeddings.load(_emb_dir(args))
+    emb_dir = _emb_dir(args)
+    emb = Embeddings.load(emb_dir)
     if args.history is not None:  # a user the run never saw: the vector comes from the history tower
         from mmrec.incremental import parse_history, recommend_for_history
         from mmrec.model.factory import load_run_model
@@ -179,8 +184,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     try:
         exclude = seen_items(_run_data(args.run, args.data), args.user, emb.item_ids)
     except ValueError as e:
-        print(f"note: not excluding seen items ({e})", file=sys.stderr)
-    print(format_results(emb, recommend(emb, args.user, args.k, exclude)))
+        logger.warning(f"not excluding seen items ({e})")
+    index = _ann(args, emb_dir, emb, "recommend")
+    print(format_results(emb, recommend(emb, args.user, args.k, exclude, index=index)))
     return 0
 
 
@@ -217,8 +223,25 @@ def cmd_embed_items(args: argparse.Namespace) -> int:
 def cmd_similar(args: argparse.Namespace) -> int:
     from mmrec.serving import Embeddings, format_results, similar
 
-    emb = Embeddings.load(_emb_dir(args))
-    print(format_results(emb, similar(emb, args.item, args.k)))
+    emb_dir = _emb_dir(args)
+    emb = Embeddings.load(emb_dir)
+    print(format_results(emb, similar(emb, args.item, args.k, index=_ann(args, emb_dir, emb, "similar"))))
+    return 0
+
+
+def _ann(args: argparse.Namespace, emb_dir: Path, emb, score: str):
+    """EMB/index's index for `score` when there is a fresh one and --exact is not given, else None (exact)."""
+    from mmrec.ann import load_index
+
+    return None if args.exact else load_index(emb_dir, emb, score)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from mmrec.ann import IndexConfig, build_indexes
+
+    meta = build_indexes(args.emb, IndexConfig.from_args(args.kind, args.params))
+    sizes = ", ".join(f"{s} {v['bytes'] / 2**20:.1f} MiB in {v['seconds']} s" for s, v in meta["scores"].items())
+    print(f"indexed {meta['items']} items ({meta['kind']}): {sizes} -> {args.emb / 'index'}")
     return 0
 
 
@@ -227,6 +250,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     emb = Embeddings.load(_emb_dir(args))
     print(format_results(emb, search(args.run, emb, args.query, args.k)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmrec.model.factory import export_model
+
+    out = export_model(args.run, args.out, license=args.license)
+    print(f"exported {args.run / 'model'} to {out} (config.json, model.safetensors, README.md"
+          f"{', encoders/' if (out / 'encoders').is_dir() else ''}): loads anywhere with "
+          "mmrec.model.factory.from_pretrained, or push it with `hf upload ORG/NAME " + str(out) + "`")
     return 0
 
 
@@ -243,6 +276,57 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LogLines(logging.Handler):
+    """Status lines on the stderr of the moment (pytest swaps sys.stderr), written with `tqdm.write` so
+    that a progress bar being drawn is redrawn under the line instead of being cut by it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 (logging's convention: a failing handler reports, never raises)
+            self.handleError(record)
+
+
+class _LevelPrefix(logging.Formatter):
+    """INFO lines as they are; the others say their level ("warning: ..."), debug lines also their module."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno == logging.INFO:
+            return text
+        return f"debug: {record.name}: {text}" if record.levelno <= logging.DEBUG else f"{record.levelname.lower()}: {text}"
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: int):
+    """The `mmrec` loggers for one command: `level` (-v DEBUG, default INFO, -q WARNING) on stderr; progress
+    bars show at INFO and below. Under `accelerate launch` the other ranks log warnings only, so each line
+    appears once. Undone afterwards: `main()` called in a process (tests, notebooks) leaves logging as it was."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = max(level, logging.WARNING)
+    top = logging.getLogger("mmrec")
+    handler = _LogLines()
+    handler.setFormatter(_LevelPrefix("%(message)s"))
+    before = top.level
+    top.addHandler(handler)
+    top.setLevel(level)
+    try:
+        yield
+    finally:
+        top.removeHandler(handler)
+        top.setLevel(before)
+
+
+def _add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG, default=default,
+                       help="also debug messages")
+    group.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                       default=default, help="only warnings and errors; no progress bars (results still print)")
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, except that a usage error is one line (then exit status 2, as argparse does)."""
 
@@ -255,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _OneLineParser(prog="mmrec", description="Multimodal recommendation engine.")
     parser.add_argument("--version", action="version", version=f"mmrec {__version__}")
+    _add_verbosity(parser, default=logging.INFO)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="synthetic tri-modal catalogue -> shards (-> train -> embed -> eval)")
@@ -320,7 +405,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--k", type=_positive, default=10)
         p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
         p.add_argument("--data", type=Path, default=None, help="dataset, for the user's seen items (default: the run's)")
+        p.add_argument("--exact", action="store_true", help="score every item, ignoring EMB/index (`mmrec index`)")
         p.set_defaults(func=cmd_recommend if name == "recommend" else cmd_similar)
+    p = sub.add_parser("index", help="nearest-neighbour indexes (faiss) that recommend / similar then search")
+    p.add_argument("--emb", required=True, type=Path, help="embedding folder (EMB); the indexes go to EMB/index")
+    p.add_argument("--kind", default="auto", choices=("auto", "flat", "hnsw", "ivfpq"),
+                   help="auto (default): flat (exact) below 100000 items, hnsw from there")
+    p.add_argument("params", nargs="*", metavar="key=value",
+                   help="index parameters, e.g. ef_search=256 or nlist=4096 nprobe=64 (mmrec.ann.IndexConfig)")
+    p.set_defaults(func=cmd_index)
     p = sub.add_parser("embed-users", help="recompute user vectors from new interactions, no training "
                                            "(history user tower)")
     p.add_argument("--run", required=True, type=_run_folder)
@@ -349,12 +442,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
     p.set_defaults(func=cmd_search)
 
+    p = sub.add_parser("export", help="a self-contained Hugging Face Hub folder of a run's model (its encoders' "
+                                      "sources included), to copy or push")
+    p.add_argument("--run", required=True, type=_run_folder)
+    p.add_argument("--out", required=True, type=Path, help="folder to write (new or empty)")
+    p.add_argument("--license", default=None, help="the model card's license, a Hub license id such as apache-2.0")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("shard", help="items.jsonl + interactions.csv -> WebDataset shards, splits, manifest")
-    p.add_argument("--items", required=True, type=Path, help="items.jsonl")
+    p.add_argument("--items", required=True, type=Path,
+                   help="items.jsonl, items.parquet, or a Hugging Face datasets folder (save_to_disk; the hf extra)")
     p.add_argument("--interactions", required=True, type=Path, help="interactions.csv or .parquet")
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
     add_shard_options(p)
     p.set_defaults(func=cmd_shard)
+    for p in sub.choices.values():  # `mmrec eval ... -q` as well as `mmrec -q eval ...`
+        _add_verbosity(p, default=argparse.SUPPRESS)  # SUPPRESS: a subcommand without it keeps the top level's
     return parser
 
 
@@ -362,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        with logging_to_stderr(args.log_level):
+            return args.func(args)
     except (ValueError, OSError, RuntimeError) as e:
         # a whole-input problem (a missing file, a folder that is not what it should be, a damaged
         # checkpoint): one line and exit status 2; MMREC_DEBUG=1 shows the traceback instead

@@ -21,6 +21,10 @@ from mmrec.config_io import load_config, save_config
 from mmrec.model.config import ModelConfig, TaskConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+# Accelerate's experiment trackers (`accelerate.utils.LoggerType`), named here so that a config is
+# checked without importing accelerate (and so torch); whether the package is installed is checked
+# when training starts.
+TRACKERS = ("tensorboard", "wandb", "trackio", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab")
 
 
 @dataclass
@@ -73,6 +77,11 @@ class TrainConfig:
     selection_metric: str = "ndcg@10"
     early_stopping_patience: int = 3  # validations without improvement before stopping (0: never stop)
     log_every: int = 10  # write metrics.jsonl every N optimizer steps
+    # experiment trackers that also receive the losses, lr and validation metrics (metrics.jsonl is always
+    # written): "none", "tensorboard", "wandb", ... (TRACKERS), a list or comma-separated string of them,
+    # or "all" (every tracker whose package is installed). Off by default: nothing starts a tracker, or
+    # an online service, unasked. Read back as a list ([] for none).
+    log_with: str | list[str] = "none"
     audit_data: bool = False  # record which items each rank trained on per epoch (RUN/audit/)
 
     def __post_init__(self) -> None:
@@ -87,6 +96,24 @@ class TrainConfig:
                 name in ("ndcg", "recall", "hit", "mrr") and k.isdigit() and int(k) >= 1):
             raise ValueError(f"train.selection_metric must be rmse, last or ndcg@K / recall@K / hit@K / mrr@K, "
                              f"got {self.selection_metric!r}")
+        self.log_with = _tracker_names(self.log_with)
+
+
+def _tracker_names(value: str | list[str]) -> list[str]:
+    """train.log_with as a list of tracker names (["all"] stays as is; [] for none), or a ValueError."""
+    if value is None:
+        return []
+    names = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"train.log_with must be a tracker name or a list of them, got {value!r}")
+    names = [n.strip().lower() for n in names if n.strip()]
+    unknown = [n for n in names if n not in ("none", "all", *TRACKERS)]
+    if unknown:
+        raise ValueError(f"train.log_with: unknown tracker(s) {unknown}; expected none, all or any of {list(TRACKERS)} "
+                         "(e.g. train.log_with=tensorboard)")
+    if "all" in names:
+        return ["all"]
+    return list(dict.fromkeys(n for n in names if n != "none"))  # in the given order, each once
 
 
 @dataclass
@@ -120,5 +147,5 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
     return load_config(RunConfig, None if path is None else resolve_config(path), overrides)
 
 
-__all__ = ["DataConfig", "RunConfig", "TrainConfig", "list_presets", "load_run_config", "resolve_config",
+__all__ = ["TRACKERS", "DataConfig", "RunConfig", "TrainConfig", "list_presets", "load_run_config", "resolve_config",
            "save_config"]

@@ -4,13 +4,16 @@
     -> embed every item and user (DIR/emb) -> evaluation report on the test split (DIR/report)
 
 Each step is a library call whose result is checked before the next one starts, so a demo that
-finishes has produced every file it names.
+finishes has produced every file it names. The steps report through logging (stderr); the results, and
+the next commands to try on the demo's run (real ids, answered before they are printed), go to stdout.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -21,15 +24,17 @@ from mmrec.config import load_run_config
 from mmrec.data.sharding import ShardOptions, shard_catalogue
 from mmrec.data.split_files import RunSplits
 from mmrec.data.splits import SplitConfig
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.synthetic import THEMES, SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed
 from mmrec.eval.evaluation import evaluate_run
-from mmrec.serving import Embeddings, similar, similarity_vectors
+from mmrec.serving import Embeddings, recommend, search, similar, similarity_vectors
 from mmrec.training import train
 
 DEMO_CONFIG = "tiny"  # preset shipped in mmrec/configs/
 DEMO_SPLIT = dict(protocol="cold-items", warm_holdout=0.1)  # 20% of items held out, 10% of each user's warm rows
+
+logger = logging.getLogger(__name__)
 
 
 def _check(condition: bool, step: str, what: str) -> None:
@@ -93,37 +98,51 @@ def _same_style_chance(style: dict[str, int], item_ids: list[str]) -> float:
     return float((counts / counts.sum()).square().sum())
 
 
+def next_commands(run: Path, emb: Embeddings, catalogue: Path, cold_ids: list[str]) -> list[list[str]]:
+    """`mmrec recommend`, `similar` and `search` on the demo's run, as argument lists: a user of the run, a cold
+    item (nobody rated it: `similar` works from its content alone) and words of that item's style. Each is
+    answered here first, so a printed command works when pasted."""
+    style = {r["item_id"]: r["style"] for r in _jsonl(catalogue / "items.jsonl")}
+    item = next((i for i in cold_ids if style[i] < len(THEMES)), cold_ids[0])  # a style with readable words
+    _, adjectives, nouns = THEMES[style[item] % len(THEMES)]
+    user, query = emb.user_ids[0], f"{adjectives.split()[0]} {nouns.split()[0]}"
+    _check(bool(recommend(emb, user, 5)) and bool(similar(emb, item, 5)) and bool(search(run, emb, query, 5)),
+           "next commands", "answers for its sample user, item and query")
+    return [["recommend", "--run", str(run), "--user", user], ["similar", "--run", str(run), "--item", item],
+            ["search", "--run", str(run), query]]
+
+
 def run_demo(out: Path, seed: int = 0) -> dict:
-    """Run every step into `out`; returns the report dict. Prints a summary as it goes."""
+    """Run every step into `out`; returns the report dict. Logs each step, prints the results."""
     started = time.perf_counter()
     catalogue, data, run, emb, report_dir = out / "catalogue", out / "data", out / "run", out / "emb", out / "report"
-    print(f"[1/5] synthetic tri-modal catalogue -> {catalogue}")
+    logger.info(f"[1/5] synthetic tri-modal catalogue -> {catalogue}")
     info = write_synthetic_catalogue(catalogue, SyntheticCatalogueConfig(seed=seed))
     _check(info["num_items"] > 0 and info["num_ratings"] > 0, "1", "items and ratings")
-    print(f"      {info['num_items']} items, {info['num_users']} users, {info['num_ratings']} ratings")
+    logger.info(f"      {info['num_items']} items, {info['num_users']} users, {info['num_ratings']} ratings")
 
-    print(f"[2/5] shards + cold-items split (20% of items held out, plus 10% of each user's warm rows) -> {data}")
+    logger.info(f"[2/5] shards + cold-items split (20% of items held out, plus 10% of each user's warm rows) -> {data}")
     shards = shard_catalogue(catalogue / "items.jsonl", catalogue / "interactions.csv", data,
                              SplitConfig(seed=seed, **DEMO_SPLIT),
-                             ShardOptions(items_per_shard=125, progress=False, overwrite=True))
-    print(shards.summary())
+                             ShardOptions(items_per_shard=125, overwrite=True))
+    logger.info(shards.summary())
     _check(shards.manifest["num_items"] > 0, "2", "a dataset folder with items")
 
-    print(f"[3/5] train the '{DEMO_CONFIG}' preset on CPU -> {run}")
+    logger.info(f"[3/5] train the '{DEMO_CONFIG}' preset on CPU -> {run}")
     cfg = load_run_config(DEMO_CONFIG, [f"train.seed={seed}"])
     if run.exists():
         shutil.rmtree(run)  # the demo always starts fresh
     state = train(cfg, data, run)
     _check((run / "model" / "model.safetensors").is_file(), "3", "a trained model")
-    print(f"      {state.step} steps; best validation {cfg.train.selection_metric} {state.best_metric:.4f} "
+    logger.info(f"      {state.step} steps; best validation {cfg.train.selection_metric} {state.best_metric:.4f} "
           f"at step {state.best_step}")
 
-    print(f"[4/5] embed every item and user -> {emb}")
-    summary = embed(run, data, emb, progress=False)
+    logger.info(f"[4/5] embed every item and user -> {emb}")
+    summary = embed(run, data, emb)
     _check(summary.get("items") == shards.manifest["num_items"], "4", "one embedding per item")
-    print(f"      {summary['items']} items and {summary['users']} users (dim {summary['dim']}) in {summary['seconds']} s")
+    logger.info(f"      {summary['items']} items and {summary['users']} users (dim {summary['dim']}) in {summary['seconds']} s")
 
-    print(f"[5/5] evaluate on the test split -> {report_dir}")
+    logger.info(f"[5/5] evaluate on the test split -> {report_dir}")
     rep, paths = evaluate_run(run, data, report_dir, split="test", ks=[10, 20, 50], emb=emb)
     _check((report_dir / "report.json").is_file(), "5", "report.json")
     rows = [("warm items (among warm)", rep["slices"]["warm_items"], rep["baselines"]["popularity"]["slices"]["warm_items"]),
@@ -148,4 +167,7 @@ def run_demo(out: Path, seed: int = 0) -> dict:
     rep["demo_checks"] = {"liked_style_share": taste, "cold_similar": looks}
     (report_dir / "demo_checks.json").write_text(json.dumps(rep["demo_checks"], indent=2) + "\n")
     print(f"\ndemo finished in {time.perf_counter() - started:.0f} s. Report: {paths.get('md', report_dir)}")
+    print("Next, try these on the demo's run (a user, an item nobody rated, a query in words of its style):")
+    for argv in next_commands(run, vectors, catalogue, cold_ids):
+        print("  mmrec " + shlex.join(argv))
     return rep

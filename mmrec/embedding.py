@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from accelerate import PartialState
@@ -45,11 +46,13 @@ from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loa
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
-from mmrec.model.factory import CONFIG_FILE, WEIGHTS_FILE, load_run_model
+from mmrec.model.factory import WEIGHTS_FILE, load_run_model
 from mmrec.model.history import UserHistory
+from mmrec.model.hub import config_file
 from mmrec.model.model import RecModel, user_vectors
 from mmrec.precision import bf16_autocast
 
+logger = logging.getLogger(__name__)
 PARTS = "parts"
 SHARDS_PER_WORKER = 8  # per part: enough that workers stay busy across a group's uneven end
 
@@ -74,7 +77,8 @@ def item_batches(data_dir: str | Path, preprocessors: dict, attributes: list[str
     from the same read, e.g. each item's title.
     """
     pin = torch.device(device).type == "cuda"
-    builder, collator = ExampleBuilder(preprocessors, attributes), BatchCollator(preprocessors)
+    # the run's own dataset (the CLI checks its fingerprint); items new to the run: `embed_batches(content_only=True)`
+    builder, collator = ExampleBuilder(preprocessors, attributes, catalogue=None), BatchCollator(preprocessors)
     transform, collate = builder, collator
     if extra is not None:
         pair = WithExtra(builder, collator, extra)
@@ -163,6 +167,20 @@ def embed_batches(model: RecModel, batches: Iterable[ItemBatch], *, device: torc
                          {m: torch.cat(v) for m, v in ablated.items()})
 
 
+def progress_shown() -> bool:
+    """Progress bars are status output: shown when the `mmrec` loggers are at INFO (the CLI's default; off
+    with -q, and in a library caller that has not configured logging)."""
+    return logger.isEnabledFor(logging.INFO)
+
+
+def counting(batches: Iterable[ItemBatch], total: int, desc: str) -> Iterator[ItemBatch]:
+    """`batches` as they are, their items counted on a progress bar (see `progress_shown`)."""
+    with tqdm(total=total, desc=desc, unit="item", disable=not progress_shown()) as bar:
+        for batch in batches:
+            bar.update(batch.size)
+            yield batch
+
+
 def assemble(parts: list[tuple[torch.Tensor, torch.Tensor]], num_items: int) -> torch.Tensor:
     """Merge per-rank (indices, vectors) into one (num_items, d) matrix; every item exactly once."""
     idx = torch.cat([p[0] for p in parts])
@@ -182,7 +200,7 @@ def item_title(item: DecodedItem) -> str:
 
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 over the saved model's weights and config: what a part's vectors depend on besides the shards."""
-    return hashlib.sha256((sha256_of(model_dir / WEIGHTS_FILE) + sha256_of(model_dir / CONFIG_FILE)).encode()).hexdigest()
+    return hashlib.sha256((sha256_of(model_dir / WEIGHTS_FILE) + sha256_of(config_file(model_dir))).encode()).hexdigest()
 
 
 def _part_key(path: Path) -> tuple[dict[str, str], str | None] | None:
@@ -289,8 +307,11 @@ def _embed(state: PartialState, run_dir: Path, data_dir: Path, out: Path, batch_
     todo = [i for i in mine if manifest["shards"][i]["path"] not in done]
     per_part = shards_per_part or max(1, num_workers) * SHARDS_PER_WORKER
     started = time.perf_counter()
+    if len(todo) < len(mine):
+        logger.info(f"{len(mine) - len(todo)} of {len(mine)} shards already embedded in {out / PARTS} (same shards, "
+                    "same model): embedding the rest")
     bar = tqdm(total=sum(manifest["shards"][i]["num_items"] for i in mine), desc=f"embed[{state.process_index}]",
-               unit="item", disable=not progress or not state.is_local_main_process)
+               unit="item", disable=not progress or not state.is_local_main_process or not progress_shown())
     bar.update(sum(manifest["shards"][i]["num_items"] for i in mine if i not in todo))
     for start in range(0, len(todo), per_part):
         group = todo[start:start + per_part]
@@ -307,10 +328,12 @@ def _embed(state: PartialState, run_dir: Path, data_dir: Path, out: Path, batch_
         save_file(tensors, str(tmp), metadata={"shards": json.dumps(covered), "titles": json.dumps(titles),
                                                "model": fingerprint})
         replace_with(tmp, path)  # a part exists whole or not at all
+        logger.debug(f"wrote {path} ({len(idx)} items of {len(group)} shards)")
     bar.close()
     state.wait_for_everyone()
     summary = {}
     if state.is_main_process:
+        logger.info(f"merging the parts and computing the user vectors -> {out}")
         summary = _merge(out, manifest, model, vocab, run_dir, data_dir)
         summary["seconds"] = round(time.perf_counter() - started, 2)
         summary["shards_computed_by_main"] = len(todo)

@@ -6,7 +6,8 @@
 - search: the query text goes through the text encoder and the fusion with only text present, and
   is matched by cosine against every item's text-only fused state (the full state for items without
   text), so it works for items nobody rated.
-All three are one matrix-vector product plus a top-k: milliseconds on 100k items.
+All three are one matrix-vector product plus a top-k: milliseconds on 100k items. Loading the model
+(search only) is what takes seconds: `mmrec.api.Recommender` loads it once for many queries.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from mmrec.data.schema import INTERACTIONS_DIR, SPLITS
+from mmrec.files import sha256_of
+
+if TYPE_CHECKING:  # types only: `from mmrec.serving import Embeddings` must not build encoders
+    from encoders import Preprocessor
+    from mmrec.model.model import RecModel
 
 
 @dataclass
@@ -53,6 +61,23 @@ class Embeddings:
         )
 
 
+def find_embeddings(run_dir: str | Path, emb: str | Path | None = None) -> Path:
+    """A run's EMB folder: `emb`, else the folder the run's last `mmrec embed` wrote (RUN/embeddings.json),
+    else RUN/emb. Refused when another model made it: its item vectors would not belong with the run's
+    model (search, new users, new items) or with its users."""
+    run_dir = Path(run_dir)
+    if emb is None:
+        pointer = run_dir / "embeddings.json"
+        emb = Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else run_dir / "emb"
+    emb = Path(emb)
+    made = emb / "embedding.json"
+    if made.is_file():
+        if json.loads(made.read_text()).get("checkpoint_sha256") != sha256_of(run_dir / "model" / "model.safetensors"):
+            raise ValueError(f"{emb} holds embeddings of another model than {run_dir / 'model'}: re-run "
+                             "`mmrec embed` with this run, or pass its own --run")
+    return emb
+
+
 def _top(scores: torch.Tensor, k: int, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
     if exclude:
         scores = scores.clone()
@@ -61,21 +86,38 @@ def _top(scores: torch.Tensor, k: int, exclude: set[int] = frozenset()) -> list[
     return [(int(i), float(v)) for i, v in zip(idx, values) if v != float("-inf")]
 
 
+def _split_rows(data_dir: str | Path) -> Iterator[dict[str, str]]:
+    for split in SPLITS:
+        with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
+            yield from csv.DictReader(f)
+
+
 def seen_items(data_dir: str | Path, user_id: str, item_ids: list[str]) -> set[int]:
     """Indices of the items `user_id` interacted with in any split file of DATA."""
     index = {item: i for i, item in enumerate(item_ids)}
-    seen = set()
-    for split in SPLITS:
-        with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
-            seen.update(index[r["item_id"]] for r in csv.DictReader(f) if r["user_id"] == user_id)
-    return seen
+    return {index[r["item_id"]] for r in _split_rows(data_dir) if r["user_id"] == user_id}
 
 
-def recommend(emb: Embeddings, user_id: str, k: int = 10, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+def seen_by_user(data_dir: str | Path, item_ids: list[str]) -> dict[str, np.ndarray]:
+    """`seen_items` of every user at once, from one read of the split files: for a process that serves
+    many queries (re-reading the files per query costs seconds on a large log)."""
+    index = {item: i for i, item in enumerate(item_ids)}
+    seen: dict[str, list[int]] = {}
+    for r in _split_rows(data_dir):
+        seen.setdefault(r["user_id"], []).append(index[r["item_id"]])
+    return {user: np.unique(np.asarray(items, dtype=np.int64)) for user, items in seen.items()}
+
+
+def recommend(emb: Embeddings, user_id: str, k: int = 10, exclude: set[int] = frozenset(),
+              index=None) -> list[tuple[int, float]]:
+    """`index`: an `mmrec.ann.ItemIndex` over `emb.items` (`ann.load_index(EMB, emb, "recommend")`), else exact."""
     if user_id not in emb.user_ids:
         raise ValueError(f"unknown user {user_id!r}: the run has embeddings for {len(emb.user_ids)} users seen in "
                          "training (a new user has no vector; recommend popular or similar items instead)")
-    return _top(emb.items @ emb.users[emb.user_ids.index(user_id)], k, exclude)
+    user = emb.users[emb.user_ids.index(user_id)]
+    if index is not None:  # the same score on the index's candidates, the seen items over-fetched for and dropped
+        return index.top(user, k, exclude)
+    return _top(emb.items @ user, k, exclude)
 
 
 def similarity_vectors(emb: Embeddings) -> torch.Tensor:
@@ -91,42 +133,64 @@ def similarity_vectors(emb: Embeddings) -> torch.Tensor:
     return F.normalize(q, dim=-1)
 
 
-def similar(emb: Embeddings, item_id: str, k: int = 10) -> list[tuple[int, float]]:
+def similar(emb: Embeddings, item_id: str, k: int = 10, index=None) -> list[tuple[int, float]]:
+    """`index`: an `mmrec.ann.ItemIndex` over `similarity_vectors(emb)` (`ann.load_index(EMB, emb, "similar")`)."""
     if item_id not in emb.item_ids:
         raise ValueError(f"unknown item {item_id!r}: not in the embedded catalogue ({len(emb.item_ids)} items)")
-    q = similarity_vectors(emb)
     i = emb.item_ids.index(item_id)
+    if index is not None:
+        return index.top(index.vectors[i], k, {i})
+    q = similarity_vectors(emb)
     return _top(q @ q[i], k, {i})
 
 
 @torch.no_grad()
-def search(run_dir: str | Path, emb: Embeddings, query: str, k: int = 10) -> list[tuple[int, float]]:
-    from mmrec.data.batch import ItemBatch
-    from mmrec.model.factory import load_run_model
+def query_state(model: RecModel, preprocessors: dict[str, Preprocessor], query: str) -> torch.Tensor:
+    """(D,) the fused state of `query` read as a new item with text alone (no ID terms: it is no item)."""
+    from mmrec.data.batch import NEW_ITEM, BatchCollator, ExampleBuilder
+    from mmrec.data.reader import DecodedItem
 
-    if emb.states is None or not emb.states.numel():
-        raise ValueError("these embeddings have no fused content states (an ID-only model cannot search)")
-    model, preprocessors, _ = load_run_model(run_dir)
     if "text" not in preprocessors:
         raise ValueError("this model has no text encoder: free-text search needs one")
+    example = ExampleBuilder(preprocessors, [], catalogue=None)(DecodedItem(NEW_ITEM, "query", query, None, None, None))
+    batch = BatchCollator(preprocessors)([example]).to(model.global_mean.device)
+    was_training = model.training
     model.eval()
-    pre = preprocessors["text"]
-    empty = torch.zeros(1, dtype=torch.bool)
-    batch = ItemBatch(
-        item_index=torch.zeros(1, dtype=torch.long),
-        inputs={"text": pre.collate([pre(query)])},
-        rows={m: torch.tensor([0]) if m == "text" else torch.zeros(0, dtype=torch.long) for m in preprocessors},
-        present={m: torch.ones(1, dtype=torch.bool) if m == "text" else empty for m in preprocessors},
-        attributes=torch.zeros(1, 0), pair_item=torch.zeros(0, dtype=torch.long),
-        pair_user=torch.zeros(0, dtype=torch.long), pair_rating=torch.zeros(0))
-    state = model.fuse(model.encode(batch), batch.present)  # (1, D): the query as a text-only item
+    state = model.fuse(model.encode(batch), batch.present)  # (1, D)
+    model.train(was_training)
+    return state[0].float().cpu()
+
+
+@torch.no_grad()
+def search(model: RecModel | str | Path, emb: Embeddings, query: str, k: int = 10,
+           preprocessors: dict[str, Preprocessor] | None = None) -> list[tuple[int, float]]:
+    """Top-k (item index, score) of the items whose content matches free text.
+
+    Args:
+        model: the run's model, loaded once (`load_run_model`) with its `preprocessors`, for many
+            queries; or a run folder, to load it from for this one query.
+    """
+    if emb.states is None or not emb.states.numel():
+        raise ValueError("these embeddings have no fused content states (an ID-only model cannot search)")
+    if isinstance(model, (str, Path)):
+        from mmrec.model.factory import load_run_model
+
+        model, preprocessors, _ = load_run_model(model)
+    elif preprocessors is None:
+        raise ValueError("pass the model's preprocessors with it (load_run_model returns both)")
+    state = query_state(model, preprocessors, query)
     center = emb.states.mean(0)  # as in `similar`: compare what distinguishes items, not what they share
-    scores = F.normalize(emb.states - center, dim=-1) @ F.normalize(state[0] - center, dim=-1)
+    scores = F.normalize(emb.states - center, dim=-1) @ F.normalize(state - center, dim=-1)
     return _top(scores, k)
 
 
-def format_results(emb: Embeddings, results: list[tuple[int, float]]) -> str:
+def format_rows(rows: Iterable[tuple[str, str, float]]) -> str:
+    """(item_id, title, score) rows, best first, as the table `recommend` / `similar` / `search` print."""
     lines = [f"{'rank':>4}  {'score':>9}  {'item_id':<16} title"]
-    for rank, (i, score) in enumerate(results, start=1):
-        lines.append(f"{rank:>4}  {score:>9.4f}  {emb.item_ids[i]:<16} {emb.titles[i]}")
+    for rank, (item_id, title, score) in enumerate(rows, start=1):
+        lines.append(f"{rank:>4}  {score:>9.4f}  {item_id:<16} {title}")
     return "\n".join(lines)
+
+
+def format_results(emb: Embeddings, results: list[tuple[int, float]]) -> str:
+    return format_rows((emb.item_ids[i], emb.titles[i], score) for i, score in results)

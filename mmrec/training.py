@@ -14,14 +14,16 @@ One base loop (as in accelerate's `examples/by_feature`), each feature a marked 
   stopping decided on the main process and broadcast so all ranks stop together;
 - atomic checkpoints (`save_state` into a temporary folder, renamed when complete) and `--resume`
   from the newest: step, optimizer, scheduler, RNG and data position;
-- `metrics.jsonl`, Accelerate trackers (TensorBoard when installed), a progress bar on the main process.
+- `metrics.jsonl` always, and the Accelerate trackers of `train.log_with` (TensorBoard, W&B, ...: losses,
+  lr and validation metrics; RUN/logs); a progress bar with the epoch and the last validation metric, and
+  a log line per validation, on the main process (both shown when the `mmrec` logger is at INFO).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
+import logging
 import math
 import shutil
 import time
@@ -32,7 +34,14 @@ from typing import Iterable, Iterator
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    ProjectConfiguration,
+    broadcast_object_list,
+    gather_object,
+    set_seed,
+)
 from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -51,17 +60,42 @@ from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users, evaluate_
 from mmrec.files import FolderLock, replace_with, temp_sibling
 from mmrec.model.factory import ModelSizes, build_model, save_model
 from mmrec.model.history import UserHistory
+from mmrec.model.hub import CardFacts
 from mmrec.model.model import RecModel, user_vectors, vectors_for_histories
 from mmrec.model.tasks import MultiTaskLoss
 from mmrec.precision import resolve_mixed_precision
 
 CHECKPOINTS, BEST_MODEL, METRICS, STATE = "checkpoints", "model", "metrics.jsonl", "trainer_state.json"
+LOGS = "logs"  # the trackers' folder in RUN (TensorBoard: RUN/logs/mmrec/events.out.tfevents.*)
 # What `--resume` may change: how long and how fast to go on, and bookkeeping. Anything else (the model,
 # tasks, batch size, seed, precision, ...) would make the resumed run a different experiment than the
 # checkpoint it continues, so it is refused.
 RESUMABLE_CHANGES = ("train.epochs", "train.lr", "train.encoder_lr", "train.eval_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.log_every", "train.early_stopping_patience", "train.audit_data",
+                     "train.keep_checkpoints", "train.log_every", "train.log_with", "train.early_stopping_patience",
+                     "train.audit_data",
                      "data.path", "data.features", "data.num_workers", "data.eval_batch_size", "data.memory_cache_mb")
+
+
+logger = logging.getLogger(__name__)
+# where a tracker's package comes from, for the error that says what to install
+_TRACKER_INSTALL = {"tensorboard": "pip install 'mmrec[tensorboard]'"}
+
+
+def _trackers(names: list[str]) -> list[str] | None:
+    """train.log_with (checked names, see TrainConfig) as Accelerate's `log_with`; a tracker whose package is
+    missing is an error here (accelerate would drop it with a debug message, and the run would log nowhere)."""
+    available = [str(t) for t in get_available_trackers()]
+    if names == ["all"]:
+        if not available:
+            raise ValueError("train.log_with=all, but no tracker package is installed: install one "
+                             f"({_TRACKER_INSTALL['tensorboard']}, or pip install wandb) or set train.log_with=none")
+        return available
+    missing = [n for n in names if n not in available]
+    if missing:
+        how = "; ".join(_TRACKER_INSTALL.get(n, f"pip install {n}") for n in missing)
+        raise ValueError(f"train.log_with names {missing}, whose package is not installed: {how}; or leave "
+                         f"{'it' if len(missing) == 1 else 'them'} out of train.log_with")
+    return names or None
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -180,15 +214,14 @@ class Trainer:
         self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
         cfg.data.path = str(self.data_dir.resolve())  # recorded in RUN/config.yaml for eval/recommend
         t = cfg.train
-        log_with = "tensorboard" if importlib.util.find_spec("tensorboard") else None
         self.accelerator = Accelerator(
             # without a GPU, processes started by torchrun (`accelerate launch --multi_gpu`) must
             # still form a process group: cpu=True makes it a gloo MULTI_CPU run
             cpu=not torch.cuda.is_available(),
             mixed_precision=resolve_mixed_precision(t.mixed_precision),
             gradient_accumulation_steps=t.grad_accum,
-            log_with=log_with,
-            project_dir=str(self.run_dir),
+            log_with=_trackers(t.log_with),
+            project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / LOGS)),
             # feature generation masks a different modality each step: some heads sit out a step
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -218,7 +251,7 @@ class Trainer:
         budget = cfg.data.memory_cache_mb * 2**20 if cfg.data.num_workers == 0 else 0
         kept = PreparedItems(budget) if budget else None
         self.builder = ExampleBuilder(self.preprocessors, self.vocab.attributes, index, cfg.data.pairs_per_item, t.seed,
-                                      kept=kept)
+                                      kept=kept, catalogue=self.vocab.item_ids)
         self.loader = item_loader(
             self.item_source, "train",
             ReaderConfig(batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
@@ -255,6 +288,7 @@ class Trainer:
         self._valid_batches: list[ItemBatch] | None = None  # see _validation_batches
         self.lock: FolderLock | None = None  # the run folder's, on the main process (see _prepare_run_dir)
         self._bar: tqdm | None = None
+        self._postfix: dict[str, str] = {}  # the bar's: epoch, last logged loss, last validation's metric
 
     def _implicit_feedback(self, cfg: RunConfig) -> None:
         """Implicit feedback (RunSplits.implicit): every rating is the same, so the rating task would only
@@ -266,9 +300,10 @@ class Trainer:
         if cfg.tasks.retrieval_weight <= 0:
             raise ValueError(f"{self.data_dir} holds implicit feedback: only the retrieval task learns from it; "
                              "set tasks.retrieval_weight > 0 (e.g. 1.0)")
+        if cfg.tasks.rating_weight > 0 and self.accelerator.is_main_process:
+            logger.warning("implicit feedback (no rating column, or one rating value): the rating task is "
+                           "off for this run (tasks.rating_weight=0), and no rating error is reported")
         if cfg.tasks.rating_weight > 0:
-            self.accelerator.print("implicit feedback (no rating column, or one rating value): the rating task is "
-                                   "off for this run (tasks.rating_weight=0), and no rating error is reported")
             cfg.tasks = dataclasses.replace(cfg.tasks, rating_weight=0.0)
 
     # ------------------------------------------------------------------------------------ run folder
@@ -284,7 +319,7 @@ class Trainer:
             try:
                 self.lock = FolderLock(self.run_dir).acquire()
                 if self.lock.stale is not None:
-                    acc.print(f"took over the stale lock of process {self.lock.stale.get('pid')} (it is gone)")
+                    logger.warning(f"took over the stale lock of process {self.lock.stale.get('pid')} (it is gone)")
             except ValueError as e:
                 refused = [str(e)]
         if acc.is_main_process and resume and not refused[0]:
@@ -312,7 +347,9 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.run_dir / METRICS, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=self.state.step)
+        # the trackers get every number but the step, which is their x axis (a no-op without train.log_with)
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"},
+                             step=self.state.step)
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -329,6 +366,7 @@ class Trainer:
             self.state.scheduler = self.scheduler.state_dict()
             (tmp / STATE).write_text(json.dumps(asdict(self.state)))
             replace_with(tmp, final)  # a reader sees either no checkpoint or a whole one
+            logger.debug(f"checkpoint {final}")
             for old in _checkpoints(self.run_dir)[: -self.cfg.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -350,8 +388,9 @@ class Trainer:
                     self.scheduler.load_state_dict(state.scheduler)
             except Exception as e:  # noqa: BLE001 (safetensors, torch and json each raise their own types)
                 reason = " ".join(str(e).split())[:200]
-                self.accelerator.print(f"checkpoint {checkpoint.name} is unreadable ({type(e).__name__}: {reason}); "
-                                       "trying the one before")
+                if self.accelerator.is_main_process:
+                    logger.warning(f"checkpoint {checkpoint.name} is unreadable ({type(e).__name__}: {reason}); "
+                                   "trying the one before")
                 continue
             if state.scheduler is None:  # a checkpoint from before the schedule was kept as JSON
                 for _ in range(state.step):
@@ -424,15 +463,40 @@ class Trainer:
             self.state.evals_without_improvement = 0
             if self.accelerator.is_main_process:
                 tmp = temp_sibling(self.run_dir / BEST_MODEL)
-                save_model(self.accelerator.unwrap_model(self.step_module).model, self.sizes, tmp)
+                # the model card names the data, its split protocol and the numbers that selected this model
+                card = CardFacts.for_training(self.run_dir, self.manifest["split"], record, t.selection_metric)
+                save_model(self.accelerator.unwrap_model(self.step_module).model, self.sizes, tmp, card=card)
                 replace_with(tmp, self.run_dir / BEST_MODEL)
         else:
             self.state.evals_without_improvement += 1
         self._log({**record, "best_step": self.state.best_step})
+        self._report_validation(metrics)
         if t.selection_metric == "last":
             return False  # nothing is compared, so nothing stops early
         self.state.stopped_early = 0 < t.early_stopping_patience <= self.state.evals_without_improvement
         return self.state.stopped_early
+
+    def _report_validation(self, metrics: dict) -> None:
+        """One log line per validation, and the selection metric on the progress bar."""
+        if not metrics or not self.accelerator.is_main_process:
+            return
+        t, s = self.cfg.train, self.state
+        name = t.selection_metric if t.selection_metric != "last" else "ndcg@10"  # what validate() measures then
+        value = metrics.get(f"valid/{name}", math.nan)
+        shown = {name: f"{value:.4f}", **({"rmse": f"{metrics['valid/rmse']:.4f}"}
+                                          if name != "rmse" and "valid/rmse" in metrics else {})}
+        best = (f"best {s.best_metric:.4f} at step {s.best_step}" if t.selection_metric != "last" and s.best_metric
+                is not None else "the newest model is kept (train.selection_metric=last)")
+        # at an epoch's end `epoch` already counts it (_end_epoch); with train.eval_every, mid-epoch
+        when = f"after epoch {s.epoch}" if s.batch_in_epoch == 0 else f"in epoch {s.epoch + 1}"
+        logger.info(f"validation at step {s.step}, {when}/{t.epochs}: "
+                    + ", ".join(f"{k} {v}" for k, v in shown.items()) + f"; {best}")
+        self._show({f"valid {name}": shown[name]})
+
+    def _show(self, values: dict[str, str]) -> None:
+        self._postfix.update(values)
+        if self._bar is not None:
+            self._bar.set_postfix(self._postfix)
 
     # ------------------------------------------------------------------------------------ the loop
 
@@ -461,11 +525,19 @@ class Trainer:
         acc, t = self.accelerator, self.cfg.train
         self._prepare_run_dir(resume)
         if resume and self.load_latest_checkpoint():
-            acc.print(f"resumed from step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
-        acc.init_trackers("mmrec")
+            logger.info(f"resumed from step {self.state.step} (epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
+        # the run's settings beside its curves (TensorBoard's hparams, W&B's config), as plain scalars
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flat(to_dict(self.cfg)).items()}
+        if t.log_with and acc.is_main_process:
+            (self.run_dir / LOGS).mkdir(exist_ok=True)  # wandb writes its files there, and wants it to exist
+        acc.init_trackers("mmrec", config=hparams,
+                          init_kwargs={"wandb": {"dir": str(self.run_dir / LOGS), "name": self.run_dir.name}})
+        logger.debug(f"trackers: {[t.name for t in acc.trackers] or 'none'} (train.log_with); "
+                     f"{self.steps_per_epoch} batches per epoch per process, {acc.num_processes} process(es)")
         audit: dict[int, list[int]] = {}
         bar = self._bar = tqdm(total=t.epochs * self.steps_per_epoch, initial=self.state.epoch * self.steps_per_epoch + self.state.batch_in_epoch,
-                   desc="train", unit="batch", disable=not acc.is_local_main_process)
+                   desc="train", unit="batch",
+                   disable=not acc.is_local_main_process or not logger.isEnabledFor(logging.INFO))
         stop, started = self.state.stopped_early, time.perf_counter()
         model = self.step_module
         while self.state.epoch < t.epochs and not stop:
@@ -477,6 +549,7 @@ class Trainer:
                 stop = self._end_epoch()
                 continue
             self.builder.set_epoch(epoch)
+            self._show({"epoch": f"{epoch + 1}/{t.epochs}"})
             if self.state.batch_in_epoch:
                 self.loader.resume_at(epoch, self.state.batch_in_epoch)
             else:
@@ -509,7 +582,7 @@ class Trainer:
                             "stopped. Check the ratings' scale (`mmrec shard --rating-range`) or lower train.lr")
                     self._log({"step": self.state.step, "epoch": epoch, **{f"loss/{k}": v for k, v in logged.items()},
                                "lr": self.scheduler.get_last_lr()[0], "seconds": round(time.perf_counter() - started, 2)})
-                    bar.set_postfix(loss=f"{logged['total']:.4f}")
+                    self._show({"loss": f"{logged['total']:.4f}"})
                 if t.eval_every and self.state.step % t.eval_every == 0:
                     stop = self._after_validation(self.validate())
                 if t.checkpoint_every and self.state.step % t.checkpoint_every == 0:

@@ -253,7 +253,9 @@ def test_resume_at_an_epoch_boundary_and_after_the_end(tmp_path):
     assert _train(data, short, "train.epochs=2", resume=True).step == 8
 
 
-def test_resume_never_unpickles(tmp_path, capsys):
+def test_resume_never_unpickles(tmp_path, caplog):
+    import logging
+
     import torch
 
     data = _small(tmp_path)
@@ -265,9 +267,9 @@ def test_resume_never_unpickles(tmp_path, capsys):
     assert _train(data, run, "train.epochs=2", "train.checkpoint_every=2", resume=True).step == 8
     # a crafted optimizer state is refused by weights_only=True: the checkpoint before is used, and that is said
     torch.save({"state": _Payload()}, run / "checkpoints" / "step-00000008" / "optimizer.bin")
-    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="mmrec")  # the training loop's status lines (the CLI shows them)
     assert _train(data, run, "train.epochs=3", "train.checkpoint_every=2", resume=True).step == 12
-    out = capsys.readouterr().out
+    out = caplog.text
     assert "checkpoint step-00000008 is unreadable" in out and "resumed from step 6" in out
     assert not (tmp_path / "PWNED").exists()
 
@@ -275,7 +277,7 @@ def test_resume_never_unpickles(tmp_path, capsys):
 # -- item 6: one writer per output folder ------------------------------------------------------------
 
 
-def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys, caplog):
     import json
     import os
     import socket
@@ -301,7 +303,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, ca
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (run / ".lock").write_text(json.dumps({**owner, "pid": int(dead.stdout)}))
     assert _train(data, run, "train.epochs=2", resume=True).step == 8
-    assert "took over the stale lock" in capsys.readouterr().out and not (run / ".lock").exists()
+    assert "took over the stale lock" in caplog.text and not (run / ".lock").exists()  # a warning
     with FolderLock(tmp_path / "emb"):  # the same guard on `mmrec embed` (and `mmrec cache`)
         (tmp_path / "emb" / ".lock").write_text(json.dumps(owner))
         assert main(["embed", "--run", str(run), "--data", str(data), "--out", str(tmp_path / "emb")]) == 2

@@ -39,7 +39,7 @@ def test_cache_path_gives_the_raw_path_losses(data, tmp_path):
 
     vocab = RunVocabulary.from_data(data)
     index = InteractionIndex.from_split(RunSplits(data, vocab)["train"], len(vocab.item_ids))
-    builder = ExampleBuilder(pre, vocab.attributes, index, pairs_per_item=4)
+    builder = ExampleBuilder(pre, vocab.attributes, index, pairs_per_item=4, catalogue=None)
 
     def batch_from(source, **kw):
         loader = item_loader(source, "eval", ReaderConfig(batch_size=12), transform=builder, collate=BatchCollator(pre),

@@ -1,11 +1,11 @@
 """The multitask model on real item batches: shapes, the dot-product contract, missing-modality
 invariance, every loss falling on an overfit batch, save -> load, configs."""
 
+import json
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from encoders import EncoderConfig, tiny_config
 from fusion import FusionConfig, FusionInput
@@ -42,7 +42,7 @@ def build(data, manifest, overrides=(), seed=0):
 
 
 def one_batch(data, pre, attributes, index) -> ItemBatch:
-    builder = ExampleBuilder(pre, attributes, index, pairs_per_item=4)
+    builder = ExampleBuilder(pre, attributes, index, pairs_per_item=4, catalogue=None)
     loader = item_loader(data, "eval", ReaderConfig(batch_size=12), transform=builder,
                          collate=BatchCollator(pre), rank=0, world_size=1)
     return next(iter(loader))
@@ -51,7 +51,7 @@ def one_batch(data, pre, attributes, index) -> ItemBatch:
 def test_batch_layout_and_dot_product_contract(dataset):
     data, manifest = dataset
     cfg, model, pre, sizes, index = build(data, manifest)
-    builder = ExampleBuilder(pre, manifest["attributes"], index, pairs_per_item=4)
+    builder = ExampleBuilder(pre, manifest["attributes"], index, pairs_per_item=4, catalogue=None)
     in_workers = item_loader(data, "eval", ReaderConfig(batch_size=12, num_workers=2), transform=builder,
                              collate=BatchCollator(pre), rank=0, world_size=1)
     assert sorted(i for b in in_workers for i in b.item_index.tolist()) == list(range(12))  # pickles and runs in workers
@@ -165,14 +165,15 @@ def test_save_then_load_gives_identical_outputs(dataset, tmp_path):
         users = torch.arange(sizes.num_users)
         assert torch.equal(model.user_export(users), loaded.user_export(users))
 
-    # config.yaml records the fusion as built: its modalities and the encoders' output widths
-    saved = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())
+    # config.json records the fusion as built: its modalities and the encoders' output widths
+    hub_config = json.loads((tmp_path / "model" / "config.json").read_text())
+    saved = hub_config["model"]
     assert saved["fusion"]["modalities"] == ["text", "image", "audio"]
     assert saved["fusion"]["input_dims"] == {m: e.output_dim for m, e in model.encoders.items()}
     assert loaded.config.fusion == model.fusion.config
     # models saved before the widths were recorded (input_dims: {}) load the same
     saved["fusion"]["input_dims"] = {}
-    (tmp_path / "model" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    (tmp_path / "model" / "config.json").write_text(json.dumps(hub_config))
     older, _, _ = load_model(tmp_path / "model")
     assert older.config.fusion == model.fusion.config
     with torch.no_grad():
@@ -180,7 +181,7 @@ def test_save_then_load_gives_identical_outputs(dataset, tmp_path):
     # models saved before `fusion.readout` existed read out the [ITEM] token, and still do
     assert saved["fusion"]["readout"] == "modalities"
     del saved["fusion"]["readout"]
-    (tmp_path / "model" / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    (tmp_path / "model" / "config.json").write_text(json.dumps(hub_config))
     oldest, _, _ = load_model(tmp_path / "model")
     assert oldest.config.fusion.readout == "item_token"
     with torch.no_grad():
@@ -237,7 +238,7 @@ def test_pairs_are_sampled_per_item_reproducibly(dataset):
     assert sum(len(index.pairs(i)[0]) for i in range(12)) == len(index)
 
     def draws(seed, epoch=0, builder=None):
-        builder = builder or ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=seed)
+        builder = builder or ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=seed, catalogue=None)
         builder.set_epoch(epoch)
         return [list(builder(it)["users"]) for it in items]
 
@@ -245,7 +246,7 @@ def test_pairs_are_sampled_per_item_reproducibly(dataset):
     for it, users in zip(items, first):
         available = index.pairs(it.index)[0]
         assert len(users) == min(2, len(available)) and set(users) <= set(available)
-    shipped = pickle.loads(pickle.dumps(ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=5)))
+    shipped = pickle.loads(pickle.dumps(ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=5, catalogue=None)))
     assert draws(5) == first and draws(5, builder=shipped) == first  # a fresh builder, one sent to a worker
     choosy = [k for k, it in enumerate(items) if len(index.pairs(it.index)[0]) > 2]  # items where the draw can vary
     assert choosy
@@ -346,7 +347,7 @@ def test_a_pass_of_visits_covers_every_training_interaction_exactly_once(dataset
     data, manifest = dataset
     _, _, _, _, index = build(data, manifest)
     items = [it for b in item_loader(data, "eval", rank=0, world_size=1) for it in b]
-    builder = ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=3)
+    builder = ExampleBuilder({}, manifest["attributes"], index, pairs_per_item=2, seed=3, catalogue=None)
     visits = builder.visits()
     counts = [len(index.pairs(i)[0]) for i in range(len(visits))]
     assert visits.tolist() == [max(1, -(-n // 2)) for n in counts]

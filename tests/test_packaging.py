@@ -1,5 +1,8 @@
 """A user's install: the wheel (not an editable checkout) carries the presets and the entry points.
 
+Its metadata takes ranges (a user's own CUDA torch stays), while constraints.txt pins the exact set
+CI and `make` install.
+
 Built with `pip wheel --no-deps` and installed into a fresh virtual environment whose third-party
 packages (torch, transformers, ...) are borrowed from the test environment by a plain path entry,
 so nothing is downloaded and the source tree is not on the path. Then, from a folder outside the
@@ -7,14 +10,18 @@ repository: `mmrec --version`, `mmrec --help`, `python -m mmrec`, the `tiny` pre
 first two steps (catalogue, shards).
 """
 
+import email.parser
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import mmrec
 
@@ -27,8 +34,8 @@ def _run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """bin/ of a fresh venv with the mmrec wheel installed."""
+def wheel(tmp_path_factory) -> Path:
+    """The mmrec wheel, built from a clean copy of the sources."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"  # a clean copy: setuptools would leave build/ in the checkout, and reuse it
     src.mkdir()
@@ -39,7 +46,13 @@ def installed(tmp_path_factory) -> Path:
     built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                   str(tmp / "dist"), str(src)], cwd=tmp)
     assert built.returncode == 0, built.stderr
-    wheel = next((tmp / "dist").glob("mmrec-*.whl"))
+    return next((tmp / "dist").glob("mmrec-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory) -> Path:
+    """bin/ of a fresh venv with the mmrec wheel installed."""
+    tmp = tmp_path_factory.mktemp("venv")
     venv = tmp / "venv"
     assert _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp).returncode == 0
     site = Path(_run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -81,3 +94,40 @@ def test_the_installed_package_runs_the_demos_first_steps(installed, tmp_path):
     assert "40 written" in shard.stdout and (tmp_path / "data" / "manifest.json").is_file()
     missing = _run([str(installed / "mmrec"), "train", "--config", "nosuch", "--data", "data"], cwd=tmp_path)
     assert missing.returncode == 2 and "presets: ['base', 'movielens-cold', 'movielens-ranking', 'movielens-rating', 'tiny']" in missing.stderr
+
+
+def _constraints() -> dict[str, str]:
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = [line.split("==") for line in lines if line.strip() and not line.startswith("#")]
+    assert all(len(p) == 2 for p in pins), "constraints.txt holds exact name==version lines only"
+    return {canonicalize_name(name): version for name, version in pins}
+
+
+def test_the_wheel_is_typed_and_takes_ranges_that_the_constraints_satisfy(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        meta = email.parser.Parser().parsestr(z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode())
+    assert "mmrec/py.typed" in names and "Typing :: Typed" in meta.get_all("Classifier")
+    requires = [Requirement(r) for r in meta.get_all("Requires-Dist")]
+    pinned = [str(r) for r in requires if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert not pinned, f"exact pins would replace a user's own builds: {pinned} (pin in constraints.txt instead)"
+    assert {r.name for r in requires if r.marker is None} >= {"torch", "torchaudio", "torchvision"}
+
+    # every requirement, extras included, is pinned by constraints.txt to a version its range accepts
+    pins = _constraints()
+    for r in requires:
+        name = canonicalize_name(r.name)
+        assert name in pins, f"{r.name} is not pinned in constraints.txt"
+        assert r.specifier.contains(pins[name], prereleases=True), f"constraints.txt {r.name}=={pins[name]} is not {r}"
+
+
+def test_make_installs_the_constraints_and_reinstalls_when_they_change(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    (venv / ".mmrec-installed").touch()  # an install newer than pyproject.toml and constraints.txt
+    dry = ["make", "-n", "-C", str(ROOT), f"VENV={venv}", "env"]
+    assert "pip install" not in _run(dry, cwd=ROOT).stdout
+    changed = _run(dry[:2] + ["-W", "constraints.txt"] + dry[2:], cwd=ROOT).stdout  # as if just edited
+    assert "pip install --quiet -c constraints.txt -e '.[test]'" in changed

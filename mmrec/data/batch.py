@@ -12,7 +12,7 @@ modalities cost no encoder work.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ if TYPE_CHECKING:  # types only: the model imports ItemBatch and must not pull i
     from mmrec.data.reader import DecodedItem
     from mmrec.data.split_files import SplitArrays
 
+# The item_index of an item the model was not trained on: scored from its content alone (RecModel.item_output).
+# Not 0 or any row: a new catalogue numbers its rows from 0 too, and the run's item 0's ID terms are not its item's.
+NEW_ITEM = -1
+
 
 @dataclass
 class ItemBatch:
@@ -32,7 +36,7 @@ class ItemBatch:
     `inputs[m]` holds the collated encoder inputs for exactly those items.
     """
 
-    item_index: torch.Tensor  # (B,) long: rows of item_ids.json
+    item_index: torch.Tensor  # (B,) long: rows of item_ids.json; NEW_ITEM (-1) for an item outside the catalogue
     inputs: dict[str, dict[str, torch.Tensor]]  # modality -> encoder inputs for its B_m items
     rows: dict[str, torch.Tensor]  # modality -> (B_m,) long positions in the batch
     present: dict[str, torch.Tensor]  # modality -> (B,) bool
@@ -171,11 +175,19 @@ class ExampleBuilder:
     epoch, item) for direct calls (`set_epoch`), so a seeded run is reproducible whichever worker sees
     the item. With `kept`, the preprocessed inputs are taken from / added to that in-memory store
     (see `PreparedItems`).
+
+    Each example's `index` becomes the batch's `item_index`, where the model looks up ID terms
+    (`item_index`): an item without an index (None) is NEW_ITEM, scored from content alone. Items of a
+    dataset other than the run's (a new catalogue sharded on its own, rows built by hand) number their
+    rows from 0 too: pass `catalogue` (the run's item ids) and an item keeps its index only if it is the
+    catalogue's item at that row. `catalogue` has no default, so that no caller trusts a row number by
+    accident: None says "these are the run's own dataset rows" (training, `mmrec embed` on the run's
+    checked dataset).
     """
 
     def __init__(self, preprocessors: Mapping[str, Preprocessor], attributes: list[str],
                  interactions: InteractionIndex | None = None, pairs_per_item: int = 8, seed: int = 0,
-                 kept: PreparedItems | None = None):
+                 kept: PreparedItems | None = None, *, catalogue: Sequence[str] | None):
         self.preprocessors = dict(preprocessors)
         self.attribute_index = {a: i for i, a in enumerate(attributes)}
         self.interactions = interactions
@@ -183,6 +195,7 @@ class ExampleBuilder:
         self.seed = seed
         self.epoch = 0
         self.kept = kept
+        self.catalogue = None if catalogue is None else list(catalogue)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -203,6 +216,16 @@ class ExampleBuilder:
             return None if item.waveform is None else (item.waveform, item.sample_rate)
         raise ValueError(f"unknown modality {modality!r}; expected text, image or audio")
 
+    def item_index(self, item: DecodedItem) -> int:
+        """Where the model looks up the item's ID terms: its index, or NEW_ITEM (content alone) for an item
+        without one, and, given `catalogue`, for one that is not the catalogue's item at that row."""
+        index = getattr(item, "index", None)
+        if index is None or index < 0:
+            return NEW_ITEM
+        if self.catalogue is not None and (index >= len(self.catalogue) or self.catalogue[index] != item.item_id):
+            return NEW_ITEM
+        return int(index)
+
     def prepare(self, item: DecodedItem) -> dict[str, Any]:
         """The deterministic part: the item's encoder inputs and attribute vector."""
         inputs = {}
@@ -214,7 +237,7 @@ class ExampleBuilder:
         for a in item.attributes:
             if a in self.attribute_index:
                 attrs[self.attribute_index[a]] = 1.0
-        return {"index": item.index, "inputs": inputs, "attributes": attrs}
+        return {"index": self.item_index(item), "inputs": inputs, "attributes": attrs}
 
     def pairs(self, item: int, visit: Visit | None) -> tuple[np.ndarray, np.ndarray]:
         """The (users, ratings) this visit of `item` trains on.
@@ -225,7 +248,7 @@ class ExampleBuilder:
         `data.pairs_per_item` only bounds the pairs per visit. Without a visit (a direct call), up to
         `pairs_per_item` pairs drawn with the (seed, epoch, item) generator.
         """
-        if self.interactions is None or self.pairs_per_item <= 0:
+        if self.interactions is None or self.pairs_per_item <= 0 or item == NEW_ITEM:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         users, ratings = self.interactions.pairs(item)
         if visit is not None:
@@ -251,9 +274,9 @@ class ExampleBuilder:
             prepared = self.kept.items[item.index]
         else:
             prepared = self.prepare(item)
-            if self.kept is not None:
+            if self.kept is not None and prepared["index"] != NEW_ITEM:
                 self.kept.put(item.index, prepared)
-        users, ratings = self.pairs(item.index, visit)
+        users, ratings = self.pairs(prepared["index"], visit)  # a new item has no training interactions
         example = {**prepared, "users": users, "ratings": ratings}
         if visit is not None:
             example["visits"] = visit.chunks

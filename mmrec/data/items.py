@@ -1,23 +1,31 @@
-"""Parse and validate `items.jsonl` (docs/design.md "Catalogue input") line by line.
+"""Parse and validate the item catalogue (docs/design.md "Catalogue input") row by row.
 
-Parsing is cheap and runs in the main process; decoding media (the expensive part) is done later,
-per record, in worker processes (`mmrec.data.media`).
+The catalogue is `items.jsonl`, `items.parquet` (the same fields as columns) or a Hugging Face
+`datasets` folder (`save_to_disk`); the last two may hold `image` / `audio` as embedded bytes (the
+`datasets` Image / Audio storage, `{"bytes": ..., "path": ...}`), which are written to a staging
+folder so that the sharder's workers read every medium from a file the same way. Parsing is cheap
+and runs in the main process; decoding media (the expensive part) is done later, per record, in
+worker processes (`mmrec.data.media`).
 
-Policy (also in the README): a line that is not a JSON object, lacks a usable `item_id`, repeats an
-earlier `item_id` (the first one wins) or has malformed `attributes` is rejected as a whole; a bad
-modality (invalid UTF-8 text, empty text, a path that is not a string) is dropped and recorded, and
-the item stays as long as at least one modality is left.
+Policy (also in the README; a parquet or dataset row counts as a line): a line that is not a JSON
+object, lacks a usable `item_id`, repeats an earlier `item_id` (the first one wins) or has malformed
+`attributes` is rejected as a whole; a bad modality (invalid UTF-8 text, empty text, a path that is
+not a string) is dropped and recorded, and the item stays as long as at least one modality is left.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from mmrec.data.quarantine import QuarantineEntry
 from mmrec.data.schema import MODALITIES, Q_ITEM, Q_MODALITY
+from mmrec.files import sha256_of
 
 # Keys with a meaning of their own; everything else on a line is kept as metadata.
 _RESERVED = ("item_id", *MODALITIES, "attributes")
@@ -25,7 +33,7 @@ _RESERVED = ("item_id", *MODALITIES, "attributes")
 
 @dataclass
 class ItemRecord:
-    """One parsed items.jsonl line whose media have not been decoded yet."""
+    """One parsed catalogue line (or parquet / dataset row) whose media have not been decoded yet."""
 
     line: int
     item_id: str
@@ -45,15 +53,29 @@ def is_valid_unicode(s: str) -> bool:
         return False
 
 
+_BINARY = object()  # marks a binary metadata value, left out of the JSON member
+
+
 def _clean_metadata(value: Any) -> Any:
-    """Metadata is kept as is, except that invalid Unicode is replaced so it can be written."""
+    """Metadata is kept as is, except what JSON cannot hold: invalid Unicode is replaced, dates and
+    times (parquet / `datasets` columns) become ISO 8601 strings, decimals floats, other non-JSON
+    values strings; binary values are left out (their bytes are no metadata a reader can use)."""
     if isinstance(value, str):
         return value if is_valid_unicode(value) else value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, list):
-        return [_clean_metadata(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _BINARY
+    if isinstance(value, (list, tuple)):
+        return [c for c in map(_clean_metadata, value) if c is not _BINARY]
     if isinstance(value, dict):
-        return {_clean_metadata(k): _clean_metadata(v) for k, v in value.items()}
-    return value
+        cleaned = ((_clean_metadata(k), _clean_metadata(v)) for k, v in value.items())
+        return {str(k): v for k, v in cleaned if v is not _BINARY and k is not _BINARY}
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (dt.date, dt.time)):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
 
 
 class _TemplateFields(dict):
@@ -82,21 +104,139 @@ def read_item_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield number, line
 
 
+# Rows a columnar catalogue converts to Python objects at a time: bounds memory when media are embedded.
+_BATCH_ROWS = 256
+
+# (1-based line or row number, the parsed object, or None and why the line is unusable)
+_Row = tuple[int, Any, str | None]
+
+
+def _jsonl_rows(path: Path) -> Iterator[_Row]:
+    for number, line in read_item_lines(path):
+        try:
+            yield number, json.loads(line), None
+        except json.JSONDecodeError as e:
+            yield number, None, f"invalid JSON: {e.msg} at column {e.colno}"
+
+
+def _columnar_rows(batches: Iterable[Any]) -> Iterator[_Row]:
+    """Rows of pyarrow record batches / tables as dicts; a null cell is an absent field, as in JSON lines
+    (a column cannot leave a field out)."""
+    number = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            number += 1
+            yield number, {k: v for k, v in row.items() if v is not None}, None
+
+
+def _parquet_batches(path: Path) -> Iterator[Any]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ValueError(f"{path}: reading items from parquet needs pyarrow: pip install 'mmrec[parquet]'") from e
+    try:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS)
+    except (pa.ArrowException, OSError) as e:  # opening, or a damaged row group further on
+        raise ValueError(f"{path} is not a readable parquet file ({e}); pass items.jsonl, items.parquet or a "
+                         "Hugging Face datasets folder") from None
+
+
+def _hf_batches(path: Path) -> Iterator[Any]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ValueError(f"{path} is a folder: reading a Hugging Face datasets folder needs the `hf` extra: "
+                         "pip install 'mmrec[hf]'") from e
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError as e:
+        raise ValueError(f"{path} is a folder but not a Hugging Face datasets folder written by save_to_disk ({e}); "
+                         "pass items.jsonl, items.parquet or such a folder") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise ValueError(f"{path} holds the splits {sorted(ds)}: pass one split's folder, e.g. {path / sorted(ds)[0]}")
+    # Arrow rows carry Image / Audio columns as stored ({"bytes", "path"}): no decoding here (datasets'
+    # Audio decoding needs torchcodec), the sharder decodes and validates them like files.
+    yield from ds.with_format("arrow").iter(batch_size=_BATCH_ROWS)
+
+
+def catalogue_rows(path: Path) -> Iterator[_Row]:
+    """(line or row number, object or None, error or None) for each non-blank line or row of a catalogue:
+    a Hugging Face datasets folder, a `.parquet` file, or JSON lines (any other name)."""
+    if path.is_dir():
+        return _columnar_rows(_hf_batches(path))
+    if path.suffix.lower() == ".parquet":
+        return _columnar_rows(_parquet_batches(path))
+    return _jsonl_rows(path)
+
+
+def catalogue_sha256(path: Path) -> str:
+    """sha256 of a catalogue file, or of a folder's files (their relative paths and contents, in order)."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_of(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(path).as_posix()}\0{sha256_of(f)}\n".encode())
+    return h.hexdigest()
+
+
+class _MediaResolver:
+    """A row's `image` / `audio` value -> a file the sharder reads, or why it is unusable.
+
+    A path string resolves against the catalogue's folder; embedded bytes (a `datasets` Image / Audio
+    value, or a plain binary cell) are written to `media_dir`, created on first use.
+    """
+
+    def __init__(self, base: Path, media_dir: Path | None):
+        self.base, self.media_dir = base, media_dir
+
+    def __call__(self, number: int, modality: str, value: Any) -> tuple[Path | None, str | None]:
+        if isinstance(value, dict) and {"bytes", "path"} >= value.keys():
+            value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+            if value is None:
+                return None, f"{modality} has neither bytes nor a path"
+        if isinstance(value, (bytes, bytearray)):
+            return self._stage(number, modality, bytes(value)), None
+        if not isinstance(value, str) or not value.strip():
+            return None, f"{modality} path must be a non-empty string"
+        if not is_valid_unicode(value):
+            return None, f"{modality} path is not valid UTF-8"
+        if "://" in value:
+            return None, f"{modality} must be a local path, got a URL: {value}"
+        p = Path(value)
+        return (p if p.is_absolute() else self.base / p), None
+
+    def _stage(self, number: int, modality: str, data: bytes) -> Path:
+        if self.media_dir is None:
+            raise ValueError("the catalogue embeds media bytes: pass media_dir, a folder to write them to")
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        path = self.media_dir / f"row{number:09d}.{modality}"  # decoded by content: no extension needed
+        path.write_bytes(data)
+        return path
+
+
 def parse_items(
-    path: Path, text_template: str | None = None
+    path: Path, text_template: str | None = None, media_dir: Path | None = None
 ) -> tuple[list[ItemRecord], list[QuarantineEntry], int]:
-    """Parse every line of an items.jsonl file.
+    """Parse every line (or row) of a catalogue: items.jsonl, items.parquet or a Hugging Face datasets folder.
 
     Args:
-        path: the items.jsonl file; relative media paths resolve against its folder.
+        path: the catalogue; relative media paths resolve against the folder that holds it.
         text_template: if given, the item text is `text_template.format_map(item fields)`
             (e.g. "{title}. Genres: {genres}") instead of the `text` field.
+        media_dir: where media embedded as bytes (parquet, datasets) are written for the sharder;
+            the caller removes it once the shards are written.
 
     Returns:
-        (records in file order, quarantine entries, number of non-blank lines)
+        (records in file order, quarantine entries, number of non-blank lines or rows)
+
+    Raises:
+        ValueError: the catalogue as a whole cannot be read (unreadable parquet, not a datasets
+            folder, a missing optional dependency).
     """
     source = path.name
-    base = path.parent
+    media = _MediaResolver(path.parent, media_dir)
     records: list[ItemRecord] = []
     entries: list[QuarantineEntry] = []
     first_line_of: dict[str, int] = {}
@@ -108,12 +248,10 @@ def parse_items(
     def drop(line: int, item_id: str, modality: str, reason: str) -> None:
         entries.append(QuarantineEntry(Q_MODALITY, source, line, reason, item_id=item_id, modality=modality))
 
-    for number, line in read_item_lines(path):
+    for number, obj, error in catalogue_rows(path):
         n_lines += 1
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            reject(number, f"invalid JSON: {e.msg} at column {e.colno}")
+        if error is not None:
+            reject(number, error)
             continue
         if not isinstance(obj, dict):
             reject(number, f"line is a JSON {type(obj).__name__}, expected an object")
@@ -164,17 +302,11 @@ def parse_items(
             paths[modality] = None
             if value is None:
                 continue  # absent modality: nothing to record
-            if not isinstance(value, str) or not value.strip():
-                drop(number, item_id, modality, f"{modality} path must be a non-empty string")
-            elif not is_valid_unicode(value):
-                drop(number, item_id, modality, f"{modality} path is not valid UTF-8")
-            elif "://" in value:
-                drop(number, item_id, modality, f"{modality} must be a local path, got a URL: {value}")
-            else:
-                p = Path(value)
-                paths[modality] = p if p.is_absolute() else base / p
+            paths[modality], reason = media(number, modality, value)
+            if reason is not None:
+                drop(number, item_id, modality, reason)
 
-        metadata = {k: _clean_metadata(v) for k, v in obj.items() if k not in _RESERVED}
+        metadata = {k: c for k, v in obj.items() if k not in _RESERVED and (c := _clean_metadata(v)) is not _BINARY}
         records.append(
             ItemRecord(number, item_id, text, paths["image"], paths["audio"], attributes, metadata)
         )

@@ -3,6 +3,8 @@
 Every image is decoded to the last pixel (by content, so a PNG named `.jpg` is fine) and every audio
 file is decoded with soundfile. A file that fails raises `MediaError` with a reason a user can act
 on; the sharder turns that into a quarantine entry and drops only that modality.
+
+`audio_handler` decodes the shards' audio members for a plain `wds.WebDataset(...).decode(...)`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import io
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
@@ -19,6 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from mmrec.data import schema
 from mmrec.data.items import ItemRecord
 from mmrec.data.schema import PIL_FORMAT_TO_EXT, SOUNDFILE_FORMAT_TO_EXT
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MediaError(Exception):
@@ -95,6 +101,34 @@ def decode_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """Decode audio bytes with soundfile; returns (float32 array [channels, frames], sample rate)."""
     wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (T, C)
     return np.ascontiguousarray(wave.T), int(rate)
+
+
+def audio_handler(key: str, data: bytes) -> tuple[torch.Tensor, int] | None:
+    """WebDataset decode handler for the audio members of our shards: (float32 (channels, frames), rate).
+
+    The drop-in for webdataset's `torch_audio`, which calls `torchaudio.load`: torchaudio >= 2.9 loads
+    files through torchcodec and FFmpeg, which mmrec does not install, so it fails on every member.
+    This decodes with soundfile instead, exactly as `mmrec.data.reader` does.
+
+        ds = wds.WebDataset(urls, shardshuffle=False).decode("pil", mmrec.audio_handler)
+
+    Args:
+        key: the member's extension as webdataset passes it (".flac"); other extensions return None
+            so the next handler gets them.
+        data: the member's bytes.
+
+    Raises:
+        ValueError: the member is not decodable audio (webdataset wraps it with the sample's key and url).
+    """
+    if key.rsplit(".", 1)[-1].lower() not in schema.AUDIO_EXTS:
+        return None
+    import torch  # here: sharding workers import this module and need no torch
+
+    try:
+        wave, rate = decode_audio_bytes(data)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+        raise ValueError(f"audio member {key} could not be decoded ({e})") from None
+    return torch.from_numpy(wave), rate  # (C, T)
 
 
 def audio_member(path: Path, target_rate: int | None = None, max_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> tuple[str, bytes]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import multiprocessing
 import random
+import shutil
 import sys
 import time
 from collections import Counter
@@ -26,11 +28,13 @@ from tqdm import tqdm
 from mmrec import __version__
 from mmrec.data import schema
 from mmrec.data.interactions import Interaction, InteractionLog, read_interactions
-from mmrec.data.items import ItemRecord, parse_items
+from mmrec.data.items import ItemRecord, catalogue_sha256, parse_items
 from mmrec.data.media import EncodedItem, encode_item_media
 from mmrec.data.quarantine import QuarantineEntry, summarize_reasons, write_quarantine
 from mmrec.data.splits import SplitConfig, split_interactions
 from mmrec.files import replace_with, sha256_of, temp_sibling
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,7 +47,7 @@ class ShardOptions:
     text_template: str | None = None  # build text from item fields, e.g. "{title}. {genres}"
     workers: int = 1  # processes decoding media
     max_media_mb: int = 64  # a larger image or audio file is dropped (quarantined) unread
-    progress: bool = True  # tqdm progress bar on stderr
+    progress: bool = True  # tqdm progress bar on stderr (shown when the `mmrec` loggers are at INFO, as in the CLI)
     overwrite: bool = False  # replace an existing output folder
     rating_range: tuple[float, float] | None = None  # quarantine ratings outside [low, high] (None: only
     #                                                   non-finite ones and |rating| > 1e6)
@@ -157,7 +161,8 @@ def _write_items(records: list[ItemRecord], items_dir: Path, options: ShardOptio
     coverage: Counter[str] = Counter()
     vocabulary: set[str] = set()
     pattern = str(items_dir / schema.SHARD_PATTERN)
-    bar = tqdm(total=len(records), desc="items", unit="item", disable=not options.progress)
+    bar = tqdm(total=len(records), desc="items", unit="item",
+               disable=not options.progress or not logger.isEnabledFor(logging.INFO))
     # mtime=0: the same input gives byte-identical shards (and so the same sha256 in the manifest).
     with wds.ShardWriter(pattern, maxcount=options.items_per_shard, maxsize=float("inf"), verbose=0,
                          mtime=0.0) as writer:
@@ -194,15 +199,30 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
                     split: SplitConfig | None = None, options: ShardOptions | None = None) -> ShardReport:
     """Validate a catalogue and interaction log and write a dataset folder (docs/design.md layout).
 
+    The catalogue is items.jsonl, items.parquet or a Hugging Face datasets folder (`mmrec.data.items`).
+
     Raises:
         ValueError: for problems with the inputs as a whole (missing file or column, an existing
             output folder); row-level problems become quarantine entries instead.
     """
+    # Media a parquet / datasets catalogue embeds as bytes are written here for the workers to read and
+    # removed however the run ends (a killed run's copy is cleared by the next run, like OUT.partial).
+    absolute = Path(out).absolute()  # "." has no name to add a suffix to; "/" is refused below as existing
+    staged = temp_sibling(absolute, ".media") if absolute.name else None
+    try:
+        return _shard_catalogue(items_path, interactions_path, out, split, options, staged)
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def _shard_catalogue(items_path: Path, interactions_path: Path, out: Path, split: SplitConfig | None,
+                     options: ShardOptions | None, staged: Path | None) -> ShardReport:
     split = split or SplitConfig()
     options = options or ShardOptions()
     items_path, interactions_path, out = Path(items_path), Path(interactions_path), Path(out)
     for p in (items_path, interactions_path):
-        if not p.is_file():
+        if not (p.is_file() or (p is items_path and p.is_dir())):  # a datasets catalogue is a folder
             raise ValueError(f"input file not found: {p}")
     _refuse_output_holding(out, [items_path, interactions_path])
     if out.exists() and not out.is_dir():
@@ -212,7 +232,10 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         raise ValueError(f"{out} already exists; choose another --out or pass --overwrite")
     started = time.perf_counter()
 
-    records, item_quarantine, n_item_lines = parse_items(items_path, options.text_template)
+    records, item_quarantine, n_item_lines = parse_items(items_path, options.text_template, media_dir=staged)
+    # debug, not info: a whole-input error that follows (see _refuse_output_holding) stays the one line on stderr
+    logger.debug(f"{items_path}: {len(records)} items to write ({len(item_quarantine)} lines quarantined); decoding "
+                f"their media with {options.workers} worker(s) -> {out}")
     if options.order_seed is not None:
         random.Random(options.order_seed).shuffle(records)  # item indices follow the written order
     _refuse_output_holding(out, [p for r in records for p in (r.image_path, r.audio_path) if p is not None])
@@ -227,6 +250,7 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         sh["sha256"] = sha256_of(tmp / sh["path"])
 
     rejected = {e.item_id: e.line for e in item_quarantine if e.kind == schema.Q_ITEM and e.item_id}
+    logger.debug(f"{interactions_path}: reading, validating and splitting ({split.protocol}) the interactions")
     log: InteractionLog = read_interactions(interactions_path, set(item_ids), rejected, options.rating_range)
     rows = log.rows
     if split.protocol == "temporal":
@@ -282,7 +306,7 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
         "split": {**split.to_dict(), **result.details},
         "counts": counts,
         "sources": {
-            "items": {"path": str(items_path.resolve()), "sha256": sha256_of(items_path)},
+            "items": {"path": str(items_path.resolve()), "sha256": catalogue_sha256(items_path)},
             "interactions": {"path": str(interactions_path.resolve()), "sha256": sha256_of(interactions_path),
                              "has_rating": log.has_rating, "has_timestamp": log.has_timestamp},
         },

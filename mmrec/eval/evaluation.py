@@ -27,19 +27,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from tqdm import tqdm
 
+from mmrec import __version__
+from mmrec.config import load_run_config
+from mmrec.config_io import to_dict
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
 from mmrec.data.schema import HISTORY_SPLITS
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.embedding import assemble, embed_batches, item_batches, verify_shards
+from mmrec.embedding import assemble, counting, embed_batches, item_batches, progress_shown, verify_shards
 from mmrec.eval.baselines import (
     als_fold_in_vectors,
     bias_vectors,
@@ -54,11 +59,13 @@ from mmrec.eval.report import write_report
 from mmrec.files import sha256_of
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
 from mmrec.model.history import UserHistory
+from mmrec.model.hub import refresh_card
 from mmrec.model.model import user_vectors, vectors_for_histories
 from mmrec.precision import bf16_autocast
 
 # users by history length (training interactions): a user vector from 1 interaction, a handful, ...
 ACTIVITY_BUCKETS = ((1, 1), (2, 5), (6, 20), (21, None))
+logger = logging.getLogger(__name__)
 
 
 class _Evaluator:
@@ -66,6 +73,8 @@ class _Evaluator:
 
     def __init__(self, splits: RunSplits, protocol: EvalProtocol, ks: list[int]):
         self.splits, self.protocol, self.ks = splits, protocol, ks
+        # one tick per full ranking of the users (the model, each slice, baseline and ablation); closed by evaluate()
+        self.bar = tqdm(desc="eval: scoring", unit="ranking", disable=not progress_shown())
         self.popularity = splits.item_popularity()
         self.warm = np.nonzero(self.popularity > 0)[0]
         self.cold = np.nonzero(self.popularity == 0)[0]
@@ -78,7 +87,9 @@ class _Evaluator:
 
     def _run(self, user_vecs, item_vecs, candidates="protocol", users=None) -> dict:
         held = self.protocol.held_out(self.splits, users)
-        return evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held)
+        out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held)
+        self.bar.update(1)
+        return out
 
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, slices: bool = True) -> dict:
         full = self._run(user_vecs, item_vecs)
@@ -154,6 +165,7 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         report["protocol"]["masked_splits"] = [HISTORY_SPLITS[split]]  # each user's given history
         return report
     ev = _Evaluator(splits, protocol, ks)
+    logger.info(f"scoring the {split} split: the model, its slices, the baselines and the modality ablation")
     history = (UserHistory.from_rows(splits["train"], splits.num_users + 1, model.config.history_length)
                if model.history_tower else None)
     user_vecs = user_vectors(model, item_vecs, history)  # on the CPU, wherever the model is
@@ -169,11 +181,16 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     bias = ev.score(*bias_vectors(splits["train"], n_users, n_items), slices=False)
     report["baselines"] = {"popularity": pop, "bias_only": bias}
     # a history tower's users are computed from the item vectors: with a modality dropped, from those too
-    report["ablation"] = {f"without_{m}": ev.score(user_vectors(model, vecs, history), vecs, slices=False)
+    ablated_users = {m: user_vectors(model, vecs, history) for m, vecs in ablated.items()}
+    report["ablation"] = {f"without_{m}": ev.score(ablated_users[m], vecs, slices=False)
                           for m, vecs in ablated.items()}
+    if ablated and report["slices"]["cold_items"].get("users"):  # cold items have no ID terms: content alone
+        report["ablation_cold_items"] = {
+            f"without_{m}": {"ranking": ev._run(ablated_users[m], vecs, ev.cold)["ranking"]} for m, vecs in ablated.items()}
     if splits.implicit:  # no section says "rating" where there is none
         for section in (report, bias, *report["ablation"].values()):
             section.pop("rating", None)
+    ev.bar.close()
     return report
 
 
@@ -182,9 +199,12 @@ def _cold_users(splits: RunSplits, split: str, item_vecs: torch.Tensor, ablated:
     """The report sections for a cold-users split: held-out users served from their given history."""
     users = splits.held_out_users(split)
     n_users, n_items, train = len(users.user_ids), splits.num_items, splits["train"]
+    logger.info(f"scoring the {split} split's {n_users} held-out users: the model, the baselines and the ablation")
+    bar = tqdm(desc="eval: scoring", unit="ranking", disable=not progress_shown())  # a tick per ranking
 
     def score(user_vecs: torch.Tensor, vecs: torch.Tensor, rating: bool = True) -> dict:
         out = evaluate_held_out_users(user_vecs, vecs, users, tuple(ks), threshold, splits.implicit or not rating)
+        bar.update(1)
         return out if rating and not splits.implicit else {"ranking": out["ranking"]}
 
     ours = score(vectors_for_histories(model, item_vecs, users.history, n_users), item_vecs)
@@ -205,6 +225,7 @@ def _cold_users(splits: RunSplits, split: str, item_vecs: torch.Tensor, ablated:
     }
     ablation = {f"without_{m}": score(vectors_for_histories(model, vecs, users.history, n_users), vecs)
                 for m, vecs in ablated.items()}
+    bar.close()
     return {**ours, "baselines": baselines, "ablation": ablation}
 
 
@@ -235,10 +256,20 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
     ablated = {}
     if item_vecs is None or ablate:
         verify_shards(data_dir, load_manifest(data_dir))  # a tampered tar would change items silently
-        batches = item_batches(data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
-                               num_workers=num_workers, device=device)
+        logger.info(f"embedding the {n} items on {device.type}" + (f" (with and without each of {', '.join(ablate)}: "
+                    "the modality ablation)" if ablate else ""))
+        batches = counting(item_batches(data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
+                                        num_workers=num_workers, device=device), n, "eval: embed items")
         tower = embed_batches(model, batches, device=device, autocast=bf16_autocast(device), ablate=ablate)
         item_vecs = assemble([(tower.indices, tower.vectors)], n) if item_vecs is None else item_vecs
         ablated = {m: assemble([(tower.indices, v)], n) for m, v in tower.ablated.items()}
     report = evaluate(run_dir, data_dir, item_vecs, ablated, model, split, ks, mask, threshold, candidates)
-    return report, write_report(report, out)
+    # what produced these numbers: the code's version and the config the run resolved (RUN/config.yaml)
+    report.update(mmrec_version=__version__, config=to_dict(load_run_config(run_dir / "config.yaml")))
+    logger.info(f"writing the report -> {out}")
+    paths = write_report(report, out, metrics=run_dir / "metrics.jsonl")
+    try:  # the model card carries the latest numbers of each evaluated split, labelled with their protocol
+        refresh_card(run_dir / "model", report)
+    except OSError as e:  # a read-only model folder: the report is written, the card stays as it was
+        logger.warning(f"the model card in {run_dir / 'model'} was not updated: {e}")
+    return report, paths

@@ -6,10 +6,16 @@ split), beyond-accuracy, slices and the modality ablation; each table names the 
 numbers come from, and each plot is linked under its table.
 
     from mmrec.eval.report import write_report
-    paths = write_report(report, "REPORT")  # {"json": ..., "md": ..., "metrics_at_k": ..., ...}
+    paths = write_report(report, "REPORT", metrics="RUN/metrics.jsonl")  # {"json": ..., "md": ..., ...}
 
 Every section but `protocol` is optional: a report from a run without baselines or ablation still
-writes, and a plot whose section is missing is skipped together with its link.
+writes, and a plot whose section is missing is skipped together with its link. The training curve
+comes from the run's metrics.jsonl; without one, report.md says why there is none.
+
+Two bars are drawn on one axis only when they rank among the same candidate items: a slice ranked
+among the cold items and one ranked among all items measure different tasks, so each candidate set
+has its own panel, named in its title. A slice of fewer than `FEW_USERS` users is hatched and flagged
+in the tables: its mean moves with a few users' luck.
 """
 
 from __future__ import annotations
@@ -17,12 +23,15 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 RANK_METRICS = ("recall", "ndcg", "hit", "mrr")
 LABELS = {"recall": "Recall", "ndcg": "NDCG", "hit": "Hit", "mrr": "MRR"}
 MISSING = "—"
+# below this many users a mean metric is a handful of users' luck (one user moves NDCG by 1/n or more)
+FEW_USERS = 30
 
 
 def _clean(value: Any) -> Any:
@@ -89,18 +98,108 @@ def _models(report: dict) -> dict[str, dict]:
     return {"mmrec (ours)": report, **baselines}
 
 
-def _slices(models: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """Slice label -> {model name: ranking dict}, non-empty slices only, in first-seen order."""
+def _headline_set(p: dict) -> str:
+    """The headline's candidate items in a few words ("all items", "cold items"): `protocol.candidates`
+    is a sentence, and its "cold items only" is the same set as the cold-items slice's "cold items"."""
+    text = str(p.get("candidates") or "all items")
+    return text.split(";")[0].split(" (")[0].split(":")[0].strip().removesuffix(" only")
+
+
+def _slices(models: dict[str, dict], headline: str) -> tuple[dict[str, dict[str, dict]], dict[str, str], list[str]]:
+    """(slice label -> {model name: ranking dict}, slice label -> the items it ranks among, slices without users).
+
+    Slices with users only, in first-seen order: with none (no held-out warm item on a cold-items split)
+    the metrics would read 0 where nothing was measured. An item slice ("warm items") ranks among its
+    own items; a user slice keeps the headline's candidates.
+    """
     out: dict[str, dict[str, dict]] = {}
+    among: dict[str, str] = {}
+    unmeasured: list[str] = []
     for name, section in models.items():
         slices = _part(section, "slices")
-        named = {key.replace("_", " "): slices[key] for key in slices if key != "user_activity"}
-        named.update({f"users with {bucket} train interactions": ranking
+        named = {key.replace("_", " "): (slices[key], key.replace("_", " "))
+                 for key in slices if key != "user_activity"}
+        named.update({f"users with {bucket} train interactions": (ranking, headline)
                       for bucket, ranking in _part(slices, "user_activity").items()})
-        for label, ranking in named.items():
-            if isinstance(ranking, dict) and ranking:
+        for label, (ranking, items) in named.items():
+            if isinstance(ranking, dict) and ranking and ranking.get("users") != 0:
                 out.setdefault(label, {})[name] = ranking
-    return out
+                among.setdefault(label, items)
+            elif isinstance(ranking, dict) and ranking.get("users") == 0 and label not in unmeasured:
+                unmeasured.append(label)
+    return out, among, unmeasured
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else None
+
+
+def few_users(ranking: dict) -> bool:
+    """Whether a ranking's mean comes from fewer than `FEW_USERS` users (an unknown count is not flagged)."""
+    users = _count(ranking.get("users"))
+    return users is not None and users < FEW_USERS
+
+
+def _users_cell(ranking: dict) -> Any:
+    return f"{ranking['users']} (few users)" if few_users(ranking) else ranking.get("users")
+
+
+def _named_set(items: str, ranking: dict) -> str:
+    """ "cold items (244 items)": the candidate set with its size, where the ranking records it."""
+    n = _count(ranking.get("candidates"))
+    return f"{items} ({n} items)" if n is not None else items
+
+
+@dataclass
+class TrainingLog:
+    """RUN/metrics.jsonl read back (docs/design.md "RUN"): each logged value by step."""
+
+    series: dict[str, dict[int, float]]  # "loss/total", "valid/ndcg@10", ... -> {step: value}
+    best_step: int | None  # the step of the model kept in RUN/model, from the last validation line
+    skipped: int  # lines that were not a JSON object with an integer step (e.g. cut short by a kill)
+
+
+def read_training_log(path: str | Path) -> TrainingLog:
+    """Read a run's metrics.jsonl.
+
+    A resumed run appends steps it had logged before the kill; when the step goes back, the points
+    from that step on are dropped, so the curve shows the run that produced the model.
+    """
+    series: dict[str, dict[int, float]] = {}
+    best, skipped, last = None, 0, -1
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():  # bad bytes: a skipped line
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            skipped += 1
+            continue
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            skipped += 1
+            continue
+        if step < last:  # a resume: the lines after its checkpoint belong to the killed run
+            for values in series.values():
+                for dropped in [s for s in values if s >= step]:
+                    del values[dropped]
+        last = step
+        for key, value in record.items():
+            if key not in ("step", "epoch", "seconds", "best_step") and (x := _num(value)) is not None:
+                series.setdefault(key, {})[step] = x
+        if isinstance(record.get("best_step"), int):
+            best = record["best_step"]
+    return TrainingLog({key: values for key, values in series.items() if values}, best, skipped)
+
+
+def _curve_panels(log: TrainingLog) -> list[tuple[str, list[str]]]:
+    """(title, series keys) per panel: the losses, validation ranking metrics, validation rating error."""
+    keys = list(log.series)
+    ranking = [k for k in keys if k.startswith(("valid/recall@", "valid/ndcg@"))]  # as metrics_at_k.png: two metrics
+    panels = [("Training loss", [k for k in keys if k.startswith("loss/")]),
+              ("Validation ranking (valid split)", ranking),
+              ("Validation rating error (valid split)", [k for k in keys if k in ("valid/rmse", "valid/mae")])]
+    return [(title, names) for title, names in panels if names]
 
 
 def _protocol_lines(p: dict) -> list[str]:
@@ -124,8 +223,8 @@ def _protocol_lines(p: dict) -> list[str]:
     ]
 
 
-def _plot(path: Path, draw: Callable[..., None], ncols: int = 1) -> Path:
-    """Draw into a fresh Agg figure and save it as PNG.
+def _plot(path: Path, draw: Callable[..., None], ncols: int = 1, widths: list[float] | None = None) -> Path:
+    """Draw into a fresh Agg figure (`ncols` panels, relative `widths`) and save it as PNG.
 
     A bare `Figure` on an explicit Agg canvas, not pyplot: no display, no figure left open, and the
     caller's global backend untouched (a notebook calling write_report keeps its inline plots).
@@ -133,23 +232,65 @@ def _plot(path: Path, draw: Callable[..., None], ncols: int = 1) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: `import mmrec.eval.report` stays cheap
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(1.5 + 4.5 * ncols, 4.2), dpi=100, layout="constrained")
+    width = 1.5 + (4.5 * ncols if widths is None else min(1.3 * sum(widths), 14.5))  # widths: ~1.3 in per unit
+    fig = Figure(figsize=(width, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    draw(*fig.subplots(1, ncols, squeeze=False)[0])
+    draw(*fig.subplots(1, ncols, squeeze=False, gridspec_kw={"width_ratios": widths})[0])
     fig.savefig(path, format="png")
     return path
 
 
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
+def _ablation_variants(full: dict, ablated: dict) -> dict[str, dict]:
+    """Variant name -> section ({ranking, rating?}): the full model first, then each modality removed."""
+    return {"full model": full, **{name.replace("_", " "): s for name, s in ablated.items() if isinstance(s, dict)}}
+
+
+def _ablation_table(variants: dict[str, dict], k0: int, rating: bool) -> list[str]:
+    """Recall/NDCG@k0 per variant and the NDCG change against the full model (first row)."""
+    ndcg = {name: _num(_part(s, "ranking").get(f"ndcg@{k0}")) for name, s in variants.items()}
+    full = ndcg["full model"]
+    rows = [[name] + ([_part(s, "rating").get("rmse")] if rating else [])
+            + [_part(s, "ranking").get(f"recall@{k0}"), ndcg[name],
+               f"{ndcg[name] - full:+.4f}" if name != "full model" and None not in (ndcg[name], full) else MISSING]
+            for name, s in variants.items()]
+    header = ["variant"] + (["RMSE"] if rating else []) + [f"Recall@{k0}", f"NDCG@{k0}", f"Δ NDCG@{k0} vs full"]
+    return _table(header, rows)
+
+
+def _few_users_note(labels: list[str], hatched: bool = True) -> list[str]:
+    if not labels:
+        return []
+    return [f"Few users (fewer than {FEW_USERS}{', hatched in the plot' if hatched else ''}): {', '.join(labels)}; "
+            "their means move with a handful of users and are not worth comparing closely.", ""]
+
+
+def _curve_lines(log: TrainingLog | None, metrics: str | Path | None, drawn: bool) -> list[str]:
+    """report.md's training-curve sentence: what the plot was drawn from, or why there is none."""
+    if not drawn:
+        why = ("no metrics.jsonl was given" if metrics is None else f"`{metrics}` does not exist" if log is None
+               else f"`{metrics}` holds no loss or validation values")
+        return [f"No training curve: {why}.", ""]
+    total = log.series.get("loss/total", {})
+    valid = max((log.series[k] for k in log.series if k.startswith("valid/")), key=len, default={})
+    return [f"From `{metrics}`: {len(total)} logged training steps" + (f" up to step {max(total)}" if total else "")
+            + f", {len(valid)} validations"
+            + (f"; the model kept in RUN/model is step {log.best_step}'s" if log.best_step is not None else "")
+            + (f"; {log.skipped} unreadable lines skipped" if log.skipped else "") + ".", ""]
+
+
+def write_report(report: dict, out_dir: str | Path, metrics: str | Path | None = None) -> dict[str, Path]:
     """Write report.json, report.md and the plots of an evaluation report into `out_dir`.
 
     Args:
         report: the `mmrec eval` report dict (docs/design.md "Output files"); only `protocol` and
             `ranking` are expected, every other section is optional.
         out_dir: the report folder; created if missing.
+        metrics: the run's metrics.jsonl, for the training curve; None or a missing file: no curve,
+            and report.md says why.
 
     Returns:
-        What was written: `json`, `md`, and `metrics_at_k` / `slices` / `ablation` for the plots made.
+        What was written: `json`, `md`, and `metrics_at_k` / `slices` / `ablation` / `training_curve`
+        for the plots made.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,12 +301,33 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     p, ks, models = _part(report, "protocol"), _ks(report), _models(report)
     k0 = ks[0] if ks else 10  # slices and ablation report the smallest cut-off
     where = f"{p.get('split', '?')} split, {p.get('protocol', '?')} protocol, seed {p.get('seed', '?')}"
+    headline = _headline_set(p)
     ranked = {name: _part(s, "ranking") for name, s in models.items() if _part(s, "ranking")}
-    slices = _slices(models)
+    slices, among, unmeasured = _slices(models, headline)
     slice_models = [name for name in models if any(name in by_model for by_model in slices.values())]
-    ablation = {name: s for name, s in _part(report, "ablation").items() if isinstance(s, dict)}
-    variants = {"full model": report, **{name.replace("_", " "): s for name, s in ablation.items()}}
-    ndcg = {name: _num(_part(s, "ranking").get(f"ndcg@{k0}")) for name, s in variants.items()}
+    slice_users = {label: next(iter(by_model.values())) for label, by_model in slices.items()}  # same users for all
+    panels: dict[str, list[str]] = {}  # one per candidate set: "cold items (244 items)" -> its slices
+    for label in slices:
+        panels.setdefault(_named_set(among[label], slice_users[label]), []).append(label)
+    # (what it ranks, report.md's sentence, variants): the headline, and the cold-items slice where content
+    # is all a cold item has (in the headline the ID terms of warm items dominate)
+    ablations = []
+    if ablation := _part(report, "ablation"):
+        items = _named_set(headline, _part(report, "ranking"))
+        ablations.append((f"headline, ranked among {items}", f"Headline, ranked among {items}",
+                          _ablation_variants(report, ablation)))
+    if cold_ablation := _part(report, "ablation_cold_items"):
+        cold = _part(_part(report, "slices"), "cold_items")
+        items = _named_set("cold items", cold)
+        same = (items == _named_set(headline, _part(report, "ranking"))
+                and cold.get("users") == _part(report, "ranking").get("users"))
+        ablations.append((f"cold-items slice, ranked among {items}",
+                          f"Cold-items slice, relevant cold items ranked among {items}: a cold item has no ID "
+                          "terms, so its score is content alone and a modality's worth shows here"
+                          + (" (the headline ranks these same items and users, so the tables agree)" if same else ""),
+                          _ablation_variants({"ranking": cold}, cold_ablation)))
+    log = read_training_log(metrics) if metrics is not None and Path(metrics).is_file() else None
+    curves = _curve_panels(log) if log else []
 
     def at_k(ndcg_ax, recall_ax):
         for ax, metric in ((ndcg_ax, "ndcg"), (recall_ax, "recall")):
@@ -176,36 +338,82 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
         ndcg_ax.legend(fontsize=8)
         ndcg_ax.figure.suptitle(f"Top-K metrics ({where})", fontsize=9)
 
-    def slice_bars(ax):
-        labels, width = list(slices), 0.8 / len(slice_models)
-        for j, name in enumerate(slice_models):
-            heights = [_num(slices[s].get(name, {}).get(f"ndcg@{k0}"), math.nan) for s in labels]
-            offset = (j - (len(slice_models) - 1) / 2) * width  # bars of one slice side by side, centred
-            ax.bar([i + offset for i in range(len(labels))], heights, width, label=name)
-        ax.set_xticks(range(len(labels)), [s.replace(" train interactions", "") for s in labels],
-                      rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"NDCG@{k0} by slice\n({where})", fontsize=9)
-        ax.set_ylabel(f"NDCG@{k0}")
-        ax.legend(fontsize=8)
+    def slice_bars(*axes):
+        width = 0.8 / len(slice_models)
+        for ax, (items, labels) in zip(axes, panels.items()):
+            for j, name in enumerate(slice_models):
+                heights = [_num(slices[s].get(name, {}).get(f"ndcg@{k0}"), math.nan) for s in labels]
+                offset = (j - (len(slice_models) - 1) / 2) * width  # bars of one slice side by side, centred
+                bars = ax.bar([i + offset for i in range(len(labels))], heights, width, label=name, color=f"C{j}")
+                for bar, label in zip(bars, labels):
+                    if few_users(slice_users[label]):
+                        bar.set(hatch="//", edgecolor="black", alpha=0.6)
+            ticks = [f"{s.replace(' train interactions', '')}\nn={slice_users[s].get('users')}" for s in labels]
+            ax.set_xticks(range(len(labels)), ticks, fontsize=8)
+            for i, label in enumerate(labels):
+                if few_users(slice_users[label]):
+                    top = max((_num(by_model.get(f"ndcg@{k0}"), 0.0) for by_model in slices[label].values()), default=0)
+                    ax.annotate("few users", (i, top), xytext=(0, 3), textcoords="offset points", ha="center",
+                                fontsize=8, color="darkred")
+            ax.margins(y=0.12)  # room for the "few users" notes above the bars
+            ax.set_title(f"ranked among {items}", fontsize=9)
+        axes[0].set_ylabel(f"NDCG@{k0}")
+        fig = axes[0].figure  # below the panels: inside one it would cover bars
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=len(slice_models),
+                   fontsize=8)
+        fig.suptitle(f"NDCG@{k0} by slice ({where})\none panel per candidate set: compare bars within a panel, "
+                     "not across", fontsize=9)
 
-    def ablation_bars(ax):
-        heights = [math.nan if v is None else v for v in ndcg.values()]
-        bars = ax.bar(list(variants), heights, color=["tab:blue"] + ["tab:gray"] * len(ablation))
-        ax.bar_label(bars, labels=[_fmt(v) for v in ndcg.values()], fontsize=8)
-        ax.set_title(f"NDCG@{k0}, one modality removed at inference\n({where})", fontsize=9)
-        ax.set_ylabel(f"NDCG@{k0}")
+    def ablation_bars(*axes):
+        for ax, (title, _, variants) in zip(axes, ablations):
+            ndcg = [_num(_part(s, "ranking").get(f"ndcg@{k0}")) for s in variants.values()]
+            bars = ax.bar(list(variants), [math.nan if v is None else v for v in ndcg],
+                          color=["tab:blue"] + ["tab:gray"] * (len(variants) - 1))
+            ax.bar_label(bars, labels=[_fmt(v) for v in ndcg], fontsize=8)
+            full = _part(variants["full model"], "ranking")
+            if few_users(full):
+                for bar in bars:
+                    bar.set(hatch="//", edgecolor="black", alpha=0.6)
+            users = f"{full['users']} users" + (", few users" if few_users(full) else "") if "users" in full else ""
+            ax.set_title(f"{title}\n{users}", fontsize=9)
+            ax.tick_params(axis="x", labelsize=8)
+        axes[0].set_ylabel(f"NDCG@{k0}")
+        axes[0].figure.suptitle(f"NDCG@{k0}, one modality removed at inference ({where})", fontsize=9)
+
+    def training_curve(*axes):
+        steps_seen = [s for values in log.series.values() for s in values]
+        for ax, (title, names) in zip(axes, curves):
+            ax.set_xlim(min(steps_seen) - 1, max(steps_seen) + 1)  # one step axis: validations line up with losses
+            for name in names:
+                steps = sorted(log.series[name])
+                ax.plot(steps, [log.series[name][s] for s in steps], label=name,
+                        marker="o" if name.startswith("valid/") else None, markersize=3,
+                        linewidth=2 if name == "loss/total" else 1)
+            if log.best_step is not None and title.startswith("Validation"):
+                ax.axvline(log.best_step, color="gray", linestyle="--", linewidth=1,
+                           label=f"kept: step {log.best_step}")
+            ax.set(xlabel="step", title=title)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0].figure.suptitle(f"Training curve ({Path(metrics).name})", fontsize=9)
 
     if any(_num(r.get(f"{m}@{k}")) is not None for r in ranked.values() for m in ("ndcg", "recall") for k in ks):
         paths["metrics_at_k"] = _plot(out / "metrics_at_k.png", at_k, ncols=2)
     if slices:
-        paths["slices"] = _plot(out / "slices.png", slice_bars)
-    if ablation:
-        paths["ablation"] = _plot(out / "ablation.png", ablation_bars)
+        paths["slices"] = _plot(out / "slices.png", slice_bars, ncols=len(panels),
+                                widths=[max(2.2, 0.6 + len(labels)) for labels in panels.values()])
+    if ablations:
+        paths["ablation"] = _plot(out / "ablation.png", ablation_bars, ncols=len(ablations))
+    if curves:
+        paths["training_curve"] = _plot(out / "training_curve.png", training_curve, ncols=len(curves))
 
     def image(key: str) -> list[str]:  # relative link, so the folder can be moved or zipped whole
         return [f"![{key}]({paths[key].name})", ""] if key in paths else []
 
-    md = [f"# mmrec evaluation report: {where}", "", "## Protocol", "", *_protocol_lines(p), ""]
+    md = [f"# mmrec evaluation report: {where}", "", "## Protocol", "", *_protocol_lines(p)]
+    if "mmrec_version" in report:
+        md.append(f"- mmrec {report['mmrec_version']}; the run's resolved config: `config` in report.json")
+    md.append("")
 
     has_rating = any(_part(s, "rating") for s in models.values())
     header = ["model", "users"] + (["RMSE", "MAE"] if has_rating else [])
@@ -213,12 +421,14 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     rows = []
     for name, section in models.items():
         rating, ranking = _part(section, "rating"), _part(section, "ranking")
-        rows.append([name, ranking.get("users")] + ([rating.get("rmse"), rating.get("mae")] if has_rating else [])
+        rows.append([name, _users_cell(ranking)] + ([rating.get("rmse"), rating.get("mae")] if has_rating else [])
                     + [ranking.get(f"{m}@{k}") for k in ks for m in RANK_METRICS])
     md += [f"## Headline ({where})", "", "Ours and every baseline, scored on the same split in the same run"
            + ("; RMSE/MAE over the held-out ratings" if has_rating else "")
            + f". Candidates: {p.get('candidates', 'all items')}.",
-           "", *_table(header, rows), "", *image("metrics_at_k")]
+           "", *_table(header, rows), "",
+           *_few_users_note(["the headline"] if few_users(_part(report, "ranking")) else [], hatched=False),
+           *image("metrics_at_k")]
 
     if beyond := _part(report, "beyond"):
         beyond_ks, names = _cutoffs(beyond), sorted({str(key).split("@")[0] for key in beyond})
@@ -227,26 +437,34 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
                        [[n] + [beyond.get(f"{n}@{k}") for k in beyond_ks] for n in names]), ""]
 
     if slices:
-        header = ["slice", "users"] + [f"{name} {LABELS[m]}@{k0}" for name in slice_models for m in ("recall", "ndcg")]
-        rows = [[label, next(iter(by_model.values())).get("users")]
+        header = ["slice", "users", "ranked among"]
+        header += [f"{name} {LABELS[m]}@{k0}" for name in slice_models for m in ("recall", "ndcg")]
+        rows = [[label, _users_cell(slice_users[label]), _named_set(among[label], slice_users[label])]
                 + [by_model.get(name, {}).get(f"{m}@{k0}") for name in slice_models for m in ("recall", "ndcg")]
                 for label, by_model in slices.items()]
         missing = sorted({f"{label} {k}: {why}" for label, by_model in slices.items()
                           for ranking in by_model.values() for k, why in _part(ranking, "not_computable").items()})
         md += [f"## Slices ({where})", "",
                "Item slices rank the relevant items of that slice among the slice's items only; "
-               "user-activity slices keep the headline candidates.", "", *_table(header, rows), "",
-               *([f"Not computable: {'; '.join(missing)}.", ""] if missing else []), *image("slices")]
+               "user-activity slices keep the headline candidates. Slices ranked among different items "
+               "measure different tasks: compare models within a row, not rows with each other.", "",
+               *_table(header, rows), "", *_few_users_note([s for s in slices if few_users(slice_users[s])]),
+               *([f"Not computable: {'; '.join(missing)}.", ""] if missing else []),
+               *([f"Left out, no user has a relevant item there: {', '.join(unmeasured)}.", ""] if unmeasured else []),
+               *image("slices")]
 
-    if ablation:
-        full = ndcg["full model"]
-        rows = [[name, _part(s, "rating").get("rmse"), _part(s, "ranking").get(f"recall@{k0}"), ndcg[name],
-                 f"{ndcg[name] - full:+.4f}" if s is not report and None not in (ndcg[name], full) else MISSING]
-                for name, s in variants.items()]
+    if ablations:
         md += [f"## Modality ablation ({where})", "",
-               "The named modality is removed from every item at inference; the model is not retrained.", "",
-               *_table(["variant", "RMSE", f"Recall@{k0}", f"NDCG@{k0}", f"Δ NDCG@{k0} vs full"], rows), "",
-               *image("ablation")]
+               "The named modality is removed from every item at inference; the model is not retrained.", ""]
+        for _, intro, variants in ablations:
+            full = _part(variants["full model"], "ranking")
+            users = f"{full['users']} users" if "users" in full else "users unknown"
+            rating = any(_part(s, "rating") for s in variants.values())
+            md += [f"{intro}; {users}" + (f" (fewer than {FEW_USERS}: few users)" if few_users(full) else "") + ".",
+                   "", *_ablation_table(variants, k0, rating), ""]
+        md += image("ablation")
+
+    md += ["## Training curve", "", *_curve_lines(log, metrics, drawn=bool(curves)), *image("training_curve")]
 
     paths["md"].write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")
     return paths

@@ -1,32 +1,36 @@
 """`create_model`: wire built encoders and fusion into a `RecModel`; save and load whole models.
 
-A model folder holds `config.yaml` (the resolved `ModelConfig`), `model.json` (the sizes the model
-was built for: users, items, attributes, global mean) and `model.safetensors` (every parameter and
-buffer). Loading rebuilds the architecture from the config, with no download, and loads the weights.
+A model folder is in the Hugging Face Hub layout (`mmrec.model.hub`): `config.json` (the resolved
+`ModelConfig`, the sizes the model was built for, the mmrec version), `model.safetensors` (every
+parameter and buffer) and a model card `README.md`. Loading rebuilds the architecture from the config,
+with no download, and loads the weights strictly. Folders of the older layout (`config.yaml` +
+`model.json` + `model.safetensors`) load too. `from_pretrained` also takes a Hub repo id already in the
+local Hugging Face cache; `export_model` writes a folder that carries its encoders' sources, to copy or
+push anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 
 from encoders import Preprocessor, create_encoder
 from fusion import create_fusion
-from mmrec.config_io import from_dict, save_config
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
+from mmrec.files import replace_with, temp_sibling
+from mmrec.model import hub
 from mmrec.model.config import ModelConfig
+from mmrec.model.hub import CONFIG_FILE, WEIGHTS_FILE, CardFacts
 from mmrec.model.model import RecModel
-
-CONFIG_FILE, META_FILE, WEIGHTS_FILE = "config.yaml", "model.json", "model.safetensors"
 
 
 @dataclass
@@ -70,48 +74,90 @@ def build_model(cfg: ModelConfig, sizes: ModelSizes, seed: int,
     return create_model(cfg, sizes, item_seen)
 
 
-def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path) -> Path:
-    """Write config.yaml, model.json and model.safetensors into `folder`."""
+def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path, card: CardFacts | None = None,
+               license: str | None = None) -> Path:
+    """Write `folder` in the Hub layout: config.json, model.safetensors and the model card README.md.
+
+    Args:
+        card: what the card says beyond the config (training data, validation numbers); training passes it.
+        license: the card's license (a Hub license id such as "apache-2.0"), when known.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_config(model.config, folder / CONFIG_FILE)
-    (folder / META_FILE).write_text(json.dumps(asdict(sizes), indent=2))
+    cfg = hub.absolute_sources(model.config)
+    hub.write_config(folder, cfg, asdict(sizes))
     # contiguous copies: safetensors refuses views and shared storage
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, folder / WEIGHTS_FILE)
+    save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})  # "pt": what Hub tooling expects
+    hub.write_card(folder, cfg, asdict(sizes), card, license)
     return folder
 
 
-def read_saved_config(path: Path) -> ModelConfig:
-    """A saved model's config. Models saved before `fusion.readout` existed read out the [ITEM] token:
-    their config says nothing, and the new default would rebuild a different item embedding."""
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f)
-    if isinstance(raw, dict) and isinstance(raw.get("fusion"), dict):
-        raw["fusion"].setdefault("readout", "item_token")
-    return from_dict(ModelConfig, raw, str(path))
+def read_model_config(folder: str | Path) -> tuple[ModelConfig, ModelSizes]:
+    """A saved model's config (encoder sources located on this machine) and sizes, in either layout."""
+    cfg, sizes = hub.read_config(folder)
+    return hub.locate_encoder_sources(cfg, folder), ModelSizes(**sizes)
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu") -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
-    """Rebuild a model saved by `save_model` and load its weights (safetensors only)."""
-
+    """Rebuild a model saved by `save_model` (or by an older mmrec) and load its weights (safetensors only)."""
     folder = Path(folder)
-    for name in (CONFIG_FILE, META_FILE, WEIGHTS_FILE):
-        if not (folder / name).is_file():
-            raise ValueError(f"{folder} is not a saved mmrec model: {name} is missing")
-    cfg = read_saved_config(folder / CONFIG_FILE)
-    sizes = ModelSizes(**json.loads((folder / META_FILE).read_text()))
+    cfg, sizes = read_model_config(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{folder} is not a saved mmrec model: {WEIGHTS_FILE} is missing")
     model, preprocessors = create_model(cfg, sizes)
     model.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)  # on the CPU, then moved
     return model.to(device), preprocessors, sizes
+
+
+def from_pretrained(name_or_path: str | Path, device: str | torch.device = "cpu", *, revision: str | None = None,
+                    cache_dir: str | Path | None = None) -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
+    """`load_model` from a model folder or a Hub repo id ("org/name") already in the local Hugging Face
+    cache (`hf download org/name` puts it there); nothing is downloaded."""
+    return load_model(hub.resolve_folder(name_or_path, revision, cache_dir), device)
+
+
+def export_model(source: str | Path, out: str | Path, license: str | None = None) -> Path:
+    """Write a self-contained copy of a model to `out` (`mmrec export`): the Hub files plus, under
+    `out/encoders/`, each encoder's pretrained source, named in config.json by its path inside `out`.
+
+    RUN/model only names its encoders' sources by their paths on the training machine, so a copy of
+    it loads only where those exist. The copy is loaded back before it is moved into place.
+
+    Args:
+        source: a run folder (its model/) or a model folder, in either layout (the older one is upgraded).
+        out: a new or empty folder.
+        license: the card's license; by default the source card's.
+    """
+    source, out = Path(source), Path(out)
+    folder = source / "model" if (source / "model").is_dir() else source
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not empty: choose another --out")
+    cfg, sizes = hub.read_config(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise ValueError(f"{folder} is not a saved mmrec model: {WEIGHTS_FILE} is missing")
+    facts, card_license = hub.read_card(folder)
+    tmp = temp_sibling(out, ".partial")
+    tmp.mkdir(parents=True)
+    cfg = hub.copy_encoder_sources(cfg, folder, tmp)
+    hub.write_config(tmp, cfg, sizes)
+    shutil.copyfile(folder / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+    hub.write_card(tmp, cfg, sizes, facts, license or card_license)
+    load_model(tmp)  # loads from its own files alone, strictly, or fails here rather than on another machine
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    return replace_with(tmp, out)
 
 
 def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RecModel, dict[str, Preprocessor], ModelSizes]:
     """A run's selected model (RUN/model). If its weights cannot be read, the run's checkpoint of the
     same step (trainer_state.json's best_step) holds the same weights: they are used, and that is said."""
     run_dir = Path(run_dir)
+    # a damaged config or a missing encoder source is not cured by a checkpoint: those errors stand
+    cfg, sizes = read_model_config(run_dir / "model")
+    model, preprocessors = create_model(cfg, sizes)
     try:
-        return load_model(run_dir / "model", device)
+        model.load_state_dict(load_file(run_dir / "model" / WEIGHTS_FILE), strict=True)
     except Exception as e:  # noqa: BLE001 (safetensors, torch and json each raise their own types)
         reason = " ".join(str(e).split())[:160]
         fallback = _checkpoint_of_selected_step(run_dir)
@@ -120,13 +166,10 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> t
                              "restore it or train again") from e
         print(f"note: {run_dir / 'model'} cannot be loaded ({reason}); using {fallback}, the checkpoint of the "
               "same step", file=sys.stderr)
-        cfg = read_saved_config(run_dir / "model" / CONFIG_FILE)
-        sizes = ModelSizes(**json.loads((run_dir / "model" / META_FILE).read_text()))
-        model, preprocessors = create_model(cfg, sizes)
         state = load_file(fallback / WEIGHTS_FILE)  # the training module's: the model's keys under "model."
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
                               strict=True)
-        return model.to(device), preprocessors, sizes
+    return model.to(device), preprocessors, sizes
 
 
 def _checkpoint_of_selected_step(run_dir: Path) -> Path | None:
@@ -144,4 +187,5 @@ def _checkpoint_of_selected_step(run_dir: Path) -> Path | None:
     return folder if folder is not None and (folder / WEIGHTS_FILE).is_file() else None
 
 
-__all__ = ["ModelSizes", "build_model", "create_model", "load_model", "load_run_model", "save_model"]
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "ModelSizes", "build_model", "create_model", "export_model",
+           "from_pretrained", "load_model", "load_run_model", "read_model_config", "save_model"]
