@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -149,20 +148,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _emb_dir(args: argparse.Namespace) -> Path:
-    """--emb, else the folder the run's last `mmrec embed` wrote, else RUN/emb; refused when another
-    model made it (its items' vectors and the run's model or seen items would not belong together)."""
-    from mmrec.files import sha256_of
+    """--emb, else the run's last embeddings; refused when another model made them (`find_embeddings`)."""
+    from mmrec.serving import find_embeddings
 
-    emb = args.emb
-    if emb is None:
-        pointer = args.run / "embeddings.json"
-        emb = Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else args.run / "emb"
-    made = emb / "embedding.json"
-    if made.is_file():
-        if json.loads(made.read_text()).get("checkpoint_sha256") != sha256_of(args.run / "model" / "model.safetensors"):
-            raise ValueError(f"{emb} holds embeddings of another model than {args.run / 'model'}: re-run "
-                             "`mmrec embed` with this run, or pass its own --run")
-    return emb
+    return find_embeddings(args.run, args.emb)
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

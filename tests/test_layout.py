@@ -35,6 +35,8 @@ ALLOWED = {
     "mmrec.training": PIPELINE,
     "mmrec.eval": PIPELINE - {"mmrec.training"} | {"mmrec.eval"},
     "mmrec.serving": PIPELINE | {"mmrec.eval", "mmrec.serving"},
+    # the nearest-neighbour index serves the exported files: it never needs the model or the data readers
+    "mmrec.ann": {"mmrec.ann", "mmrec.serving", "mmrec.files", "mmrec.config_io"},
 }
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,8 @@ from mmrec.model import hub
 from mmrec.model.config import ModelConfig
 from mmrec.model.hub import CONFIG_FILE, WEIGHTS_FILE, CardFacts
 from mmrec.model.model import RecModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -164,8 +166,8 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> t
         if fallback is None:
             raise ValueError(f"{run_dir / 'model'} cannot be loaded ({reason}) and no checkpoint holds its step: "
                              "restore it or train again") from e
-        print(f"note: {run_dir / 'model'} cannot be loaded ({reason}); using {fallback}, the checkpoint of the "
-              "same step", file=sys.stderr)
+        logger.warning(f"{run_dir / 'model'} cannot be loaded ({reason}); using {fallback}, the checkpoint of the "
+                       "same step")
         state = load_file(fallback / WEIGHTS_FILE)  # the training module's: the model's keys under "model."
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")},
                               strict=True)
