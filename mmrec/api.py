@@ -3,6 +3,7 @@
     rec = mmrec.Recommender.from_run("RUN")                # EMB found as the CLI finds it
     rec.recommend(user="u17", k=5)                         # a user of the run (seen items excluded)
     rec.recommend(history=["it3", ("it9", 4.5)])           # a new user (history tower runs)
+    rec.recommend(user="u17", diversify=0.3)               # the top-200 re-ranked for diversity (MMR)
     rec.similar("it3")
     rec.search("sunny festival")
     vectors = rec.embed_items([{"item_id": "new1", "text": "...", "image": "poster.jpg"}], add=True)
@@ -23,6 +24,16 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from mmrec.rerank import (
+    DEFAULT_POOL,
+    attribute_table,
+    check_cap,
+    check_lambda,
+    check_pool,
+    diversity_vectors,
+    item_attributes,
+)
+from mmrec.rerank import diversify as diversify_hits
 from mmrec.serving import Embeddings, _top, find_embeddings, format_rows, recommend, seen_by_user, similar
 from mmrec.serving import search as search_items
 
@@ -37,17 +48,24 @@ class Recommendation:
     item_id: str
     title: str
     score: float
+    # `recommend(..., explain=True)`: the evidence for this item, each with its number (`mmrec.explain.Reason`)
+    reasons: tuple = ()
 
 
 class Recommendations(list):
     """The answers to one query, best first: a list of `Recommendation` that prints as the CLI's table."""
 
     def to_dicts(self) -> list[dict[str, Any]]:
-        """[{"item_id", "title", "score"}, ...]: for JSON or `pandas.DataFrame(...)`."""
-        return [asdict(r) for r in self]
+        """[{"item_id", "title", "score"}, ...] (and "reasons" when explained): for JSON or `pandas.DataFrame(...)`."""
+        return [{key: value for key, value in asdict(r).items() if key != "reasons" or value} for r in self]
 
     def __repr__(self) -> str:  # a notebook shows the table, as `mmrec recommend` prints it
-        return format_rows((r.item_id, r.title, r.score) for r in self)
+        table = format_rows((r.item_id, r.title, r.score) for r in self)
+        if any(r.reasons for r in self):  # as `mmrec recommend --explain` prints it
+            from mmrec.explain import format_explained
+
+            return format_explained(table, [r.reasons for r in self])
+        return table
 
     __str__ = __repr__
 
@@ -72,6 +90,8 @@ class Recommender:
         self._model = self._preprocessors = None  # loaded on first use: `recommend(user=)` and `similar` need none
         self._seen: dict[str, np.ndarray] | None = None
         self._indexes: dict[str, Any] = {}
+        self._explainer = None  # `recommend(..., explain=True)`: built on first use, keeps the user histories
+        self._attributes = None  # `recommend(..., max_per_attribute=)`: the items' attribute ids, read once
 
     @classmethod
     def from_run(cls, run: str | Path, emb: str | Path | None = None, data: str | Path | None = None,
@@ -124,7 +144,8 @@ class Recommender:
     # ------------------------------------------------------------------------------------- queries
 
     def recommend(self, user: str | None = None, history: Iterable | str | None = None, k: int = 10,
-                  exclude_seen: bool = True) -> Recommendations:
+                  exclude_seen: bool = True, explain: bool = False, diversify: float | None = None,
+                  pool: int = DEFAULT_POOL, max_per_attribute: int | None = None) -> Recommendations:
         """Top-k items for a user of the run (`user`), or for anyone from their interactions (`history`).
 
         Args:
@@ -132,19 +153,63 @@ class Recommender:
                 of the run's dataset (as `mmrec recommend --user`).
             history: item ids, or (item_id, rating) pairs, oldest first, or "ITEM[:RATING],..."; needs a
                 history-tower run (`model.user_tower=history`); `exclude_seen` drops the given items.
+            explain: fill each answer's `reasons` (`mmrec.explain`): the user's interactions, attributes and
+                modalities that carry its score, each with its number; loads the model.
+            diversify: LAMBDA in [0, 1]: the top `pool` re-ranked by maximal marginal relevance (`mmrec.rerank`;
+                0 the plain ranking), at most `max_per_attribute` items sharing an attribute (from the dataset).
+                Scores stay the model's, so the list is no longer sorted by them.
         """
         from mmrec.incremental import history_vector, parse_history
 
         _check_k(k)
+        fetch = k if diversify is None else check_pool(pool, k)
+        if diversify is not None:
+            check_lambda(diversify)
+            check_cap(max_per_attribute)
         if (user is None) == (history is None):
             raise ValueError("pass exactly one of user=USER_ID (a user of the run) or history=[ITEM, ...] (anyone)")
         if user is not None:
             exclude = set(self._seen_items(user).tolist()) if exclude_seen and user in self.emb.user_ids else set()
-            return self._results(recommend(self.emb, user, k, exclude, index=self._index("recommend")))
+            hits = self._diversified(recommend(self.emb, user, fetch, exclude, index=self._index("recommend")), k,
+                                     diversify, max_per_attribute)
+            return self._explained(hits, user=user) if explain else self._results(hits)
         pairs = parse_history(history) if isinstance(history, str) else _history_pairs(history)
         vector = history_vector(self.model, self.emb, pairs)  # ValueError for an ID-tower run or an unknown item
         exclude = {self.emb.item_ids.index(item) for item, _ in pairs} if exclude_seen else set()
-        return self._results(_top(self.emb.items @ vector, k, exclude))
+        hits = self._diversified(_top(self.emb.items @ vector, fetch, exclude), k, diversify, max_per_attribute)
+        return self._explained(hits, pairs=pairs) if explain else self._results(hits)
+
+    def _diversified(self, hits: list[tuple[int, float]], k: int, lam: float | None,
+                     cap: int | None) -> list[tuple[int, float]]:
+        """The pool `hits` re-ranked by MMR to k items (unchanged when `lam` is None)."""
+        if lam is None:
+            return hits
+        attributes = None
+        if cap is not None:
+            if self.data is None:
+                raise ValueError("max_per_attribute needs the items' attributes from the run's dataset: pass "
+                                 "Recommender.from_run(RUN, data=DATA)")
+            if self._attributes is None or len(self._attributes) != len(self.emb.item_ids):  # items may be added
+                self._attributes = attribute_table(item_attributes(self.data, self.emb.item_ids))[0]
+            attributes = self._attributes
+        return diversify_hits(hits, diversity_vectors(self.emb.items), k, lam, attributes, cap)
+
+    def _explained(self, hits: list[tuple[int, float]], user: str | None = None, pairs=None) -> Recommendations:
+        """`hits` with their reasons, for a user of the run or a given history (`mmrec.explain`)."""
+        from mmrec.data.vocabulary import RunVocabulary
+        from mmrec.explain import Explainer
+
+        if self._explainer is None:
+            model, preprocessors = self._loaded()
+            self._explainer = Explainer(model, preprocessors, self.emb, self.data, RunVocabulary.load(self.run))
+        explainer = self._explainer
+        if user is not None:
+            history, vector = explainer.user_history(user), self.emb.users[self.emb.user_ids.index(user)]
+        else:
+            history, vector = explainer.given_history(pairs), None
+        reasons = explainer.explain(history, [i for i, _ in hits], vector)
+        return Recommendations(Recommendation(self.emb.item_ids[i], self.emb.titles[i], score, why)
+                               for (i, score), why in zip(hits, reasons))
 
     def similar(self, item: str, k: int = 10) -> Recommendations:
         """The k items most like `item` (cosine of their centred item vectors), itself excluded."""
@@ -231,6 +296,7 @@ class Recommender:
         emb.item_ids = emb.item_ids + ids
         emb.titles = emb.titles + titles
         self.emb_dir, self._indexes = None, {}  # EMB's index lacks the new items: every item is scored exactly
+        self._explainer = None  # its centred item vectors lack them too
 
 
 def _check_k(k: int) -> None:

@@ -39,6 +39,35 @@ def _positive(text: str) -> int:
     return value
 
 
+def _lambda(text: str) -> float:
+    """--diversify for recommend: one LAMBDA in [0, 1]."""
+    from mmrec.rerank import check_lambda
+
+    try:
+        return check_lambda(float(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e) if "LAMBDA" in str(e) else f"expected a number in [0, 1], got "
+                                         f"{text!r}") from None
+
+
+def _lambdas(text: str) -> list[float]:
+    """--diversify for eval: comma-separated LAMBDAs in [0, 1]."""
+    return sorted({_lambda(t) for t in text.split(",")})
+
+
+def _add_diversify(p: argparse.ArgumentParser, many: bool) -> None:
+    """--diversify, --pool, --max-per-attribute (docs/design.md "Diversity re-ranking")."""
+    p.add_argument("--diversify", type=_lambdas if many else _lambda, default=None,
+                   metavar="LAMBDA,..." if many else "LAMBDA",
+                   help=("the accuracy / diversity trade-off of MMR re-ranking at these LAMBDAs (0 added), a section "
+                         "and a plot of the report" if many else
+                         "re-rank the top --pool by maximal marginal relevance: 0 the plain ranking, 1 diversity "
+                         "alone (0.1-0.3 is a mild mix)"))
+    p.add_argument("--pool", type=_positive, default=200, help="candidates re-ranked per user (default 200)")
+    p.add_argument("--max-per-attribute", type=_positive, default=None, metavar="K",
+                   help="with --diversify: at most K items sharing one attribute (e.g. genre) per list")
+
+
 def _run_folder(text: str) -> Path:
     """--run: a folder written by `mmrec train` (its model and vocabulary)."""
     run = Path(text)
@@ -136,15 +165,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ks = args.k
     report, paths = evaluate_run(args.run, _run_data(args.run, args.data), args.out, split=args.split, ks=ks,
                                  emb=args.emb, mask=args.mask, threshold=args.threshold, candidates=args.candidates,
-                                 ablation=not args.no_ablation, batch_size=args.batch_size, num_workers=args.workers)
+                                 ablation=not args.no_ablation, batch_size=args.batch_size, num_workers=args.workers,
+                                 diversify=args.diversify, pool=args.pool, max_per_attribute=args.max_per_attribute)
     k = ks[0]
     r, pop = report["ranking"], report["baselines"]["popularity"]["ranking"]
     rmse = f", RMSE {report['rating']['rmse']:.4f}" if report.get("rating") else ""  # none for implicit feedback
     print(f"{args.split} ({report['protocol']['protocol']}, seed {report['protocol']['seed']}): "
           f"NDCG@{k} {r[f'ndcg@{k}']:.4f} (popularity {pop[f'ndcg@{k}']:.4f}), Recall@{k} {r[f'recall@{k}']:.4f}"
           f"{rmse}")
+    if rows := report.get("diversify", {}).get("rows"):  # each LAMBDA against the plain ranking (LAMBDA 0)
+        kd = next((k for k in ks if f"diversity@{k}" in rows[0]), None)
+        if kd is not None:
+            nd, dv = f"ndcg@{kd}", f"diversity@{kd}"
+            print(f"diversify (NDCG@{kd}, diversity@{kd} against LAMBDA 0): " + "; ".join(
+                f"{r['lambda']:g}: {_percent(r[nd], rows[0][nd])}, {_percent(r[dv], rows[0][dv])}" for r in rows[1:]))
     print(f"report: {paths.get('md', args.out)}")
     return 0
+
+
+def _percent(value: float, base: float) -> str:
+    return f"{100 * (value - base) / base:+.1f}%" if base else "n/a"
 
 
 def _emb_dir(args: argparse.Namespace) -> Path:
@@ -164,8 +204,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         from mmrec.incremental import parse_history, recommend_for_history
         from mmrec.model.factory import load_run_model
 
-        model, _, _ = load_run_model(args.run)
-        print(format_results(emb, recommend_for_history(model.eval(), emb, parse_history(args.history), args.k)))
+        model, preprocessors, _ = load_run_model(args.run)
+        pairs = parse_history(args.history)
+        hits = _diversified(args, emb, recommend_for_history(model.eval(), emb, pairs, _fetch(args)))
+        if args.explain:
+            explainer = _explainer(args, emb, model, preprocessors)
+            print(_explained(emb, hits, explainer.explain(explainer.given_history(pairs), [i for i, _ in hits])))
+            return 0
+        print(format_results(emb, hits))
         return 0
     if args.data is not None:
         check_dataset(args.run, args.data)  # another dataset's seen items would be the wrong ones to exclude
@@ -175,8 +221,63 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     except ValueError as e:
         logger.warning(f"not excluding seen items ({e})")
     index = _ann(args, emb_dir, emb, "recommend")
-    print(format_results(emb, recommend(emb, args.user, args.k, exclude, index=index)))
+    hits = _diversified(args, emb, recommend(emb, args.user, _fetch(args), exclude, index=index))
+    if args.explain:
+        from mmrec.model.factory import load_run_model
+
+        model, preprocessors, _ = load_run_model(args.run)
+        explainer = _explainer(args, emb, model, preprocessors)
+        reasons = explainer.explain(explainer.user_history(args.user), [i for i, _ in hits],
+                                    emb.users[emb.user_ids.index(args.user)])
+        print(_explained(emb, hits, reasons))
+        return 0
+    print(format_results(emb, hits))
     return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    """How many top items to score: --k, or under --diversify the --pool that MMR re-ranks."""
+    if args.diversify is None:
+        return args.k
+    from mmrec.rerank import check_pool
+
+    return check_pool(args.pool, args.k)
+
+
+def _diversified(args: argparse.Namespace, emb, hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """--diversify: the pool re-ranked by maximal marginal relevance to --k items (`mmrec.rerank`)."""
+    if args.diversify is None:
+        return hits
+    from mmrec.rerank import attribute_table, diversify, diversity_vectors, item_attributes
+
+    attributes = None
+    if args.max_per_attribute is not None:  # the items' attributes are in the run's dataset
+        attributes = attribute_table(item_attributes(_run_data(args.run, args.data), emb.item_ids))[0]
+    return diversify(hits, diversity_vectors(emb.items), args.k, args.diversify, attributes, args.max_per_attribute)
+
+
+def _explainer(args: argparse.Namespace, emb, model, preprocessors):
+    """`recommend --explain`: the evidence comes from the run's dataset (histories, attributes, content)."""
+    from mmrec.data.fingerprint import check_dataset
+    from mmrec.data.vocabulary import RunVocabulary
+    from mmrec.explain import Explainer
+
+    try:
+        data = _run_data(args.run, args.data)
+        check_dataset(args.run, data)
+    except ValueError as e:
+        if args.history is None:
+            raise  # a user's history is in the dataset
+        logger.warning(f"no attribute or modality reasons ({e})")
+        data = None
+    return Explainer(model, preprocessors, emb, data, RunVocabulary.load(args.run))
+
+
+def _explained(emb, hits: list[tuple[int, float]], reasons) -> str:
+    from mmrec.explain import format_explained
+    from mmrec.serving import format_results
+
+    return format_explained(format_results(emb, hits), reasons)
 
 
 def cmd_embed_users(args: argparse.Namespace) -> int:
@@ -377,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ablation", action="store_true", help="skip the modality ablation")
     p.add_argument("--batch-size", type=int, default=128, help="items per batch when embedding")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media when embedding")
+    _add_diversify(p, many=True)
     p.set_defaults(func=cmd_eval)
 
     for name, target, helptext in (("recommend", "--user", "top-K items for a user, or for a history"),
@@ -395,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--emb", type=Path, default=None, help="embedding folder (default: the run's last `mmrec embed` output)")
         p.add_argument("--data", type=Path, default=None, help="dataset, for the user's seen items (default: the run's)")
         p.add_argument("--exact", action="store_true", help="score every item, ignoring EMB/index (`mmrec index`)")
+        if name == "recommend":
+            _add_diversify(p, many=False)
+            p.add_argument("--explain", action="store_true",
+                           help="under each item, the evidence for it with its share: the user's items that carry "
+                                "the score, shared attributes, and the modalities (loads the model)")
         p.set_defaults(func=cmd_recommend if name == "recommend" else cmd_similar)
     p = sub.add_parser("index", help="nearest-neighbour indexes (faiss) that recommend / similar then search")
     p.add_argument("--emb", required=True, type=Path, help="embedding folder (EMB); the indexes go to EMB/index")

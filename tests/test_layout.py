@@ -33,7 +33,11 @@ ALLOWED = {
     "mmrec.embedding": MODEL | {"mmrec.embedding"},
     "mmrec.cache": MODEL | {"mmrec.embedding", "mmrec.cache"},
     "mmrec.training": PIPELINE,
-    "mmrec.eval": PIPELINE - {"mmrec.training"} | {"mmrec.eval"},
+    "mmrec.eval": PIPELINE - {"mmrec.training"} | {"mmrec.eval", "mmrec.rerank", "mmrec.explain"},
+    # explanations read the exported vectors, the model and the dataset: the report checks them, serving prints them
+    "mmrec.explain": PIPELINE - {"mmrec.training"} | {"mmrec.explain"},
+    # MMR re-ranking works on tensors (and reads items' attributes from DATA): the report and serving share it
+    "mmrec.rerank": DATA | {"mmrec.rerank"},
     "mmrec.serving": PIPELINE | {"mmrec.eval", "mmrec.serving"},
     # the nearest-neighbour index serves the exported files: it never needs the model or the data readers
     "mmrec.ann": {"mmrec.ann", "mmrec.serving", "mmrec.files", "mmrec.config_io"},

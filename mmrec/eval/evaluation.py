@@ -20,7 +20,11 @@ On a cold-users split the scored users were never trained: each is served from t
 (the history tower; an ID tower has only its unknown-user row for them), their history items are
 masked, and the baselines are those that serve a user from a history: popularity, item-kNN over the
 history, ALS fold-in and EASE.
-- ablation: the same metrics with each modality dropped from every item at inference.
+- ablation: the same metrics with each modality dropped from every item at inference;
+- explanation faithfulness (`mmrec.explain`): for 200 seeded users and their top-10, how often removing
+  the top cited history item lowers the score more than removing a random one;
+- diversify (`--diversify 0.1,0.3,...`): the accuracy / diversity trade-off of MMR re-ranking
+  (`mmrec.rerank`) of each user's top-`--pool`, one row per LAMBDA, LAMBDA 0 the headline ranking.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -42,7 +45,7 @@ from mmrec.config_io import to_dict
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
 from mmrec.data.schema import HISTORY_SPLITS
-from mmrec.data.split_files import RunSplits
+from mmrec.data.split_files import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, counting, embed_batches, item_batches, progress_shown, verify_shards
 from mmrec.eval.baselines import (
@@ -54,14 +57,27 @@ from mmrec.eval.baselines import (
     item_knn_vectors,
     popularity_vectors,
 )
+from mmrec.eval.metrics import UserItems, ranking_metrics
 from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split, ranked_lists
 from mmrec.eval.report import write_report
+from mmrec.explain import explanation_faithfulness
 from mmrec.files import sha256_of
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
 from mmrec.model.history import UserHistory
 from mmrec.model.hub import refresh_card
 from mmrec.model.model import user_vectors, vectors_for_histories
 from mmrec.precision import bf16_autocast
+from mmrec.rerank import (
+    DEFAULT_POOL,
+    attribute_table,
+    check_cap,
+    check_lambda,
+    check_pool,
+    diversity_vectors,
+    intra_list_diversity,
+    item_attributes,
+    mmr,
+)
 
 # users by history length (training interactions): a user vector from 1 interaction, a handful, ...
 ACTIVITY_BUCKETS = ((1, 1), (2, 5), (6, 20), (21, None))
@@ -110,30 +126,78 @@ class _Evaluator:
         cand = self.protocol.candidate_items(self.splits)
         cand = np.arange(self.splits.num_items) if cand is None else cand
         top = ranked_lists(user_vecs, item_vecs, self.splits, users, self.protocol.masked, cand, max(self.ks))
-        q = item_vecs[:, :embed_dim]
-        q = F.normalize(q - q.mean(0), dim=-1)  # centred: what distinguishes items, not what they share
+        return self._beyond_of(top, diversity_vectors(item_vecs, embed_dim), len(cand))
+
+    def _beyond_of(self, top: np.ndarray, q: torch.Tensor, n_candidates: int) -> dict:
+        """Coverage, average popularity and intra-list diversity (1 - mean pairwise cosine of the centred q
+        vectors `q`, the similarity MMR re-ranks with) of ranked lists (U, max K), at each K."""
         out = {}
         for k in self.ks:
             lists = top[:, :k]
-            out[f"coverage@{k}"] = float(len(np.unique(lists)) / len(cand))  # share of the candidate items
+            out[f"coverage@{k}"] = float(len(np.unique(lists)) / n_candidates)  # share of the candidate items
             out[f"avg_popularity@{k}"] = float(self.popularity[lists].mean())
             if k > 1:
-                per_user = []
-                for start in range(0, len(lists), 4096):  # chunks: (U, k, k) at once would not fit for 100k users
-                    v = q[torch.from_numpy(lists[start : start + 4096])]  # (C, k, E)
-                    sims = v @ v.transpose(1, 2)  # (C, k, k)
-                    per_user.append((sims.sum((1, 2)) - sims.diagonal(dim1=1, dim2=2).sum(1)) / (k * (k - 1)))
-                out[f"diversity@{k}"] = float((1 - torch.cat(per_user)).mean())
+                out[f"diversity@{k}"] = float(intra_list_diversity(lists, q).mean())
         return out
+
+    def diversify(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, embed_dim: int, lambdas: list[float],
+                  pool: int, attributes: torch.Tensor | None = None, cap: int | None = None) -> dict:
+        """The accuracy / diversity trade-off: for each LAMBDA, each ranked user's `pool` best candidates (masked
+        as in the headline) re-ranked by MMR (`mmrec.rerank`) to the largest K, then the headline's Recall and
+        NDCG and the beyond-accuracy metrics of those lists. LAMBDA 0 without a cap is the headline ranking."""
+        held = self.protocol.held_out(self.splits)
+        cand = self.protocol.candidate_items(self.splits)
+        cand = np.arange(self.splits.num_items) if cand is None else cand
+        known = (held.users >= 0) & np.isin(held.items, cand)
+        users = np.unique(held.users[known])  # the headline's users: a vector and a relevant candidate
+        row_of = np.full(self.splits.num_users, -1, dtype=np.int64)
+        row_of[users] = np.arange(len(users))
+        relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(users))
+        k_max, pool = max(self.ks), min(pool, len(cand))
+        if pool < k_max:
+            raise ValueError(f"the re-ranking pool ({pool} items) is smaller than the largest K ({k_max}): pass a "
+                             "larger --pool or smaller --k")
+        top = ranked_lists(user_vecs, item_vecs, self.splits, users, self.protocol.masked, cand, pool)  # (U, P)
+        items = torch.from_numpy(top)
+        scores = torch.cat([torch.einsum("ue,upe->up", user_vecs[torch.from_numpy(users[s : s + 4096])].float(),
+                                         item_vecs[items[s : s + 4096]].float()) for s in range(0, len(users), 4096)])
+        # a user with fewer unmasked candidates than the pool gets masked items at its end (as the headline
+        # does past its last candidate): never choose them for diversity, only to fill a list that ran out
+        n, rows_of = self.splits.num_items, [self.splits[name] for name in self.protocol.masked]
+        pairs = np.concatenate([row_of[r.users[r.users >= 0]] * n + r.items[r.users >= 0] for r in rows_of])
+        masked = np.isin(np.arange(len(users))[:, None] * n + top, pairs[pairs >= 0])  # (U, P)
+        scores[torch.from_numpy(masked)] = float("-inf")
+        q = diversity_vectors(item_vecs, embed_dim)
+        rows = []
+        for lam in lambdas:
+            lists = _filled(mmr(items, scores, q, k_max, lam, attributes, cap).numpy(), top)
+            ranking = ranking_metrics(lists, relevant, self.ks)
+            accuracy = {f"{m}@{k}": ranking[f"{m}@{k}"] for k in self.ks for m in ("ndcg", "recall")}
+            rows.append({"lambda": lam, **accuracy, **self._beyond_of(lists, q, len(cand))})
+            self.bar.update(1)
+        return {"method": "MMR: (1 - LAMBDA) * score min-max normalised over the pool - LAMBDA * max cosine to "
+                          "the items already chosen (centred q vectors, as diversity@K)",
+                "pool": pool, "max_per_attribute": cap, "users": int(len(users)), "rows": rows}
+
+
+def _filled(lists: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Re-ranked lists whose pool ran out (-1) completed with the pool's remaining items in order."""
+    for row in np.nonzero((lists < 0).any(1))[0]:
+        chosen = set(lists[row].tolist())
+        rest = [i for i in pool[row] if i not in chosen]
+        lists[row, lists[row] < 0] = rest[: int((lists[row] < 0).sum())]
+    return lists
 
 
 def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: dict[str, torch.Tensor], model,
              split: str = "test", ks: list[int] | None = None, mask: str = "auto",
-             threshold: float | None = None, candidates: str = "auto") -> dict:
+             threshold: float | None = None, candidates: str = "auto", diversify: list[float] | None = None,
+             pool: int = DEFAULT_POOL, max_per_attribute: int | None = None) -> dict:
     """The report dict (docs/design.md report.json) for a model's exported vectors on `split`.
 
     `mask` and `candidates` choose the protocol (`mmrec.eval.protocol`: "auto" is the rule that
-    training validation uses too).
+    training validation uses too). `diversify`: LAMBDAs for the `diversify` section (MMR re-ranking of
+    each user's top-`pool`, at most `max_per_attribute` items sharing an attribute; LAMBDA 0 is added).
     """
     ks = sorted(ks or [10, 20, 50])
     vocab = RunVocabulary.load(run_dir)
@@ -161,7 +225,10 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
                   f"{split}_history file" if splits.cold_users_split else "trained users"),
     }}
     if splits.cold_users_split:
+        if diversify:
+            raise ValueError("--diversify re-ranks trained users' lists; a cold-users split has none: leave it out")
         report.update(_cold_users(splits, split, item_vecs, ablated, model, ks, threshold))
+        report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
         report["protocol"]["masked_splits"] = [HISTORY_SPLITS[split]]  # each user's given history
         return report
     ev = _Evaluator(splits, protocol, ks)
@@ -175,6 +242,13 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         raise ValueError(f"the headline ranking cannot be computed at every --k ({reasons}); pass smaller --k")
     report.update(ours)
     report["beyond"] = ev.beyond(user_vecs, item_vecs, model.config.embedding_dim)
+    report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
+    if diversify:  # the trade-off is read against the plain ranking: LAMBDA 0 is always a row
+        attributes = (attribute_table(item_attributes(data_dir, vocab.item_ids))[0]
+                      if max_per_attribute is not None else None)
+        report["diversify"] = ev.diversify(user_vecs, item_vecs, model.config.embedding_dim,
+                                           sorted({0.0, *map(check_lambda, diversify)}), pool, attributes,
+                                           max_per_attribute)
     n_users, n_items = splits.num_users, splits.num_items
     pop = ev.score(*popularity_vectors(splits["train"], n_users, n_items))
     pop.pop("rating")  # popularity predicts no rating
@@ -192,6 +266,20 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
             section.pop("rating", None)
     ev.bar.close()
     return report
+
+
+def _faithfulness(splits: RunSplits, protocol: EvalProtocol, item_vecs: torch.Tensor, model) -> dict:
+    """Explanations (`mmrec explain`) checked on 200 seeded users of the split and their top-10: does removing
+    the top cited history item lower the score more than removing a random one?"""
+    if splits.cold_users_split:  # held-out users, served from their given history (masked, as in the headline)
+        users = splits.held_out_users(protocol.split)
+        return explanation_faithfulness(model, item_vecs.cpu(), users.history, users.held.users, users.history,
+                                        trained=False)
+    held = protocol.held_out(splits)
+    masked = [splits[name] for name in protocol.masked]
+    masked = SplitArrays(*(np.concatenate(parts) for parts in zip(*((m.users, m.items, m.ratings) for m in masked))))
+    return explanation_faithfulness(model, item_vecs.cpu(), splits["train"], held.users[held.users >= 0], masked,
+                                    protocol.candidate_items(splits))
 
 
 def _cold_users(splits: RunSplits, split: str, item_vecs: torch.Tensor, ablated: dict[str, torch.Tensor], model,
@@ -232,13 +320,19 @@ def _cold_users(splits: RunSplits, split: str, item_vecs: torch.Tensor, ablated:
 def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, split: str = "test",
                  ks: list[int] | None = None, emb: str | Path | None = None, mask: str = "auto",
                  threshold: float | None = None, candidates: str = "auto", ablation: bool = True,
-                 batch_size: int = 128, num_workers: int = 0) -> tuple[dict, dict[str, Path]]:
+                 batch_size: int = 128, num_workers: int = 0, diversify: list[float] | None = None,
+                 pool: int = DEFAULT_POOL, max_per_attribute: int | None = None) -> tuple[dict, dict[str, Path]]:
     """`mmrec eval`: score a run's model on `split` and write REPORT (report.json, report.md, plots).
 
     The item vectors come from `emb` (an `mmrec embed` folder) or from one pass of the item tower,
     which also gives every modality's ablation (the encoders run once). Returns (report, written paths).
     """
     run_dir, data_dir = Path(run_dir), Path(data_dir)
+    for lam in diversify or ():  # before the item tower runs: a typo fails at once
+        check_lambda(lam)
+    if diversify:
+        check_pool(pool, max(ks or [10, 20, 50]))
+        check_cap(max_per_attribute)
     check_dataset(run_dir, data_dir)
     if emb is not None:  # the vectors must be this run's model's, from this dataset
         made = json.loads((Path(emb) / "embedding.json").read_text())
@@ -263,7 +357,8 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
         tower = embed_batches(model, batches, device=device, autocast=bf16_autocast(device), ablate=ablate)
         item_vecs = assemble([(tower.indices, tower.vectors)], n) if item_vecs is None else item_vecs
         ablated = {m: assemble([(tower.indices, v)], n) for m, v in tower.ablated.items()}
-    report = evaluate(run_dir, data_dir, item_vecs, ablated, model, split, ks, mask, threshold, candidates)
+    report = evaluate(run_dir, data_dir, item_vecs, ablated, model, split, ks, mask, threshold, candidates,
+                      diversify, pool, max_per_attribute)
     # what produced these numbers: the code's version and the config the run resolved (RUN/config.yaml)
     report.update(mmrec_version=__version__, config=to_dict(load_run_config(run_dir / "config.yaml")))
     logger.info(f"writing the report -> {out}")

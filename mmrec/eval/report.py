@@ -257,6 +257,43 @@ def _ablation_table(variants: dict[str, dict], k0: int, rating: bool) -> list[st
     return _table(header, rows)
 
 
+def _diversify(report: dict) -> tuple[dict, list[dict], int]:
+    """The `diversify` section, its rows with a number at the cut-off, and that cut-off: the smallest K with a
+    diversity (a list of one item has none)."""
+    section = _part(report, "diversify")
+    rows = [r for r in section.get("rows") or [] if isinstance(r, dict) and _num(r.get("lambda")) is not None]
+    ks = _cutoffs(rows[0], ("diversity",)) if rows else []
+    k = ks[0] if ks else 10
+    return section, [r for r in rows if _num(r.get(f"ndcg@{k}")) is not None], k
+
+
+def _change(value: Any, base: Any) -> float | None:
+    """The relative change of `value` against `base` in percent; None where either is missing or base is 0."""
+    v, b = _num(value), _num(base)
+    return None if v is None or not b else 100 * (v - b) / b
+
+
+def _diversify_lines(section: dict, rows: list[dict], k: int, where: str) -> list[str]:
+    """report.md's trade-off table: per LAMBDA, accuracy and beyond-accuracy at K with changes against LAMBDA 0."""
+    base = next((r for r in rows if r["lambda"] == 0), rows[0])
+    cap = section.get("max_per_attribute")
+    table = [[f"{r['lambda']:g}", r.get(f"ndcg@{k}"), _signed(_change(r.get(f"ndcg@{k}"), base.get(f"ndcg@{k}"))),
+              r.get(f"recall@{k}"), r.get(f"diversity@{k}"),
+              _signed(_change(r.get(f"diversity@{k}"), base.get(f"diversity@{k}"))), r.get(f"coverage@{k}"),
+              r.get(f"avg_popularity@{k}")] for r in rows]
+    return [f"## Diversity re-ranking (ours, {where})", "",
+            f"Each ranked user's top-{section.get('pool', '?')} re-ranked by maximal marginal relevance "
+            f"({section.get('method', 'MMR')})" + (f", at most {cap} items sharing an attribute" if cap else "")
+            + f"; {section.get('users', '?')} users. LAMBDA 0 is the headline ranking"
+            + (" kept under the cap (the headline above has none)" if cap else "") + "; changes are against it.", "",
+            *_table(["LAMBDA", f"NDCG@{k}", "Δ NDCG", f"Recall@{k}", f"diversity@{k}", "Δ diversity",
+                     f"coverage@{k}", f"avg popularity@{k}"], table), ""]
+
+
+def _signed(percent: float | None) -> str:
+    return MISSING if percent is None else f"{percent:+.1f}%"
+
+
 def _few_users_note(labels: list[str], hatched: bool = True) -> list[str]:
     if not labels:
         return []
@@ -278,6 +315,18 @@ def _curve_lines(log: TrainingLog | None, metrics: str | Path | None, drawn: boo
             + (f"; {log.skipped} unreadable lines skipped" if log.skipped else "") + ".", ""]
 
 
+def _faithfulness_lines(section: dict, where: str) -> list[str]:
+    """report.md's explanation check: one sentence with its numbers, or why it was not computed."""
+    share, explained = _num(section.get("share")), _count(section.get("explained"))
+    if share is None:
+        return ["## Explanation faithfulness", "", f"Not computed: {section.get('method', 'no explained item')}.", ""]
+    return ["## Explanation faithfulness", "",
+            f"For {explained} explained recommendations (top-{section.get('k', '?')} of {section.get('users', '?')} "
+            f"sampled users, {where}), removing the top cited history item lowered the item's score more than "
+            f"removing a random other history item in **{share:.1%}** of cases (mean fall {_fmt(section.get('mean_drop_top'))} "
+            f"against {_fmt(section.get('mean_drop_random'))}). Method: {section.get('method', MISSING)}.", ""]
+
+
 def write_report(report: dict, out_dir: str | Path, metrics: str | Path | None = None) -> dict[str, Path]:
     """Write report.json, report.md and the plots of an evaluation report into `out_dir`.
 
@@ -289,8 +338,8 @@ def write_report(report: dict, out_dir: str | Path, metrics: str | Path | None =
             and report.md says why.
 
     Returns:
-        What was written: `json`, `md`, and `metrics_at_k` / `slices` / `ablation` / `training_curve`
-        for the plots made.
+        What was written: `json`, `md`, and `metrics_at_k` / `slices` / `ablation` / `training_curve` /
+        `diversify` for the plots made.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -406,6 +455,29 @@ def write_report(report: dict, out_dir: str | Path, metrics: str | Path | None =
         paths["ablation"] = _plot(out / "ablation.png", ablation_bars, ncols=len(ablations))
     if curves:
         paths["training_curve"] = _plot(out / "training_curve.png", training_curve, ncols=len(curves))
+    diversify, div_rows, div_k = _diversify(report)
+
+    def tradeoff(curve_ax, change_ax):  # NDCG against diversity, each point a LAMBDA; then each metric's change
+        x, y = [_num(r.get(f"diversity@{div_k}"), math.nan) for r in div_rows], [r[f"ndcg@{div_k}"] for r in div_rows]
+        curve_ax.plot(x, y, marker="o")
+        for r, xi, yi in zip(div_rows, x, y):
+            curve_ax.annotate(f"λ={r['lambda']:g}", (xi, yi), xytext=(4, 4), textcoords="offset points", fontsize=8)
+        curve_ax.set(xlabel=f"intra-list diversity@{div_k}", ylabel=f"NDCG@{div_k}", title="accuracy against diversity")
+        base = next((r for r in div_rows if r["lambda"] == 0), div_rows[0])
+        lams = [r["lambda"] for r in div_rows]
+        for metric in ("ndcg", "recall", "diversity", "coverage"):
+            change_ax.plot(lams, [_change(r.get(f"{metric}@{div_k}"), base.get(f"{metric}@{div_k}")) for r in div_rows],
+                           marker="o", label=f"{metric}@{div_k}")
+        change_ax.axhline(0, color="gray", linewidth=1)
+        change_ax.set(xlabel="LAMBDA", ylabel="change against LAMBDA 0 (%)", title="each metric against LAMBDA")
+        change_ax.legend(fontsize=8)
+        for ax in (curve_ax, change_ax):
+            ax.grid(alpha=0.3)
+        pool = diversify.get("pool", "?")
+        curve_ax.figure.suptitle(f"MMR re-ranking of each user's top-{pool} ({where})", fontsize=9)
+
+    if div_rows:
+        paths["diversify"] = _plot(out / "diversify.png", tradeoff, ncols=2)
 
     def image(key: str) -> list[str]:  # relative link, so the folder can be moved or zipped whole
         return [f"![{key}]({paths[key].name})", ""] if key in paths else []
@@ -435,6 +507,8 @@ def write_report(report: dict, out_dir: str | Path, metrics: str | Path | None =
         md += [f"## Beyond accuracy (ours, {where})", "",
                *_table(["metric"] + [f"@{k}" for k in beyond_ks],
                        [[n] + [beyond.get(f"{n}@{k}") for k in beyond_ks] for n in names]), ""]
+    if div_rows:
+        md += [*_diversify_lines(diversify, div_rows, div_k, where), *image("diversify")]
 
     if slices:
         header = ["slice", "users", "ranked among"]
@@ -464,6 +538,8 @@ def write_report(report: dict, out_dir: str | Path, metrics: str | Path | None =
                    "", *_ablation_table(variants, k0, rating), ""]
         md += image("ablation")
 
+    if faithfulness := _part(report, "explanation_faithfulness"):
+        md += _faithfulness_lines(faithfulness, where)
     md += ["## Training curve", "", *_curve_lines(log, metrics, drawn=bool(curves)), *image("training_curve")]
 
     paths["md"].write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")

@@ -1,0 +1,507 @@
+"""Why this item: for each recommendation, the evidence the model's own vectors support, each with its number.
+
+    mmrec recommend --run RUN --user u17 --explain
+    Recommender.from_run(RUN).recommend(user="u17", explain=True)[0].reasons
+
+Three kinds of reason (docs/design.md "Explanations"), measured on the exported files plus the run's model,
+never made up, and citing only items the user interacted with:
+
+- history: the user's own interactions that carry the score.
+  History tower (`model.user_tower: history`): each history item's exact leave-one-out effect, the score
+  minus the score of the user vector recomputed from the history without that item (read as the tower would
+  read it then: the latest `history_length` interactions, so an older one moves into the window). All of a
+  user's leave-one-out vectors come from one batched pass of the tower.
+  ID tower: a user vector is a trained parameter, not a function of a history, so no removal is exact
+  without retraining. The user's training items are cited by their term in the mean-centred item-kNN score of
+  the recommended item (Sarwar et al. 2001, "Item-based collaborative filtering"): the cosine of the two
+  items' centred q vectors (the part of the item vector users score, centred as `mmrec similar` centres
+  them) times the user's rating of the history item minus their mean rating (1 when their ratings do not
+  vary, e.g. implicit feedback).
+- attribute: attributes of the recommended item that the user's highly rated history items (rating >= the
+  user's mean) also carry, measured by the history evidence those items carry together.
+- modality: how much the score falls when a modality is dropped from the item's fused state (as the
+  report's ablation drops it; recomputed for the explained items only), and, for an item seen in training,
+  the part its learned ID terms add.
+
+Every reason has an `effect` (score points; neighbourhood-score points for an ID tower's history and
+attributes) and a `share`: its effect over the sum of |effect| of all the evidence of its kind for that item
+(every history item, every modality), so one kind's shares have absolute values summing to 1 (attribute
+shares overlap: one history item may carry several attributes). Only evidence with a positive effect, and at
+least `MIN_SHARE` of its kind's, is cited.
+
+`explanation_faithfulness` is `mmrec eval`'s check: for sampled users and their top-K, whether removing the
+top cited history item lowers the score more than removing a random other one, with each removal recomputed
+on its own path, not read back from the explanation (history tower: the user vector rebuilt from the split
+rows without the item; ID tower: the user vector re-fitted from their training items by ridge regression).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmrec.data.reader import DecodedItem, decode_sample, load_manifest
+from mmrec.data.split_files import RunSplits, SplitArrays
+from mmrec.data.vocabulary import RunVocabulary
+from mmrec.embedding import embed_batches
+from mmrec.model.history import UserHistory
+from mmrec.model.model import RecModel, history_user_vectors
+
+logger = logging.getLogger(__name__)
+ID_TERMS = "id terms"  # the modality reason of a warm item's learned ID embedding
+MIN_SHARE = 0.01  # evidence below 1% of its kind's is not cited: noise next to the reasons that matter
+RIDGE = 0.1  # ID-tower faithfulness: fold-in ridge strength, as a fraction of the mean eigenvalue of Q^T Q
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One piece of evidence for one recommended item."""
+
+    kind: str  # "history", "attribute" or "modality"
+    name: str  # the history item's id, the attribute, the modality ("text", "image", "audio", "id terms")
+    effect: float  # what it adds to the score (module docstring: score points, or neighbourhood-score points)
+    share: float  # effect / sum of |effect| over all the evidence of this kind for the item
+    detail: str  # the evidence in words, with its number
+
+    def __str__(self) -> str:
+        return f"{self.share:>4.0%}  {self.kind:<9}  {self.detail}"
+
+
+@dataclass
+class History:
+    """A user's interactions as the model reads them, oldest first."""
+
+    items: np.ndarray  # (n,) int64 rows of the item vectors
+    ratings: np.ndarray  # (n,) float32
+    user: int = -1  # the training user they belong to (their ID residual / ID vector); -1: none
+
+    @classmethod
+    def from_rows(cls, rows: SplitArrays, user: int, trained: bool = True) -> "History":
+        """`user`'s rows of a split, in the order the history tower reads them (time, then file order)."""
+        mine = rows.subset(rows.users == user)
+        mine = SplitArrays(np.zeros(len(mine), dtype=np.int64), mine.items, mine.ratings, mine.timestamps)
+        table = UserHistory.from_rows(mine, 1, max(len(mine), 1))
+        keep = table.mask[0].numpy()
+        return cls(table.items[0].numpy()[keep], table.ratings[0].numpy()[keep], user if trained else -1)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# ------------------------------------------------------------------------------------------ the evidence
+
+
+@torch.no_grad()
+def history_effects(model: RecModel, item_vecs: torch.Tensor, history: History,
+                    targets: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """History tower: each history item's exact leave-one-out effect on the targets' scores.
+
+    Returns:
+        (the history positions read by the tower (m,), effects (m, k) = score - score without that item,
+        the user's vector (E + 2,) from the whole history).
+    """
+    L = model.config.history_length
+    start = max(0, len(history) - L - 1)  # an item older than this never enters the window, removal or not
+    items, ratings = history.items[start:], history.ratings[start:]
+    n = len(items)
+    window = np.arange(max(0, n - L), n)  # what the tower reads now
+    # row 0: the history; row 1 + r: without window[r], the latest L of the rest (left-aligned, oldest first)
+    keep = [np.arange(n)[-L:]] + [np.delete(np.arange(n), j)[-L:] for j in window]
+    table = UserHistory(torch.zeros(len(keep), L, dtype=torch.long), torch.zeros(len(keep), L),
+                        torch.zeros(len(keep), L, dtype=torch.bool))
+    for r, cols in enumerate(keep):
+        table.items[r, : len(cols)] = torch.from_numpy(items[cols])
+        table.ratings[r, : len(cols)] = torch.from_numpy(ratings[cols].astype(np.float32))
+        table.mask[r, : len(cols)] = True
+    users = None if history.user < 0 else torch.full((len(keep),), history.user, dtype=torch.long)
+    vecs = history_user_vectors(model, item_vecs, table, users=users)  # (1 + m, E + 2)
+    scores = vecs @ item_vecs[targets].T  # (1 + m, k)
+    return start + window, scores[0] - scores[1:], vecs[0]
+
+
+def centred_unit_q(item_vecs: torch.Tensor, id_terms: torch.Tensor | None) -> torch.Tensor:
+    """(N, E) unit q vectors centred as `mmrec similar` centres them: items with ID terms and content-only
+    items each on their own kind's mean (cold vectors share an offset from the warm ones)."""
+    q = item_vecs[:, :-2].clone()
+    groups = [id_terms, ~id_terms] if id_terms is not None else [torch.ones(len(q), dtype=torch.bool)]
+    for rows in groups:
+        if rows.any():
+            q[rows] -= q[rows].mean(0)
+    return F.normalize(q, dim=-1)
+
+
+def rating_weights(ratings: np.ndarray) -> np.ndarray:
+    """The user's ratings minus their mean; all 1 when they do not vary (implicit feedback, one value)."""
+    centred = ratings.astype(np.float64) - ratings.astype(np.float64).mean()
+    return centred if np.abs(centred).max(initial=0.0) > 1e-6 else np.ones(len(ratings))
+
+
+def neighbour_effects(unit_q: torch.Tensor, history: History, targets: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """ID tower: each training item's term in the mean-centred item-kNN score of each target.
+
+    Returns: (effects (n, k) = max(cosine, 0) x rating weight, the cosines (n, k)). Only similar items are
+    neighbours (as in item-kNN): a dissimilar item the user disliked is no reason for this one.
+    """
+    cos = unit_q[torch.from_numpy(history.items)] @ unit_q[targets].T  # (n, k)
+    weights = torch.from_numpy(rating_weights(history.ratings)).float()
+    return cos.clamp(min=0) * weights[:, None], cos.numpy()
+
+
+@torch.no_grad()
+def modality_effects(model: RecModel, preprocessors: dict, items: list[DecodedItem],
+                     user_vec: torch.Tensor) -> list[dict[str, float]]:
+    """Per item, {modality: score - score with it dropped from the fused state} for the modalities it has,
+    plus {"id terms": what its learned ID terms add} for an item seen in training."""
+    from mmrec.data.batch import BatchCollator, ExampleBuilder
+
+    builder = ExampleBuilder(preprocessors, [], catalogue=None)  # the run's own rows: warm items keep ID terms
+    batch = BatchCollator(preprocessors)([builder(item) for item in items])
+    out = embed_batches(model, [batch], device=model.global_mean.device, ablate=tuple(model.modalities))
+    u = user_vec.float()
+    full = out.vectors @ u  # (k,)
+    effects = [{m: float(full[r] - out.ablated[m][r] @ u) for m in model.modalities if item.present.get(m)}
+               for r, item in enumerate(items)]
+    if model.config.item_id_embeddings:  # [q_id, b_id, 0] is the part of the item vector the ID terms give
+        index = out.indices.clamp(min=0).to(model.global_mean.device)
+        warm = (model.item_seen[index] & (out.indices >= 0).to(index.device)).cpu()
+        id_part = (model.item_id_q(index).float().cpu() @ u[:-2] + model.item_id_b(index).squeeze(-1).float().cpu())
+        for r in range(len(items)):
+            if warm[r]:
+                effects[r][ID_TERMS] = float(id_part[r])
+    return effects
+
+
+def _share(effects: np.ndarray) -> np.ndarray:
+    total = np.abs(effects).sum()
+    return effects / total if total > 0 else np.zeros_like(effects)
+
+
+# ------------------------------------------------------------------------------------------ the catalogue
+
+
+class ShardCatalogue:
+    """DATA's items from one pass over the shards' tar headers: each item's attributes (its json member) and
+    where its members lie, so that the few explained items are decoded without reading whole shards."""
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+        manifest = load_manifest(self.data_dir)
+        self.attributes: dict[int, list[str]] = {}
+        self._members: dict[int, tuple[Path, dict[str, tuple[int, int]]]] = {}
+        for shard in manifest["shards"]:
+            path = self.data_dir / shard["path"]
+            by_key: dict[str, dict[str, tuple[int, int]]] = {}
+            index_of: dict[str, int] = {}
+            try:
+                with tarfile.open(path) as tar:
+                    for member in tar:  # headers only; the (small) json members are read
+                        if not member.isfile():
+                            continue
+                        key, _, ext = member.name.rpartition("/")[2].partition(".")
+                        by_key.setdefault(key, {})[ext] = (member.offset_data, member.size)
+                        if ext == "json":
+                            meta = json.loads(tar.extractfile(member).read())
+                            index_of[key] = int(meta["index"])
+                            self.attributes[index_of[key]] = list(meta.get("attributes", []))
+            except (OSError, tarfile.TarError, ValueError, KeyError) as e:
+                raise ValueError(f"cannot read {path} ({e}): restore it or re-shard") from e
+            for key, index in index_of.items():
+                self._members[index] = (path, by_key[key])
+
+    def item(self, index: int) -> DecodedItem | None:
+        """The decoded item at `index` (as the shard reader gives it), or None when DATA lacks it."""
+        if index not in self._members:
+            return None
+        path, members = self._members[index]
+        sample: dict[str, Any] = {"__key__": f"{index:09d}", "__url__": str(path)}
+        with open(path, "rb") as f:
+            for ext, (offset, size) in members.items():
+                f.seek(offset)
+                sample[ext] = f.read(size)
+        return decode_sample(sample)
+
+
+# ------------------------------------------------------------------------------------------ explaining
+
+
+class Explainer:
+    """Explains recommendations of one run from its exported embeddings, its model and its dataset.
+
+    Args:
+        model: the run's model (`load_run_model`), put in eval mode.
+        preprocessors: its preprocessors (for the modality reasons); None: no modality reasons.
+        emb: the run's `mmrec.serving.Embeddings` (item vectors, ids, titles, user vectors).
+        data: the run's dataset folder: the users' training histories, the items' attributes and content.
+            None: only a given history can be explained, without attribute or modality reasons.
+        vocab: the run's vocabulary (its users' indices).
+    """
+
+    def __init__(self, model: RecModel, preprocessors: dict | None, emb, data: str | Path | None,
+                 vocab: RunVocabulary):
+        self.model, self.preprocessors, self.emb, self.vocab = model.eval(), preprocessors, emb, vocab
+        self.data = None if data is None else Path(data)
+        self._train: SplitArrays | None = None
+        self._catalogue: ShardCatalogue | None = None
+        self._unit_q: torch.Tensor | None = None
+
+    @property
+    def catalogue(self) -> ShardCatalogue | None:
+        if self._catalogue is None and self.data is not None and "://" not in str(self.data):
+            self._catalogue = ShardCatalogue(self.data)
+        return self._catalogue
+
+    def user_history(self, user_id: str) -> History:
+        """A user of the run: their training interactions (what their vector was computed or trained from)."""
+        if self.data is None:
+            raise ValueError(f"explaining {user_id!r}'s recommendations needs the run's dataset (their training "
+                             "history): pass --data DATA, or Recommender.from_run(RUN, data=DATA)")
+        users = self.vocab.user_index()
+        if user_id not in users:
+            raise ValueError(f"{user_id!r} has no training interactions in {self.data}: nothing to explain from "
+                             "(a user added by `mmrec embed-users`? explain with --history instead)")
+        if self._train is None:
+            self._train = RunSplits(self.data, self.vocab)["train"]
+        return History.from_rows(self._train, users[user_id])
+
+    def given_history(self, pairs: Sequence[tuple[str, float | None]]) -> History:
+        """A history given as (item_id, rating or None) pairs, oldest first, as `recommend --history` reads it."""
+        index = {item: i for i, item in enumerate(self.emb.item_ids)}
+        unknown = [item for item, _ in pairs if item not in index]
+        if unknown:
+            raise ValueError(f"history item {unknown[0]!r} is not in the embeddings")
+        mean = float(self.model.global_mean)
+        return History(np.asarray([index[item] for item, _ in pairs], dtype=np.int64),
+                       np.asarray([mean if r is None else r for _, r in pairs], dtype=np.float32))
+
+    def explain(self, history: History, targets: Sequence[int], user_vec: torch.Tensor | None = None,
+                top: int = 3) -> list[tuple[Reason, ...]]:
+        """The reasons for each target item (rows of the embeddings), best first within each kind.
+
+        Args:
+            history: the user's interactions (`user_history`, `given_history`).
+            user_vec: the user's exported vector; an ID tower needs it (EMB's row), a history tower
+                recomputes it from `history`.
+            top: at most this many history items and attributes per item.
+        """
+        if not targets:
+            return []
+        if len(history) == 0:
+            raise ValueError("the history is empty: there is nothing to explain the recommendations from")
+        items = self.emb.items
+        t = torch.as_tensor(list(targets), dtype=torch.long)
+        if self.model.history_tower:
+            served = user_vec
+            positions, effects, user_vec = history_effects(self.model, items, history, t)
+            cosines = None
+            if served is not None and not torch.allclose(served, user_vec, atol=1e-4):
+                logger.warning("EMB's vector for this user is not the one of their training history (updated by "
+                               "`mmrec embed-users`?): the reasons explain the vector of the training history")
+        else:
+            if user_vec is None:
+                raise ValueError("an ID-tower run explains a user of the run only: pass their exported vector")
+            if self._unit_q is None:
+                self._unit_q = centred_unit_q(items, self.emb.id_terms)
+            positions = np.arange(len(history))
+            effects, cosines = neighbour_effects(self._unit_q, history, t)
+        effects = effects.numpy().astype(np.float64)  # (m, k)
+        catalogue = self.catalogue
+        content = self._modalities(t.tolist(), user_vec) if catalogue is not None else [{} for _ in targets]
+        out = []
+        for col, target in enumerate(t.tolist()):
+            reasons = self._history_reasons(history, positions, effects[:, col],
+                                            None if cosines is None else cosines[:, col], top)
+            if catalogue is not None:
+                reasons += self._attribute_reasons(history, positions, effects[:, col], catalogue, target, top)
+            values = content[col]
+            shares = _share(np.asarray(list(values.values()), dtype=np.float64))
+            reasons += sorted((Reason("modality", m, v, float(s), f"{m}: without it the score falls by {v:.3f}")
+                               for (m, v), s in zip(values.items(), shares) if v > 0 and s >= MIN_SHARE),
+                              key=lambda r: -r.share)
+            out.append(tuple(reasons))
+        return out
+
+    def _history_reasons(self, history: History, positions: np.ndarray, effects: np.ndarray,
+                         cosines: np.ndarray | None, top: int) -> list[Reason]:
+        shares = _share(effects)
+        weights = None if cosines is None else rating_weights(history.ratings)
+        reasons = []
+        for r in np.argsort(-effects, kind="stable")[:top]:
+            if effects[r] <= 0 or shares[r] < MIN_SHARE:
+                break
+            j = int(history.items[positions[r]])
+            rated = float(history.ratings[positions[r]])
+            said = f'{self.emb.item_ids[j]} "{self.emb.titles[j]}" (you rated it {rated:g})'
+            if cosines is None:
+                detail = f"{said}: without it the score falls by {effects[r]:.3f}"
+            else:
+                weight = ("1 (your ratings do not vary)" if weights is not None and weights.std() == 0 else
+                          f"{weights[positions[r]]:+.2f} (your rating minus your mean)")
+                detail = f"{said}: cosine {cosines[r]:.2f} to this item x {weight} = {effects[r]:.3f}"
+            reasons.append(Reason("history", self.emb.item_ids[j], float(effects[r]), float(shares[r]), detail))
+        return reasons
+
+    def _attribute_reasons(self, history: History, positions: np.ndarray, effects: np.ndarray,
+                           catalogue: ShardCatalogue, target: int, top: int) -> list[Reason]:
+        ratings = history.ratings[positions]
+        high = ratings >= ratings.mean() - 1e-6  # every item when the ratings do not vary
+        total = np.abs(effects).sum()
+        found = []
+        for attribute in catalogue.attributes.get(target, []):
+            carriers = [r for r in np.nonzero(high)[0]
+                        if attribute in catalogue.attributes.get(int(history.items[positions[r]]), ())]
+            value = float(np.clip(effects[carriers], 0, None).sum()) if carriers else 0.0
+            if value > 0 and total > 0 and value / total >= MIN_SHARE:
+                detail = (f'"{attribute}": shared with {len(carriers)} of your {int(high.sum())} highly rated '
+                          f"items (rated >= {ratings.mean():.2g}), whose evidence for this item adds {value:.3f}")
+                found.append(Reason("attribute", attribute, value, value / total, detail))
+        return sorted(found, key=lambda r: -r.share)[:top]
+
+    def _modalities(self, targets: list[int], user_vec: torch.Tensor) -> list[dict[str, float]]:
+        """Modality effects of the targets that DATA holds (items added after training have none here)."""
+        out: list[dict[str, float]] = [{} for _ in targets]
+        if self.model.fusion is None or not self.preprocessors:
+            return out
+        decoded = [(r, self.catalogue.item(t)) for r, t in enumerate(targets)]
+        decoded = [(r, item) for r, item in decoded if item is not None]
+        if decoded:
+            effects = modality_effects(self.model, self.preprocessors, [item for _, item in decoded], user_vec)
+            for (r, _), values in zip(decoded, effects):
+                out[r] = values
+        return out
+
+
+def format_explained(table: str, reasons: Sequence[Sequence[Reason]]) -> str:
+    """`table` (the serving table: a header line, then one line per item) with each item's reasons under it."""
+    header, *rows = table.split("\n")
+    lines = [header]
+    for row, why in zip(rows, reasons):
+        lines.append(row)
+        lines += [f"{'':>17}{reason}" for reason in why] or [f"{'':>17}(no evidence found)"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ faithfulness
+
+
+@torch.no_grad()
+def explanation_faithfulness(model: RecModel, item_vecs: torch.Tensor, histories: SplitArrays, users: np.ndarray,
+                             masked: SplitArrays, candidates: np.ndarray | None = None, *, trained: bool = True,
+                             k: int = 10, sample: int = 200, seed: int = 0) -> dict:
+    """The report's "explanation faithfulness": for `sample` of `users` (seeded) and their top-k, the share of
+    explained recommendations for which removing the top cited history item lowers the score more than
+    removing a random other item of the history the model reads.
+
+    Args:
+        histories: the users' histories (rows of `users`' indices): the train split, or a cold-users split's
+            given histories.
+        masked: (user, item) rows excluded from each user's top-k (as the evaluation masks them).
+        candidates: the items ranked (None: every item).
+        trained: `users` are the run's training users (their ID vector / ID residual); False: held-out users.
+    """
+    history_tower = model.history_tower
+    if not history_tower and not trained:
+        return {"users": 0, "explained": 0, "share": None, "k": k,
+                "method": "not computable: an ID tower has no vector for users it was not trained on"}
+    rng = np.random.default_rng(seed)
+    pool = np.unique(users)
+    chosen = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False)) if len(pool) else pool
+    allowed = torch.zeros(len(item_vecs), dtype=torch.bool)
+    allowed[torch.from_numpy(candidates) if candidates is not None else slice(None)] = True
+    unit_q = None if history_tower else centred_unit_q(item_vecs, model.item_seen.cpu()[: len(item_vecs)])
+    mu, E = float(model.global_mean), model.config.embedding_dim
+    counted, explained, wins, drops = 0, 0, 0, []
+    for u in chosen.tolist():
+        history = History.from_rows(histories, u, trained)
+        if len(history) < 2:
+            continue  # nothing to compare the cited item with
+        if history_tower:
+            user_vec = history_user_vectors(model, item_vecs, UserHistory.from_rows(
+                _only(histories, u), 1, model.config.history_length), users=_users(history))[0]
+        else:
+            user_vec = model.user_export(torch.tensor([u], device=model.global_mean.device))[0].float().cpu()
+        scores = item_vecs @ user_vec
+        scores[~allowed] = float("-inf")
+        scores[torch.from_numpy(masked.items[masked.users == u])] = float("-inf")
+        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
+        if not len(top):
+            continue
+        counted += 1
+        if history_tower:
+            positions, effects, _ = history_effects(model, item_vecs, history, top)
+        else:
+            positions, effects = np.arange(len(history)), neighbour_effects(unit_q, history, top)[0]
+        if len(positions) < 2:
+            continue
+        pairs = []  # (target column, top cited position, random position)
+        for col in range(len(top)):
+            best = int(effects[:, col].argmax())
+            if effects[best, col] <= 0:
+                continue  # no supporting history item: this recommendation is not explained by history
+            other = int(rng.choice(np.delete(np.arange(len(positions)), best)))
+            pairs.append((col, int(positions[best]), int(positions[other])))
+        if not pairs:
+            continue
+        removed = sorted({p for _, a, b in pairs for p in (a, b)})
+        if history_tower:  # rebuilt from the split rows without the item: the path serving takes, not the table
+            rows = _only(histories, u)
+            tables = [UserHistory.from_rows(rows.subset(rows.items != history.items[p]), 1, model.config.history_length)
+                      for p in removed]
+            vecs = history_user_vectors(model, item_vecs, UserHistory(*(torch.cat(parts) for parts in zip(
+                *((t.items, t.ratings, t.mask) for t in tables)))), users=_users(history, len(removed)))
+            base = item_vecs[top] @ user_vec  # (k,)
+            without = vecs @ item_vecs[top].T  # (r, k)
+        else:
+            base, without = _fold_in_scores(item_vecs, history, top, removed, mu, E)
+        for col, a, b in pairs:
+            drop_a = float(base[col] - without[removed.index(a), col])
+            drop_b = float(base[col] - without[removed.index(b), col])
+            explained += 1
+            wins += drop_a > drop_b
+            drops.append((drop_a, drop_b))
+    method = ("history tower: exact leave-one-out; each removal recomputes the user vector from the history "
+              "without the item" if history_tower else
+              "ID tower: items cited by their mean-centred item-kNN term (max(cosine, 0) of the centred q vectors x rating "
+              "weight); "
+              f"removal = the user's vector re-fitted without the item by ridge regression on their training "
+              f"items' q (lambda = {RIDGE} x mean eigenvalue of Q^T Q): the trained vector cannot be recomputed "
+              "without retraining")
+    mean = np.asarray(drops).mean(0) if drops else (None, None)
+    return {"users": counted, "explained": explained, "share": wins / explained if explained else None, "k": k,
+            "sample": len(chosen), "seed": seed, "method": method,
+            "mean_drop_top": None if mean[0] is None else float(mean[0]),
+            "mean_drop_random": None if mean[1] is None else float(mean[1])}
+
+
+def _only(rows: SplitArrays, user: int) -> SplitArrays:
+    """`user`'s rows, as user 0."""
+    mine = rows.subset(rows.users == user)
+    return SplitArrays(np.zeros(len(mine), dtype=np.int64), mine.items, mine.ratings, mine.timestamps)
+
+
+def _users(history: History, n: int = 1) -> torch.Tensor | None:
+    return None if history.user < 0 else torch.full((n,), history.user, dtype=torch.long)
+
+
+def _fold_in_scores(item_vecs: torch.Tensor, history: History, targets: torch.Tensor, removed: list[int],
+                    mu: float, E: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ID tower: scores <p, q_t> of a user vector fitted by ridge regression to the user's ratings
+    (r_j - mu - b_j ~ <p, q_j>), from the whole history (k,) and from it without each removed position (r, k)."""
+    q = item_vecs[torch.from_numpy(history.items), :E].double()  # (n, E)
+    y = torch.from_numpy(history.ratings).double() - mu - item_vecs[torch.from_numpy(history.items), E].double()
+    lam = RIDGE * float((q * q).sum()) / E  # the mean eigenvalue of Q^T Q is trace / E
+    keep = torch.ones(1 + len(removed), len(q), dtype=torch.double)  # row 0: everything
+    for r, p in enumerate(removed):
+        keep[1 + r, p] = 0.0
+    gram = torch.einsum("rn,ne,nf->ref", keep, q, q) + lam * torch.eye(E, dtype=torch.double)  # (1 + r, E, E)
+    rhs = torch.einsum("rn,ne,n->re", keep, q, y)  # (1 + r, E)
+    p = torch.linalg.solve(gram, rhs)  # (1 + r, E)
+    scores = (p @ item_vecs[targets, :E].double().T).float()  # (1 + r, k)
+    return scores[0], scores[1:]
