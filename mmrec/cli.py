@@ -91,7 +91,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True,
                    help="a YAML file, or the name of a shipped preset (tiny, base, movielens)")
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: data.path in the config)")
+    p.add_argument("--data", type=_data_location, default=None,
+                   help="dataset folder or URL (default: data.path in the config)")
     p.add_argument("--out", type=Path, default=Path("run"), help="run folder (default: run)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=5")
@@ -101,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmrec.config import load_run_config
 
     cfg = load_run_config(args.config, args.overrides)  # before the training stack loads: a typo fails at once
-    data = args.data or (Path(cfg.data.path) if cfg.data.path else None)
+    data = args.data or (_data_location(cfg.data.path) if cfg.data.path else None)
     if data is None:
         raise ValueError("no dataset: pass --data DATA or set data.path in the config")
     cfg.data.path = str(data)
@@ -147,16 +148,24 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_data(run: Path, data: Path | None) -> Path:
-    """The dataset a run trained on, unless the user names one."""
+def _data_location(value: str) -> str | Path:
+    """--data: a dataset folder, or a URL kept as typed (a Path would fold its '//'; `mmrec.data.remote`)."""
+    from mmrec.data.remote import as_location
+
+    return as_location(value)
+
+
+def _run_data(run: Path, data: str | Path | None) -> str | Path:
+    """The dataset a run trained on (a folder or a URL), unless the user names one."""
     if data is not None:
         return data
     from mmrec.config import load_run_config
 
     path = load_run_config(run / "config.yaml").data.path
-    if not path or not Path(path).is_dir():
+    location = _data_location(path) if path else None
+    if location is None or (isinstance(location, Path) and not location.is_dir()):
         raise ValueError(f"cannot find the run's dataset ({path!r}); pass --data DATA")
-    return Path(path)
+    return location
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -167,6 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                  emb=args.emb, mask=args.mask, threshold=args.threshold, candidates=args.candidates,
                                  ablation=not args.no_ablation, batch_size=args.batch_size, num_workers=args.workers,
                                  diversify=args.diversify, pool=args.pool, max_per_attribute=args.max_per_attribute)
+    if not report:  # another process of an `accelerate launch`: the main one writes and prints
+        return 0
     k = ks[0]
     r, pop = report["ranking"], report["baselines"]["popularity"]["ranking"]
     rmse = f", RMSE {report['rating']['rmse']:.4f}" if report.get("rating") else ""  # none for implicit feedback
@@ -454,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="item and user embeddings of a trained run (resumable)")
     p.add_argument("--run", required=True, type=_run_folder)
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=_data_location, help="dataset folder or URL")
     p.add_argument("--out", required=True, type=Path, help="embedding folder (EMB)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
@@ -465,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="offline evaluation report: rating, ranking, beyond-accuracy, slices, baselines")
     p.add_argument("--run", required=True, type=_run_folder)
-    p.add_argument("--data", type=Path, default=None, help="dataset folder (default: the run's)")
+    p.add_argument("--data", type=_data_location, default=None, help="dataset folder or URL (default: the run's)")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--k", type=_cutoffs, default=[10, 20, 50], help="cut-offs, comma-separated (default 10,20,50)")
     p.add_argument("--out", required=True, type=Path, help="report folder")

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
+from mmrec.data.remote import as_location, describe, is_remote
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
@@ -233,7 +234,7 @@ def valid_parts(out: Path, manifest: dict, model: str) -> tuple[dict[Path, list[
 def verify_shards(data_dir: Path, manifest: dict, group: list[int] | None = None) -> None:
     """The local shard files are those the manifest describes (a truncated or replaced tar would
     silently change items or their titles)."""
-    if "://" in str(data_dir):
+    if is_remote(data_dir):
         return  # remote shards are streamed, not hashed up front
     for i in range(len(manifest["shards"])) if group is None else group:
         shard = manifest["shards"][i]
@@ -277,7 +278,7 @@ def embed(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, batch_s
     if refused[0]:
         raise ValueError(refused[0])
     try:
-        return _embed(state, Path(run_dir), Path(data_dir), Path(out), batch_size, num_workers, shards_per_part,
+        return _embed(state, Path(run_dir), as_location(data_dir), Path(out), batch_size, num_workers, shards_per_part,
                       progress)
     finally:
         if lock is not None:
@@ -395,5 +396,5 @@ def _merge(out: Path, manifest: dict, model, vocab: RunVocabulary, run_dir: Path
         "score": "dot product of user and item embeddings == the model's r_hat(u, i)",
         "checkpoint": str(run_dir / "model"),
         "checkpoint_sha256": sha256_of(run_dir / "model" / WEIGHTS_FILE),
-        "data": str(data_dir.resolve()),
+        "data": describe(data_dir),
     }

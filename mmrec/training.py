@@ -53,6 +53,7 @@ from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, It
 from mmrec.data.features import decode_features
 from mmrec.data.fingerprint import check_dataset, record_dataset
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
+from mmrec.data.remote import as_location, describe
 from mmrec.data.split_files import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, embed_batches, item_batches
@@ -211,8 +212,8 @@ class Trainer:
     """Owns the Accelerator, model, optimizer, data and run folder of one training run."""
 
     def __init__(self, cfg: RunConfig, data_dir: str | Path, run_dir: str | Path):
-        self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
-        cfg.data.path = str(self.data_dir.resolve())  # recorded in RUN/config.yaml for eval/recommend
+        self.cfg, self.data_dir, self.run_dir = cfg, as_location(data_dir), Path(run_dir)  # data: a folder or a URL
+        cfg.data.path = describe(self.data_dir)  # recorded in RUN/config.yaml for eval/recommend
         t = cfg.train
         self.accelerator = Accelerator(
             # without a GPU, processes started by torchrun (`accelerate launch --multi_gpu`) must

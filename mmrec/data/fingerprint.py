@@ -8,20 +8,23 @@ catalogue (where test rows would be training rows) with exit status 0.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
-from mmrec.data import schema
-from mmrec.files import atomic_write_text, sha256_of
+from mmrec.data import remote, schema
+from mmrec.files import atomic_write_text
 
 DATASET_FILE = "dataset.json"
 
 
 def dataset_fingerprint(data_dir: str | Path) -> dict:
-    """The manifest's sha256 and what it certifies (split protocol, split files, shards)."""
-    data_dir = Path(data_dir)
-    manifest = json.loads((data_dir / schema.MANIFEST).read_text(encoding="utf-8"))
-    return {"data": str(data_dir.resolve()), "manifest_sha256": sha256_of(data_dir / schema.MANIFEST),
+    """The manifest's sha256 and what it certifies (split protocol, split files, shards). `data` is the
+    local folder, resolved, or the URL as given (`mmrec.data.remote`)."""
+    data_dir = remote.as_location(data_dir)
+    raw = remote.read_bytes(data_dir, schema.MANIFEST)  # one read: a remote manifest is hashed as parsed
+    manifest = json.loads(raw)
+    return {"data": remote.describe(data_dir), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
             "split": manifest["split"]["protocol"], "seed": manifest["split"]["seed"],
             "split_sha256": {name: info["sha256"] for name, info in manifest["interactions"].items()},
             "num_items": manifest["num_items"]}

@@ -28,7 +28,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from mmrec.data import schema
+from mmrec.data import remote, schema
 from mmrec.data.batch import Visit, VisitOf
 from mmrec.data.media import decode_audio_bytes
 
@@ -52,18 +52,16 @@ class DecodedItem:
 
 
 def load_manifest(data_dir: str | Path) -> dict:
-    """Read DATA/manifest.json; `data_dir` may be a local folder or a URL prefix webdataset can open."""
-    location = f"{str(data_dir).rstrip('/')}/{schema.MANIFEST}"
+    """Read DATA/manifest.json; `data_dir` may be a local folder or a URL (`mmrec.data.remote`)."""
+    data_dir = remote.as_location(data_dir)
+    location = remote.url_of(data_dir, schema.MANIFEST)
     try:
-        if "://" in str(data_dir):
-            with wds.gopen(location) as f:  # http(s), object storage through fsspec, ...
-                manifest = json.load(f)
-        else:
-            with open(location, encoding="utf-8") as f:
-                manifest = json.load(f)
-    except (FileNotFoundError, OSError) as e:
-        raise ValueError(f"{data_dir} is not an mmrec dataset folder (cannot read {location}: {e}); "
-                         "create one with `mmrec shard`") from e
+        manifest = json.loads(remote.read_bytes(data_dir, schema.MANIFEST))  # local, http(s), fsspec, pipe:
+    except FileNotFoundError as e:  # a missing local file, or a remote one the server does not have
+        why = str(e) if isinstance(e, remote.MissingRemoteFile) else f"cannot read {location}: {e}"  # names the URL
+        raise ValueError(f"{data_dir} is not an mmrec dataset folder ({why}); create one with `mmrec shard`") from e
+    except OSError as e:
+        raise ValueError(f"cannot read {location}: {e}") from e
     if manifest.get("schema_version") != schema.SCHEMA_VERSION:
         raise ValueError(f"{location}: schema version {manifest.get('schema_version')} is not "
                          f"{schema.SCHEMA_VERSION}; re-run `mmrec shard` with this mmrec version")
@@ -73,8 +71,8 @@ def load_manifest(data_dir: str | Path) -> dict:
 def shard_urls(data_dir: str | Path, manifest: dict | None = None) -> list[str]:
     """Shard locations in manifest order. `data_dir` may be a local folder or any URL prefix webdataset opens."""
     manifest = manifest or load_manifest(data_dir)
-    base = str(data_dir).rstrip("/")
-    return [f"{base}/{sh['path']}" for sh in manifest["shards"]]
+    data_dir = remote.as_location(data_dir)
+    return [remote.url_of(data_dir, sh["path"]) for sh in manifest["shards"]]
 
 
 def decode_image(sample: dict[str, Any]) -> Image.Image | None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mmrec.data import remote
 from mmrec.data.schema import HISTORY_SPLITS, INTERACTIONS_DIR, MANIFEST, SPLITS
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.files import sha256_of
 
 
 @dataclass
@@ -48,12 +48,16 @@ class HeldOutUsers:
     held: SplitArrays  # the interactions to find (users: 0..C-1)
 
 
+def _split_file(split: str) -> str:
+    return f"{INTERACTIONS_DIR}/{split}.csv"
+
+
 def read_split(data_dir: str | Path, split: str, vocab: RunVocabulary,
                users_of: dict[str, int] | None = None) -> SplitArrays:
     """Parse DATA/interactions/{split}.csv into index arrays (users by `users_of`, default the vocabulary's)."""
     items_of, users_of = vocab.item_index(), vocab.user_index() if users_of is None else users_of
     users, items, ratings, times = [], [], [], []
-    with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
+    with remote.open_data(remote.as_location(data_dir), _split_file(split), "r") as f:
         for row in csv.DictReader(f):
             users.append(users_of.get(row["user_id"], -1))
             items.append(items_of[row["item_id"]])
@@ -67,11 +71,11 @@ class RunSplits:
     """train / valid / test of one dataset folder, each read on first use and kept."""
 
     def __init__(self, data_dir: str | Path, vocab: RunVocabulary):
-        self.data_dir, self.vocab = Path(data_dir), vocab
+        self.data_dir, self.vocab = remote.as_location(data_dir), vocab  # a local folder or a URL
         self._parsed: dict[str, SplitArrays] = {}
-        # the split files are local, so is the manifest (json: this module needs no shard reader)
-        self._manifest = json.loads((self.data_dir / MANIFEST).read_text(encoding="utf-8"))
-        missing = [s for s in SPLITS if not (self.data_dir / INTERACTIONS_DIR / f"{s}.csv").is_file()]
+        # json: this module needs no shard reader
+        self._manifest = json.loads(remote.read_bytes(self.data_dir, MANIFEST))
+        missing = [s for s in SPLITS if not remote.exists(self.data_dir, _split_file(s))]
         if missing:  # found now, not after an epoch of training
             raise ValueError(f"{self.data_dir} lacks the split file(s) {[f'{s}.csv' for s in missing]} in "
                              f"{INTERACTIONS_DIR}/; it is not a complete `mmrec shard` output")
@@ -86,8 +90,8 @@ class RunSplits:
 
     def _verify(self, split: str) -> None:
         expected = self._manifest["interactions"][split]["sha256"]
-        if sha256_of(self.data_dir / INTERACTIONS_DIR / f"{split}.csv") != expected:
-            raise ValueError(f"{self.data_dir / INTERACTIONS_DIR / f'{split}.csv'} does not match the manifest's "
+        if remote.sha256_data(self.data_dir, _split_file(split)) != expected:
+            raise ValueError(f"{remote.url_of(self.data_dir, _split_file(split))} does not match the manifest's "
                              "sha256 (replaced or edited since `mmrec shard`): re-shard, or restore it")
 
     @property

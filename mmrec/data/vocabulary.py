@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mmrec.data import remote
 from mmrec.data.reader import load_manifest
 from mmrec.data.schema import INTERACTIONS_DIR, ITEM_IDS
 from mmrec.files import atomic_write_text
@@ -29,13 +30,13 @@ class RunVocabulary:
 
     @classmethod
     def from_data(cls, data_dir: str | Path) -> "RunVocabulary":
-        data_dir = Path(data_dir)
+        data_dir = remote.as_location(data_dir)  # a local folder or a URL
         manifest = load_manifest(data_dir)
-        item_ids = json.loads((data_dir / ITEM_IDS).read_text(encoding="utf-8"))
-        train = data_dir / INTERACTIONS_DIR / "train.csv"
-        if not train.is_file():
-            raise ValueError(f"{data_dir} has no {INTERACTIONS_DIR}/train.csv; it is not a complete `mmrec shard` output")
-        with open(train, newline="", encoding="utf-8") as f:
+        item_ids = json.loads(remote.read_bytes(data_dir, ITEM_IDS))
+        train = f"{INTERACTIONS_DIR}/train.csv"
+        if not remote.exists(data_dir, train):
+            raise ValueError(f"{data_dir} has no {train}; it is not a complete `mmrec shard` output")
+        with remote.open_data(data_dir, train, "r") as f:
             users = {row["user_id"] for row in csv.DictReader(f)}
         if not users:
             raise ValueError(f"{data_dir}: the train split is empty; nothing to train on")

@@ -25,6 +25,12 @@ history, ALS fold-in and EASE.
   the top cited history item lowers the score more than removing a random one;
 - diversify (`--diversify 0.1,0.3,...`): the accuracy / diversity trade-off of MMR re-ranking
   (`mmrec.rerank`) of each user's top-`--pool`, one row per LAMBDA, LAMBDA 0 the headline ranking.
+
+Under `accelerate launch -m mmrec.cli eval ...` each process embeds its shards of the items (gathered on
+every rank) and ranks a contiguous block of the users in every full ranking (the model, slices, baselines,
+ablation, beyond, the MMR lists); the ranked lists are gathered, so every metric is computed from the same
+per-user lists, in the same order, as in one process. The explanation-faithfulness check and a cold-users
+split run on the main process alone, which alone writes the report.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from tqdm import tqdm
 
@@ -44,6 +52,7 @@ from mmrec.config import load_run_config
 from mmrec.config_io import to_dict
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
+from mmrec.data.remote import as_location, describe
 from mmrec.data.schema import HISTORY_SPLITS
 from mmrec.data.split_files import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
@@ -84,13 +93,38 @@ ACTIVITY_BUCKETS = ((1, 1), (2, 5), (6, 20), (21, None))
 logger = logging.getLogger(__name__)
 
 
+class _Ranks:
+    """The processes of an `accelerate launch` (one in a plain run), and how they share the per-user work."""
+
+    def __init__(self, index: int = 0, count: int = 1):
+        self.index, self.count = index, count
+        self.main = index == 0
+
+    @classmethod
+    def current(cls) -> "_Ranks":
+        state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes from torchrun form a gloo group
+        return cls(state.process_index, state.num_processes)
+
+    def gather(self, obj) -> list:
+        """[every rank's `obj`] in rank order, on every rank."""
+        return [obj] if self.count == 1 else gather_object([obj])
+
+    def per_user(self, users: np.ndarray, rows_of) -> np.ndarray:
+        """`rows_of(users)` (one row per user): each rank computes a contiguous block of the users, and the blocks
+        are gathered in order, so every rank holds exactly the rows one process would have computed."""
+        if self.count == 1:
+            return rows_of(users)
+        return np.concatenate(self.gather(rows_of(np.array_split(users, self.count)[self.index])))
+
+
 class _Evaluator:
     """Scores one (user vectors, item vectors) pair under the report's protocol."""
 
-    def __init__(self, splits: RunSplits, protocol: EvalProtocol, ks: list[int]):
+    def __init__(self, splits: RunSplits, protocol: EvalProtocol, ks: list[int], ranks: _Ranks | None = None):
         self.splits, self.protocol, self.ks = splits, protocol, ks
+        self.ranks = ranks or _Ranks()
         # one tick per full ranking of the users (the model, each slice, baseline and ablation); closed by evaluate()
-        self.bar = tqdm(desc="eval: scoring", unit="ranking", disable=not progress_shown())
+        self.bar = tqdm(desc="eval: scoring", unit="ranking", disable=not progress_shown() or not self.ranks.main)
         self.popularity = splits.item_popularity()
         self.warm = np.nonzero(self.popularity > 0)[0]
         self.cold = np.nonzero(self.popularity == 0)[0]
@@ -103,8 +137,41 @@ class _Evaluator:
 
     def _run(self, user_vecs, item_vecs, candidates="protocol", users=None) -> dict:
         held = self.protocol.held_out(self.splits, users)
-        out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held)
+        if self.ranks.count == 1:
+            out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held)
+        else:
+            out = self._run_across_ranks(user_vecs, item_vecs, candidates, held)
         self.bar.update(1)
+        return out
+
+    def _run_across_ranks(self, user_vecs, item_vecs, candidates, held: SplitArrays) -> dict:
+        """`evaluate_split` with the ranked lists computed a block of users per rank and gathered (the same
+        steps as there; tests/test_distributed_eval.py holds the two to equality)."""
+        if isinstance(candidates, str):
+            candidates = self.protocol.candidate_items(self.splits)
+        # the rating error, the user count and the candidate count need no ranking: evaluate_split at no K
+        out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, (), candidates, held)
+        n_items = item_vecs.shape[0]
+        cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
+        in_cand = np.zeros(n_items, dtype=bool)
+        in_cand[cand] = True
+        known = (held.users >= 0) & in_cand[held.items]
+        eval_users = np.unique(held.users[known])
+        row_of = np.full(self.splits.num_users, -1, dtype=np.int64)
+        row_of[eval_users] = np.arange(len(eval_users))
+        relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
+        supported = [k for k in self.ks if k <= len(cand)]
+        ranking = {"users": out["ranking"]["users"]}
+        if supported:
+            users = user_vecs.float().cpu()
+            top = self.ranks.per_user(eval_users, lambda block: ranked_lists(
+                users, item_vecs, self.splits, block, self.protocol.masked, cand, max(supported)))
+            ranking = ranking_metrics(top, relevant, supported)
+        too_large = [k for k in self.ks if k > len(cand)]
+        if too_large:
+            ranking["not_computable"] = {f"@{k}": f"only {len(cand)} candidate items, fewer than K = {k}"
+                                         for k in too_large}
+        out["ranking"] = ranking | {"candidates": len(cand)}
         return out
 
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, slices: bool = True) -> dict:
@@ -125,7 +192,8 @@ class _Evaluator:
         users = np.unique(held.users[held.users >= 0])
         cand = self.protocol.candidate_items(self.splits)
         cand = np.arange(self.splits.num_items) if cand is None else cand
-        top = ranked_lists(user_vecs, item_vecs, self.splits, users, self.protocol.masked, cand, max(self.ks))
+        top = self.ranks.per_user(users, lambda block: ranked_lists(
+            user_vecs, item_vecs, self.splits, block, self.protocol.masked, cand, max(self.ks)))
         return self._beyond_of(top, diversity_vectors(item_vecs, embed_dim), len(cand))
 
     def _beyond_of(self, top: np.ndarray, q: torch.Tensor, n_candidates: int) -> dict:
@@ -157,20 +225,28 @@ class _Evaluator:
         if pool < k_max:
             raise ValueError(f"the re-ranking pool ({pool} items) is smaller than the largest K ({k_max}): pass a "
                              "larger --pool or smaller --k")
-        top = ranked_lists(user_vecs, item_vecs, self.splits, users, self.protocol.masked, cand, pool)  # (U, P)
-        items = torch.from_numpy(top)
-        scores = torch.cat([torch.einsum("ue,upe->up", user_vecs[torch.from_numpy(users[s : s + 4096])].float(),
-                                         item_vecs[items[s : s + 4096]].float()) for s in range(0, len(users), 4096)])
-        # a user with fewer unmasked candidates than the pool gets masked items at its end (as the headline
-        # does past its last candidate): never choose them for diversity, only to fill a list that ran out
         n, rows_of = self.splits.num_items, [self.splits[name] for name in self.protocol.masked]
         pairs = np.concatenate([row_of[r.users[r.users >= 0]] * n + r.items[r.users >= 0] for r in rows_of])
-        masked = np.isin(np.arange(len(users))[:, None] * n + top, pairs[pairs >= 0])  # (U, P)
-        scores[torch.from_numpy(masked)] = float("-inf")
         q = diversity_vectors(item_vecs, embed_dim)
+
+        def rerank(block: np.ndarray) -> np.ndarray:
+            """(R, L * K) the MMR lists of the users at rows `block`, at every LAMBDA side by side."""
+            top = ranked_lists(user_vecs, item_vecs, self.splits, users[block], self.protocol.masked, cand, pool)
+            items, mine = torch.from_numpy(top), torch.from_numpy(users[block])  # (R, P), (R,)
+            scores = torch.cat([torch.einsum("ue,upe->up", user_vecs[mine[s : s + 4096]].float(),
+                                             item_vecs[items[s : s + 4096]].float()) for s in range(0, len(block), 4096)]
+                               or [torch.zeros(0, top.shape[1])])  # (R, P)
+            # a user with fewer unmasked candidates than the pool gets masked items at its end (as the headline
+            # does past its last candidate): never choose them for diversity, only to fill a list that ran out
+            masked = np.isin(block[:, None] * n + top, pairs[pairs >= 0])  # (R, P)
+            scores[torch.from_numpy(masked)] = float("-inf")
+            return np.concatenate([_filled(mmr(items, scores, q, k_max, lam, attributes, cap).numpy(), top)
+                                   for lam in lambdas], axis=1)
+
+        reranked = self.ranks.per_user(np.arange(len(users)), rerank)  # (U, L * K)
         rows = []
-        for lam in lambdas:
-            lists = _filled(mmr(items, scores, q, k_max, lam, attributes, cap).numpy(), top)
+        for j, lam in enumerate(lambdas):
+            lists = reranked[:, j * k_max : (j + 1) * k_max]
             ranking = ranking_metrics(lists, relevant, self.ks)
             accuracy = {f"{m}@{k}": ranking[f"{m}@{k}"] for k in self.ks for m in ("ndcg", "recall")}
             rows.append({"lambda": lam, **accuracy, **self._beyond_of(lists, q, len(cand))})
@@ -192,13 +268,15 @@ def _filled(lists: np.ndarray, pool: np.ndarray) -> np.ndarray:
 def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: dict[str, torch.Tensor], model,
              split: str = "test", ks: list[int] | None = None, mask: str = "auto",
              threshold: float | None = None, candidates: str = "auto", diversify: list[float] | None = None,
-             pool: int = DEFAULT_POOL, max_per_attribute: int | None = None) -> dict:
+             pool: int = DEFAULT_POOL, max_per_attribute: int | None = None, ranks: _Ranks | None = None) -> dict:
     """The report dict (docs/design.md report.json) for a model's exported vectors on `split`.
 
     `mask` and `candidates` choose the protocol (`mmrec.eval.protocol`: "auto" is the rule that
     training validation uses too). `diversify`: LAMBDAs for the `diversify` section (MMR re-ranking of
     each user's top-`pool`, at most `max_per_attribute` items sharing an attribute; LAMBDA 0 is added).
+    `ranks`: the processes sharing the users (module docstring); only the main one's report is whole.
     """
+    ranks = ranks or _Ranks()
     ks = sorted(ks or [10, 20, 50])
     vocab = RunVocabulary.load(run_dir)
     manifest = load_manifest(data_dir)
@@ -216,7 +294,7 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         "candidates": (protocol.describe() + "; slices: warm among warm items, cold among cold items"
                        if not splits.cold_users_split else "all items but each user's given history"),
         "checkpoint": f"{run_dir / 'model'} (sha256 {sha256_of(run_dir / 'model' / WEIGHTS_FILE)[:16]})",
-        "data": str(data_dir.resolve()),
+        "data": describe(data_dir),
         "created_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "ks": ks,
         "feedback": ("implicit (no rating column, or one rating value): ranking metrics only; a rating "
@@ -227,12 +305,15 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     if splits.cold_users_split:
         if diversify:
             raise ValueError("--diversify re-ranks trained users' lists; a cold-users split has none: leave it out")
+        if not ranks.main:  # not shared out: the main process scores the held-out users alone
+            return {}
         report.update(_cold_users(splits, split, item_vecs, ablated, model, ks, threshold))
         report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
         report["protocol"]["masked_splits"] = [HISTORY_SPLITS[split]]  # each user's given history
         return report
-    ev = _Evaluator(splits, protocol, ks)
-    logger.info(f"scoring the {split} split: the model, its slices, the baselines and the modality ablation")
+    ev = _Evaluator(splits, protocol, ks, ranks)
+    logger.info(f"scoring the {split} split: the model, its slices, the baselines and the modality ablation"
+                + (f" (users shared among {ranks.count} processes)" if ranks.count > 1 else ""))
     history = (UserHistory.from_rows(splits["train"], splits.num_users + 1, model.config.history_length)
                if model.history_tower else None)
     user_vecs = user_vectors(model, item_vecs, history)  # on the CPU, wherever the model is
@@ -242,7 +323,8 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         raise ValueError(f"the headline ranking cannot be computed at every --k ({reasons}); pass smaller --k")
     report.update(ours)
     report["beyond"] = ev.beyond(user_vecs, item_vecs, model.config.embedding_dim)
-    report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
+    if ranks.main:  # 200 seeded users: not worth sharing out; the other ranks wait at their next ranking
+        report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
     if diversify:  # the trade-off is read against the plain ranking: LAMBDA 0 is always a row
         attributes = (attribute_table(item_attributes(data_dir, vocab.item_ids))[0]
                       if max_per_attribute is not None else None)
@@ -326,8 +408,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
 
     The item vectors come from `emb` (an `mmrec embed` folder) or from one pass of the item tower,
     which also gives every modality's ablation (the encoders run once). Returns (report, written paths).
+    Under `accelerate launch` each process embeds its shards and ranks its block of users (module docstring);
+    the main process writes the report, and the others return ({}, {}).
     """
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    run_dir, data_dir = Path(run_dir), as_location(data_dir)  # data: a folder or a URL
     for lam in diversify or ():  # before the item tower runs: a typo fails at once
         check_lambda(lam)
     if diversify:
@@ -339,9 +423,10 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
         if made.get("checkpoint_sha256") != sha256_of(run_dir / "model" / WEIGHTS_FILE):
             raise ValueError(f"{emb} holds embeddings of another model ({made.get('checkpoint')}), not of "
                              f"{run_dir / 'model'}: re-run `mmrec embed` with this run, or drop --emb")
-        if Path(made.get("data", "")).resolve() != data_dir.resolve():
+        if made.get("data", "") != describe(data_dir):
             check_dataset(run_dir, made.get("data", ""))  # same manifest elsewhere is fine; another is not
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    ranks = _Ranks.current()
+    device = PartialState().device  # this process's accelerator under `accelerate launch`
     model, preprocessors, _ = load_run_model(run_dir, device=device)
     vocab = RunVocabulary.load(run_dir)
     n = len(vocab.item_ids)
@@ -353,12 +438,16 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
         logger.info(f"embedding the {n} items on {device.type}" + (f" (with and without each of {', '.join(ablate)}: "
                     "the modality ablation)" if ablate else ""))
         batches = counting(item_batches(data_dir, preprocessors, vocab.attributes, batch_size=batch_size,
-                                        num_workers=num_workers, device=device), n, "eval: embed items")
+                                        num_workers=num_workers, device=device, rank=ranks.index,
+                                        world_size=ranks.count), n, "eval: embed items")
         tower = embed_batches(model, batches, device=device, autocast=bf16_autocast(device), ablate=ablate)
-        item_vecs = assemble([(tower.indices, tower.vectors)], n) if item_vecs is None else item_vecs
-        ablated = {m: assemble([(tower.indices, v)], n) for m, v in tower.ablated.items()}
+        parts = ranks.gather((tower.indices, tower.vectors, tower.ablated))  # each rank's shards, on every rank
+        item_vecs = assemble([(i, v) for i, v, _ in parts], n) if item_vecs is None else item_vecs
+        ablated = {m: assemble([(i, a[m]) for i, _, a in parts], n) for m in ablate}
     report = evaluate(run_dir, data_dir, item_vecs, ablated, model, split, ks, mask, threshold, candidates,
-                      diversify, pool, max_per_attribute)
+                      diversify, pool, max_per_attribute, ranks)
+    if not ranks.main:  # one writer
+        return {}, {}
     # what produced these numbers: the code's version and the config the run resolved (RUN/config.yaml)
     report.update(mmrec_version=__version__, config=to_dict(load_run_config(run_dir / "config.yaml")))
     logger.info(f"writing the report -> {out}")
