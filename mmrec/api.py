@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from mmrec.data.remote import as_location
 from mmrec.rerank import (
     DEFAULT_POOL,
     attribute_table,
@@ -76,7 +77,7 @@ class Recommender:
     Args:
         run: the run folder (`mmrec train --out RUN`).
         emb: its embeddings (`Embeddings.load(EMB)`); `from_run` finds and checks them.
-        data: the run's dataset folder, for the items each user has seen; None: none excluded.
+        data: the run's dataset (a folder or a URL), for the items each user has seen; None: none excluded.
         device: where the model runs for `search`, `recommend(history=...)` and `embed_items`.
         emb_dir: the folder `emb` was read from: `recommend(user=)` and `similar` search its nearest-neighbour
             index (`mmrec index`) when it is fresh, as the CLI does; None: every item scored exactly.
@@ -85,7 +86,7 @@ class Recommender:
     def __init__(self, run: str | Path, emb: Embeddings, data: str | Path | None = None, device: str = "cpu",
                  emb_dir: str | Path | None = None):
         self.run, self.emb, self.device = Path(run), emb, torch.device(device)
-        self.data = None if data is None else Path(data)
+        self.data = None if data is None else as_location(data)  # a folder or a URL
         self.emb_dir = None if emb_dir is None else Path(emb_dir)
         self._model = self._preprocessors = None  # loaded on first use: `recommend(user=)` and `similar` need none
         self._seen: dict[str, np.ndarray] | None = None
@@ -107,7 +108,7 @@ class Recommender:
             what = "does not exist" if not run.exists() else f"has no {' or '.join(missing)}"
             raise ValueError(f"{run} {what}: pass a run folder written by `mmrec train`")
         emb_dir = find_embeddings(run, emb)
-        data = Path(data) if data is not None else _run_dataset(run)
+        data = as_location(data) if data is not None else _run_dataset(run)
         if data is not None:
             check_dataset(run, data)  # another dataset's interactions would exclude the wrong items
         return cls(run, Embeddings.load(emb_dir), data, device, None if exact else emb_dir)
@@ -322,15 +323,16 @@ def _history_pairs(history: Iterable) -> list[tuple[str, float | None]]:
     return pairs
 
 
-def _run_dataset(run: Path) -> Path | None:
-    """The dataset folder of the run's config, when it is still there."""
+def _run_dataset(run: Path) -> str | Path | None:
+    """The dataset of the run's config: its URL, or its folder when that is still there."""
     from mmrec.config import load_run_config
 
     path = load_run_config(run / "config.yaml").data.path
-    return Path(path) if path and Path(path).is_dir() else None
+    location = as_location(path) if path else None
+    return None if isinstance(location, Path) and not location.is_dir() else location
 
 
-def _media_options(data: Path | None) -> dict[str, Any]:
+def _media_options(data: str | Path | None) -> dict[str, Any]:
     """The run's dataset's `mmrec shard` media options, so a file is read into what its shards would hold."""
     from mmrec.data.reader import load_manifest
 

@@ -37,9 +37,7 @@ rows without the item; ID tower: the user vector re-fitted from their training i
 
 from __future__ import annotations
 
-import json
 import logging
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,7 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmrec.data.reader import DecodedItem, decode_sample, load_manifest
+from mmrec.data import remote
+from mmrec.data.reader import DecodedItem, decode_sample, load_manifest, shard_members
 from mmrec.data.split_files import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches
@@ -189,43 +188,36 @@ def _share(effects: np.ndarray) -> np.ndarray:
 
 class ShardCatalogue:
     """DATA's items from one pass over the shards' tar headers: each item's attributes (its json member) and
-    where its members lie, so that the few explained items are decoded without reading whole shards."""
+    where its members lie, so that the few explained items are decoded without reading whole shards (a
+    remote DATA: byte ranges of the shard; a `pipe:` one cannot seek, so its items' content is not read)."""
 
     def __init__(self, data_dir: str | Path):
-        self.data_dir = Path(data_dir)
-        manifest = load_manifest(self.data_dir)
+        self.data_dir = remote.as_location(data_dir)
         self.attributes: dict[int, list[str]] = {}
-        self._members: dict[int, tuple[Path, dict[str, tuple[int, int]]]] = {}
-        for shard in manifest["shards"]:
-            path = self.data_dir / shard["path"]
+        self._members: dict[int, tuple[str, dict[str, tuple[int, int]]]] = {}
+        self._seekable = not str(self.data_dir).startswith("pipe:")
+        if not self._seekable:
+            logger.warning(f"{self.data_dir}: a pipe: command cannot read single items, so the explanations "
+                           "name no modality effects (history and attribute reasons only)")
+        for shard in load_manifest(self.data_dir)["shards"]:
             by_key: dict[str, dict[str, tuple[int, int]]] = {}
             index_of: dict[str, int] = {}
-            try:
-                with tarfile.open(path) as tar:
-                    for member in tar:  # headers only; the (small) json members are read
-                        if not member.isfile():
-                            continue
-                        key, _, ext = member.name.rpartition("/")[2].partition(".")
-                        by_key.setdefault(key, {})[ext] = (member.offset_data, member.size)
-                        if ext == "json":
-                            meta = json.loads(tar.extractfile(member).read())
-                            index_of[key] = int(meta["index"])
-                            self.attributes[index_of[key]] = list(meta.get("attributes", []))
-            except (OSError, tarfile.TarError, ValueError, KeyError) as e:
-                raise ValueError(f"cannot read {path} ({e}): restore it or re-shard") from e
+            for member in shard_members(self.data_dir, shard["path"]):
+                by_key.setdefault(member.key, {})[member.ext] = (member.offset, member.size)
+                if member.meta is not None:
+                    index_of[member.key] = int(member.meta["index"])
+                    self.attributes[index_of[member.key]] = list(member.meta.get("attributes", []))
             for key, index in index_of.items():
-                self._members[index] = (path, by_key[key])
+                self._members[index] = (shard["path"], by_key[key])
 
     def item(self, index: int) -> DecodedItem | None:
         """The decoded item at `index` (as the shard reader gives it), or None when DATA lacks it."""
-        if index not in self._members:
+        if index not in self._members or not self._seekable:
             return None
-        path, members = self._members[index]
-        sample: dict[str, Any] = {"__key__": f"{index:09d}", "__url__": str(path)}
-        with open(path, "rb") as f:
-            for ext, (offset, size) in members.items():
-                f.seek(offset)
-                sample[ext] = f.read(size)
+        shard, members = self._members[index]
+        sample: dict[str, Any] = {"__key__": f"{index:09d}", "__url__": remote.url_of(self.data_dir, shard)}
+        for ext, (offset, size) in members.items():
+            sample[ext] = remote.read_range(self.data_dir, shard, offset, size)
         return decode_sample(sample)
 
 
@@ -247,14 +239,14 @@ class Explainer:
     def __init__(self, model: RecModel, preprocessors: dict | None, emb, data: str | Path | None,
                  vocab: RunVocabulary):
         self.model, self.preprocessors, self.emb, self.vocab = model.eval(), preprocessors, emb, vocab
-        self.data = None if data is None else Path(data)
+        self.data = None if data is None else remote.as_location(data)  # a folder or a URL
         self._train: SplitArrays | None = None
         self._catalogue: ShardCatalogue | None = None
         self._unit_q: torch.Tensor | None = None
 
     @property
     def catalogue(self) -> ShardCatalogue | None:
-        if self._catalogue is None and self.data is not None and "://" not in str(self.data):
+        if self._catalogue is None and self.data is not None:
             self._catalogue = ShardCatalogue(self.data)
         return self._catalogue
 

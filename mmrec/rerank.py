@@ -24,9 +24,7 @@ product, the chosen items against their pools, that updates every candidate's re
 
 from __future__ import annotations
 
-import json
 import math
-import tarfile
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Sequence
@@ -102,20 +100,14 @@ def attribute_table(attributes: Sequence[Sequence[str]]) -> tuple[torch.Tensor, 
 def item_attributes(data_dir: str | Path, item_ids: Sequence[str]) -> list[list[str]]:
     """Each item's `attributes` as `mmrec shard` stored them (the shards' json members), in `item_ids` order;
     [] for an item the dataset does not have (e.g. added later by `mmrec embed-items`). Reads only the small
-    json members, never the media."""
-    from mmrec.data.reader import load_manifest
+    json members, never the media (a remote shard is streamed once)."""
+    from mmrec.data.reader import load_manifest, shard_members
 
-    if "://" in str(data_dir):
-        raise ValueError(f"per-attribute caps read the items' attributes from a local dataset folder, not "
-                         f"{data_dir}; copy it locally or leave out max_per_attribute")
-    manifest = load_manifest(data_dir)
     found: dict[str, list[str]] = {}
-    for shard in manifest["shards"]:
-        with tarfile.open(Path(data_dir) / shard["path"]) as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(member).read())
-                    found[meta["item_id"]] = list(meta.get("attributes") or [])
+    for shard in load_manifest(data_dir)["shards"]:
+        for member in shard_members(data_dir, shard["path"]):
+            if member.meta is not None:
+                found[member.meta["item_id"]] = list(member.meta.get("attributes") or [])
     return [found.get(item, []) for item in item_ids]
 
 

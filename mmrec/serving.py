@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from mmrec.data import remote
 from mmrec.data.schema import INTERACTIONS_DIR, SPLITS
 from mmrec.files import sha256_of
 
@@ -88,7 +89,7 @@ def _top(scores: torch.Tensor, k: int, exclude: set[int] = frozenset()) -> list[
 
 def _split_rows(data_dir: str | Path) -> Iterator[dict[str, str]]:
     for split in SPLITS:
-        with open(Path(data_dir) / INTERACTIONS_DIR / f"{split}.csv", newline="", encoding="utf-8") as f:
+        with remote.open_data(remote.as_location(data_dir), f"{INTERACTIONS_DIR}/{split}.csv", "r") as f:
             yield from csv.DictReader(f)
 
 

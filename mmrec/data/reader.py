@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -73,6 +74,38 @@ def shard_urls(data_dir: str | Path, manifest: dict | None = None) -> list[str]:
     manifest = manifest or load_manifest(data_dir)
     data_dir = remote.as_location(data_dir)
     return [remote.url_of(data_dir, sh["path"]) for sh in manifest["shards"]]
+
+
+@dataclass(frozen=True)
+class ShardMember:
+    """One file of a shard's tar, from its header: where its bytes lie, and the parsed json member."""
+
+    key: str  # the item's sample key (`000000042`)
+    ext: str  # "json", "txt", "png", "flac", ...
+    offset: int  # of its bytes in the tar
+    size: int
+    meta: dict[str, Any] | None  # the json member's content; None for the others
+
+
+def shard_members(data_dir: str | Path, shard_path: str) -> Iterator[ShardMember]:
+    """The members of one shard of DATA (a folder or a URL), in tar order, reading only headers and the small
+    json members where the file can seek (local); a remote shard is streamed once, its media skipped over."""
+    data_dir = remote.as_location(data_dir)
+    location = remote.url_of(data_dir, shard_path)
+    try:
+        if remote.is_remote(data_dir):
+            tar = tarfile.open(fileobj=remote.open_stream(data_dir, shard_path), mode="r|")
+        else:
+            tar = tarfile.open(location)
+        with tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                meta = json.loads(tar.extractfile(member).read()) if ext == "json" else None
+                yield ShardMember(key, ext, member.offset_data, member.size, meta)
+    except (OSError, tarfile.TarError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {location} ({e}): restore it or re-shard") from e
 
 
 def decode_image(sample: dict[str, Any]) -> Image.Image | None:

@@ -107,6 +107,32 @@ def open_data(data: str | Path, relative: str, mode: str = "rb") -> IO:
     return raw if mode == "rb" else io.TextIOWrapper(raw, encoding="utf-8", newline="")
 
 
+def read_range(data: str | Path, relative: str, offset: int, size: int) -> bytes:
+    """`size` bytes of the file from `offset` (a tar member, say), without fetching the rest where the location
+    can: a local seek, an HTTP Range request (a server that ignores Range sends the whole file, which is cut
+    here), fsspec's ranged read. A `pipe:` command cannot seek: a ValueError."""
+    if not is_remote(data):
+        with open(Path(data) / relative, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+    url = url_of(data, relative)
+    if url.startswith("pipe:"):
+        raise ValueError(f"cannot read part of {url}: a pipe: command prints whole files")
+    if url.startswith(("http://", "https://")):
+        body, partial = _with_retries(url, lambda: _fetch_http(url, "GET", (offset, size)))
+        return body if partial else body[offset:offset + size]
+    fs, path = _fsspec_fs(url)
+    return _with_retries(url, lambda: _fsspec_call(url, lambda: fs.cat_file(path, start=offset, end=offset + size)))
+
+
+def open_stream(data: str | Path, relative: str) -> IO[bytes]:
+    """The file as a forward-only byte stream, not held in memory (a shard read for its headers): the opener
+    WebDataset streams shards with (local, `curl` for http(s), fsspec, `pipe:`)."""
+    if not is_remote(data):
+        return open(Path(data) / relative, "rb")
+    return wds_gopen.gopen(url_of(data, relative), "rb")
+
+
 def exists(data: str | Path, relative: str) -> bool:
     """Whether the dataset has the file (a remote check still raises for an unreachable host)."""
     if not is_remote(data):
@@ -159,20 +185,28 @@ def _fetch(url: str, method: str = "GET") -> bytes:
     if url.startswith("pipe:"):
         return _fetch_pipe(url)
     fs, path = _fsspec_fs(url)
+    return _fsspec_call(url, lambda: fs.cat_file(path))
+
+
+def _fsspec_call(url: str, call):
     try:
-        with fs.open(path, "rb") as f:
-            return f.read()
+        return call()
     except FileNotFoundError as e:
         raise MissingRemoteFile(f"{url} does not exist") from e
     except (ConnectionError, TimeoutError) as e:
         raise _Transient(f"{type(e).__name__}: {e}") from e
 
 
-def _fetch_http(url: str, method: str) -> bytes:
-    request = urllib.request.Request(url, method=method, headers={"User-Agent": "mmrec"})
+def _fetch_http(url: str, method: str, byte_range: tuple[int, int] | None = None):
+    """The body; with `byte_range` (offset, size), (body, whether the server sent just that range)."""
+    headers = {"User-Agent": "mmrec"}
+    if byte_range is not None:
+        headers["Range"] = f"bytes={byte_range[0]}-{byte_range[0] + byte_range[1] - 1}"
+    request = urllib.request.Request(url, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return response.read()
+            body = response.read()
+            return body if byte_range is None else (body, response.status == 206)
     except urllib.error.HTTPError as e:  # the server answered with an error status
         if e.code in (404, 410):
             raise MissingRemoteFile(f"{url} does not exist (HTTP {e.code})") from e

@@ -137,41 +137,9 @@ class _Evaluator:
 
     def _run(self, user_vecs, item_vecs, candidates="protocol", users=None) -> dict:
         held = self.protocol.held_out(self.splits, users)
-        if self.ranks.count == 1:
-            out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held)
-        else:
-            out = self._run_across_ranks(user_vecs, item_vecs, candidates, held)
+        out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held,
+                             per_user=self.ranks.per_user)  # a block of the users per rank, gathered in order
         self.bar.update(1)
-        return out
-
-    def _run_across_ranks(self, user_vecs, item_vecs, candidates, held: SplitArrays) -> dict:
-        """`evaluate_split` with the ranked lists computed a block of users per rank and gathered (the same
-        steps as there; tests/test_distributed_eval.py holds the two to equality)."""
-        if isinstance(candidates, str):
-            candidates = self.protocol.candidate_items(self.splits)
-        # the rating error, the user count and the candidate count need no ranking: evaluate_split at no K
-        out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, (), candidates, held)
-        n_items = item_vecs.shape[0]
-        cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
-        in_cand = np.zeros(n_items, dtype=bool)
-        in_cand[cand] = True
-        known = (held.users >= 0) & in_cand[held.items]
-        eval_users = np.unique(held.users[known])
-        row_of = np.full(self.splits.num_users, -1, dtype=np.int64)
-        row_of[eval_users] = np.arange(len(eval_users))
-        relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
-        supported = [k for k in self.ks if k <= len(cand)]
-        ranking = {"users": out["ranking"]["users"]}
-        if supported:
-            users = user_vecs.float().cpu()
-            top = self.ranks.per_user(eval_users, lambda block: ranked_lists(
-                users, item_vecs, self.splits, block, self.protocol.masked, cand, max(supported)))
-            ranking = ranking_metrics(top, relevant, supported)
-        too_large = [k for k in self.ks if k > len(cand)]
-        if too_large:
-            ranking["not_computable"] = {f"@{k}": f"only {len(cand)} candidate items, fewer than K = {k}"
-                                         for k in too_large}
-        out["ranking"] = ranking | {"candidates": len(cand)}
         return out
 
     def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, slices: bool = True) -> dict:

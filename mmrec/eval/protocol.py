@@ -81,7 +81,7 @@ class EvalProtocol:
 @torch.no_grad()
 def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSplits, protocol: EvalProtocol,
                    ks: tuple[int, ...] = (10,), candidates: np.ndarray | None | str = "protocol",
-                   held: SplitArrays | None = None) -> dict:
+                   held: SplitArrays | None = None, per_user=None) -> dict:
     """Rating error on every held-out row, and full ranking for known users with masked items excluded.
 
     Args:
@@ -89,6 +89,9 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
         item_vecs: (N, d) in item-index order.
         candidates: item indices to rank among; "protocol" (default) takes the protocol's, None all items.
         held: the held-out rows to score (default: the protocol's).
+        per_user: how the ranked lists are computed: `per_user(users, rows_of)` returns `rows_of(users)`, the
+            default; `mmrec eval` under `accelerate launch` passes one that splits the users across ranks and
+            gathers their rows in order (`evaluation._Ranks.per_user`).
 
     Returns:
         {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
@@ -121,7 +124,10 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
     supported = [k for k in ks if k <= len(cand)]
     ranking: dict = {"users": int((relevant.counts() > 0).sum())}
     if supported:
-        top = ranked_lists(users, item_vecs, splits, eval_users, protocol.masked, cand, max(supported))
+        def rows_of(block: np.ndarray) -> np.ndarray:
+            return ranked_lists(users, item_vecs, splits, block, protocol.masked, cand, max(supported))
+
+        top = rows_of(eval_users) if per_user is None else per_user(eval_users, rows_of)
         ranking = ranking_metrics(top, relevant, supported)
     too_large = [k for k in ks if k > len(cand)]
     if too_large:
