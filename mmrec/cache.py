@@ -32,6 +32,7 @@ from mmrec import __version__
 from mmrec.data import schema
 from mmrec.data.features import FEATURE_PATTERN
 from mmrec.data.reader import load_manifest
+from mmrec.data.remote import as_location, describe
 from mmrec.embedding import item_batches, progress_shown
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.model import RecModel
@@ -72,18 +73,19 @@ def _item_meta(item) -> dict:
 def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, out: str | Path, *,
                    batch_size: int = 64, num_workers: int = 0, items_per_shard: int | None = None,
                    device: str | torch.device = "cpu", progress: bool = True) -> dict:
-    """Encode every item once and stream feature shards (into OUT.partial, renamed at the end).
+    """Encode every item once and stream feature shards (into OUT.partial, renamed at the end). DATA may be a
+    URL (`mmrec.data.remote`); OUT is a local folder.
 
     One writer at a time: a second cache into the same OUT stops with one line (`.OUT.lock` beside it).
     """
     out = Path(out)
     with FolderLock(out.parent, f".{out.name}.lock"):
-        return _cache_features(model, preprocessors, Path(data_dir), out, batch_size, num_workers, items_per_shard,
+        return _cache_features(model, preprocessors, as_location(data_dir), out, batch_size, num_workers, items_per_shard,
                                device, progress)
 
 
 @torch.no_grad()
-def _cache_features(model: RecModel, preprocessors: dict, data_dir: Path, out: Path, batch_size: int,
+def _cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, out: Path, batch_size: int,
                     num_workers: int, items_per_shard: int | None, device: str | torch.device,
                     progress: bool) -> dict:
     _check_frozen(model)
@@ -136,7 +138,7 @@ def _cache_features(model: RecModel, preprocessors: dict, data_dir: Path, out: P
         "dims": {m: model.encoders[m].output_dim for m in model.modalities},
         "token_budget": budgets,
         "dtype": "float16",
-        "source": {"data": str(data_dir.resolve()), "shards_sha256": [s["sha256"] for s in source["shards"]]},
+        "source": {"data": describe(data_dir), "shards_sha256": [s["sha256"] for s in source["shards"]]},
         "shards": shards,
     }
     (tmp / schema.MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, default=None, help="run folder (its trained model, or its config.yaml)")
     p.add_argument("--config", default=None,
                    help="or a YAML config / preset name (the run's seed builds the encoders)")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder")
+    p.add_argument("--data", required=True, type=_data_location, help="dataset folder or URL")
     p.add_argument("--out", required=True, type=Path, help="feature cache folder to write")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers decoding media")
@@ -582,6 +582,16 @@ def main(argv: list[str] | None = None) -> int:
         lines = str(e).strip().splitlines() or [type(e).__name__]
         print(f"mmrec {args.command}: error: {lines[0]}", file=sys.stderr)
         return 2
+    finally:
+        _release_process_group()
+
+
+def _release_process_group() -> None:
+    """Under `accelerate launch`, end the command's process group before the process exits (torch warns, and
+    NCCL may lose pending work, when a group is left to the interpreter's exit)."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no group, and no torch import to find that out
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -603,7 +603,10 @@ class Trainer:
             (folder / f"rank-{acc.process_index}.json").write_text(json.dumps(
                 {"rank": acc.process_index, "world_size": acc.num_processes, "steps": self.state.step,
                  "items_per_epoch": {str(e): v for e, v in audit.items()}}))
-        acc.end_training()
+        # the trackers only: `end_training` would also destroy the process group, and a launched script that
+        # goes on to `embed` / `evaluate_run` in the same processes needs it (the CLI releases it on exit)
+        for tracker in acc.trackers:
+            tracker.finish()
         return self.state
 
 

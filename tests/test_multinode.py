@@ -1,6 +1,7 @@
 """Two "nodes" on one machine: train, embed and eval under two `accelerate launch --num_machines 2` launchers
 (one process each, gloo on CPU) give the same weights, embedding files and report as one node running the
-same world size (`--num_processes 2`)."""
+same world size (`--num_processes 2`). The one node trains and embeds from one Python script (`mmrec.train`
+then `mmrec.embed` in the same processes: the process group outlives training)."""
 
 import json
 import os
@@ -13,16 +14,30 @@ from safetensors.torch import load_file
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--mixed_precision", "no", "--dynamo_backend", "no"]
+TRAIN_THEN_EMBED = """
+import sys
+
+import mmrec
+
+config, data, out, *overrides = sys.argv[1:]
+cfg = mmrec.load_run_config(config, overrides)
+mmrec.train(cfg, data, f"{out}/run")
+mmrec.embed(f"{out}/run", data, f"{out}/emb", progress=False)
+"""
 
 
-def launch_both(single: list[str], multi: list[str]) -> None:
-    """`mmrec` ARGS on one node of two processes and, at the same time, on two nodes of one process each."""
-    port = free_port()
-    # `--num_machines 2` makes accelerate hand torchrun --nnodes 2 --node_rank R: each launcher starts one
-    # process, and rank 1 joins the group that rank 0's launcher hosts at 127.0.0.1:port
-    cmds = [[*LAUNCH, "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-             "--main_process_port", str(port), "-m", "mmrec.cli", *multi] for rank in (0, 1)]
-    cmds.append([*LAUNCH, "--num_machines", "1", "--main_process_port", str(free_port()), "-m", "mmrec.cli", *single])
+def launch_both(single: list[str] | None, multi: list[str] | None) -> None:
+    """At the same time: SINGLE (a script or `-m MODULE`, and its arguments) on one node of two processes, and
+    `mmrec` MULTI on two nodes of one process each."""
+    cmds = []
+    if multi is not None:
+        port = free_port()
+        # `--num_machines 2` makes accelerate hand torchrun --nnodes 2 --node_rank R: each launcher starts one
+        # process, and rank 1 joins the group that rank 0's launcher hosts at 127.0.0.1:port
+        cmds += [[*LAUNCH, "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                  "--main_process_port", str(port), "-m", "mmrec.cli", *multi] for rank in (0, 1)]
+    if single is not None:
+        cmds.append([*LAUNCH, "--num_machines", "1", "--main_process_port", str(free_port()), *single])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for c in cmds]
     try:
@@ -32,19 +47,22 @@ def launch_both(single: list[str], multi: list[str]) -> None:
             if p.poll() is None:
                 p.terminate()  # SIGTERM: torchrun's agent passes it on to its worker (in its own session)
                 p.wait(timeout=30)
-    for p, log, name in zip(procs, logs, ("node 0", "node 1", "single node")):
-        assert p.returncode == 0, f"{name}: {log[-3000:]}"
+    for p, log, cmd in zip(procs, logs, cmds):
+        assert p.returncode == 0, f"{' '.join(cmd[-12:])}: {log[-3000:]}"
 
 
 def test_two_nodes_on_localhost_equal_one_node_of_the_same_world_size(tmp_path):
     data = make_dataset(tmp_path, num_items=120, num_users=40, num_ratings=1500, items_per_shard=20)
     outs = single, multi = tmp_path / "single", tmp_path / "multi"
-    launch_both(*(["train", "--config", str(TINY), "--data", str(data), "--out", str(out / "run"), "data.batch_size=16",
-                   "data.steps_per_epoch=3", "train.epochs=1", "train.early_stopping_patience=0",
-                   "train.audit_data=true"] for out in outs))
-    launch_both(*(["embed", "--run", str(out / "run"), "--data", str(data), "--out", str(out / "emb")] for out in outs))
-    launch_both(*(["eval", "--run", str(out / "run"), "--emb", str(out / "emb"), "--out", str(out / "report"),
-                   "--no-ablation", "--k", "5"] for out in outs))
+    overrides = ["data.batch_size=16", "data.steps_per_epoch=3", "train.epochs=1", "train.early_stopping_patience=0",
+                 "train.audit_data=true"]
+    script = tmp_path / "train_then_embed.py"
+    script.write_text(TRAIN_THEN_EMBED)
+    launch_both([str(script), str(TINY), str(data), str(single), *overrides],
+                ["train", "--config", str(TINY), "--data", str(data), "--out", str(multi / "run"), *overrides])
+    launch_both(None, ["embed", "--run", str(multi / "run"), "--data", str(data), "--out", str(multi / "emb")])
+    launch_both(*([*prefix, "eval", "--run", str(out / "run"), "--emb", str(out / "emb"), "--out", str(out / "report"),
+                   "--no-ablation", "--k", "5"] for prefix, out in ((["-m", "mmrec.cli"], single), ([], multi))))
 
     for out in outs:  # both are one process group of two ranks, each doing its half of the work
         audits = [json.loads((out / "run" / "audit" / f"rank-{r}.json").read_text()) for r in (0, 1)]

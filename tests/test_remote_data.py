@@ -228,3 +228,20 @@ def test_read_range_everywhere(trained):
                 remote.read_range(f"{server}/data", "nope.json", 0, 1)
     with pytest.raises(ValueError, match="cannot read part of"):
         remote.read_range(f"pipe:cat {data}/{{path}}", "item_ids.json", 0, 1)
+
+
+def test_feature_cache_from_a_url_equals_the_disk(small_catalogue, tmp_path):
+    from test_cache import FROZEN
+
+    from mmrec.data.sharding import ShardOptions, shard_catalogue
+
+    items_path, inter_path, _ = small_catalogue
+    data = tmp_path / "data"
+    shard_catalogue(items_path, inter_path, data, options=ShardOptions(items_per_shard=4, progress=False))
+    assert main(["cache", "--config", str(TINY), "--data", str(data), "--out", str(tmp_path / "disk"), *FROZEN]) == 0
+    with serving(tmp_path) as server:
+        url = f"{server}/data"
+        assert main(["cache", "--config", str(TINY), "--data", url, "--out", str(tmp_path / "url"), *FROZEN]) == 0
+    disk, by_url = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("disk", "url"))
+    assert by_url["source"]["data"] == url and disk["source"]["data"] == str(data.resolve())
+    assert by_url["shards"] == disk["shards"] and len(disk["shards"]) > 1  # the same feature bytes, shard by shard
