@@ -15,7 +15,11 @@ memory (`ru_maxrss` from `os.wait4`) is that step's alone:
 The growth exponent between consecutive sizes is log(y2 / y1) / log(N2 / N1): 1 is linear, 2 quadratic,
 near 0 a constant. Results: JSON and a log-log PNG beside it.
 
-    python benchmarks/scaling.py [--sizes 10000,100000,1000000] [--out benchmarks/results/scaling_cpu.json]
+    python benchmarks/scaling.py [--sizes 10000,100000,1000000] [--eval-max-items N] [--out ...scaling_cpu.json]
+
+Full-ranking eval grows as users x items (quadratically here, users being N/10): at 1M items it is hours on
+one core, so `--eval-max-items` leaves it out above a size. The JSON is rewritten after every size, so a long
+run that is stopped keeps what it measured.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def _measure(name: str, cmd: list[str], log: Path) -> dict:
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # KiB on Linux
 
 
-def run_size(num_items: int, work: Path, log: Path) -> dict:
+def run_size(num_items: int, work: Path, log: Path, with_eval: bool = True) -> dict:
     cat, data, run, emb = work / "catalogue", work / "data", work / "run", work / "emb"
     started = time.perf_counter()
     sizes = write_catalogue(cat, num_items)
@@ -116,10 +120,11 @@ def run_size(num_items: int, work: Path, log: Path) -> dict:
     steps["embed"] = measure("embed", ["embed", "--run", str(run), "--data", str(data), "--out", str(emb),
                                        "--batch-size", "256"], log)
     steps["index"] = measure("index", ["index", "--emb", str(emb)], log)
-    steps["eval"] = measure("eval", ["eval", "--run", str(run), "--emb", str(emb), "--out", str(work / "report"),
-                                     "--no-ablation", "--k", "10"], log)
+    if with_eval:
+        steps["eval"] = measure("eval", ["eval", "--run", str(run), "--emb", str(emb), "--out", str(work / "report"),
+                                         "--no-ablation", "--k", "10"], log)
+        result["test_users"] = json.loads((work / "report" / "report.json").read_text())["ranking"]["users"]
     manifest = json.loads((data / "manifest.json").read_text())
-    result["test_users"] = json.loads((work / "report" / "report.json").read_text())["ranking"]["users"]
     result["index_kind"] = json.loads((emb / "index" / "index.json").read_text())["kind"]
     result["shards"] = len(manifest["shards"])
     return result
@@ -148,6 +153,8 @@ def growth(results: list[dict], base: dict | None = None) -> dict:
     for a, b in zip(results, results[1:]):
         ratio = math.log(b["items"] / a["items"])
         for step in b["steps"]:
+            if step not in a["steps"]:
+                continue
             for metric in ("seconds", "peak_rss_mb"):
                 floor = base[step][metric] if base else 0.0
                 y1, y2 = a["steps"][step][metric] - floor, b["steps"][step][metric] - floor
@@ -165,8 +172,9 @@ def plot(results: list[dict], base: dict, path: Path) -> None:
     items = [r["items"] for r in results]
     for ax, metric, label in zip(fig.subplots(1, 2), ("seconds", "peak_rss_mb"), ("wall time (s)", "peak RSS (MB)")):
         for step in (*STEPS, "train_1_step"):
-            ax.loglog(items, [r["steps"][step][metric] for r in results], marker="o", label=step,
-                      linestyle="--" if step == "train_1_step" else "-")
+            measured = [r for r in results if step in r["steps"]]  # eval may be left out of the largest sizes
+            ax.loglog([r["items"] for r in measured], [r["steps"][step][metric] for r in measured], marker="o",
+                      label=step, linestyle="--" if step == "train_1_step" else "-")
         ax.axhline(max(b[metric] for b in base.values()), color="black", linewidth=0.8,
                    label="start-up (largest step's imports)")
         if metric == "seconds":  # a slope-1 guide through the first shard point: "linear in items"
@@ -186,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes in items, comma-separated")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scaling_cpu.json")
     p.add_argument("--work", type=Path, default=None, help="keep the data here (default: a temporary folder)")
+    p.add_argument("--eval-max-items", type=int, default=None,
+                   help="run the full-ranking eval only up to this many items (default: every size)")
     args = p.parse_args(argv)
     try:
         sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -194,34 +204,38 @@ def main(argv: list[str] | None = None) -> dict:
     if sizes[0] < 200:
         p.error("--sizes: at least 200 items, so the smallest catalogue has users with test interactions")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    results = []
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+               "omp_threads": os.environ.get("OMP_NUM_THREADS", "1"),
+               "load_average_1m_at_start": round(os.getloadavg()[0], 2)}
+    results: list[dict] = []
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         log = Path(tmp) / "scaling.log"  # every step's output, for the error message when one fails
         base = startup(log)
         for n in sizes:
             print(f"{n} items ...", flush=True)
-            results.append(run_size(n, Path(tmp) / str(n), log))
-            r = results[-1]
+            results.append(run_size(n, Path(tmp) / str(n), log, args.eval_max_items is None or n <= args.eval_max_items))
             print("  " + "  ".join(f"{k} {v['seconds']:.1f} s / {v['peak_rss_mb']:.0f} MB"
-                                   for k, v in r["steps"].items()), flush=True)
-    result = {"benchmark": "scaling",
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                          "omp_threads": os.environ.get("OMP_NUM_THREADS", "1"),
-                          "load_average_1m_at_start": round(os.getloadavg()[0], 2)},
-              "model": TEXT_MODEL, "users_per_item": USERS_PER_ITEM, "interactions_per_user": INTERACTIONS_PER_USER,
-              "startup": base, "sizes": results, "growth_exponent": growth(results),
-              "growth_exponent_above_startup": growth(results, base)}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(results, base, args.out.with_suffix(".png"))
+                                   for k, v in results[-1]["steps"].items()), flush=True)
+            result = write_results(args.out, machine, base, results)  # after every size: a stopped run keeps them
     print(f"{'step':14s}" + "".join(f"{r['items']:>22,d}" for r in results))
     for step in (*STEPS, "train_1_step"):
         print(f"{step:14s}" + "".join(f"{r['steps'][step]['seconds']:>12.1f} s {r['steps'][step]['peak_rss_mb']:>6.0f} MB"
-                                      for r in results))
+                                      if step in r["steps"] else f"{'not run':>22s}" for r in results))
     print("start-up (imports alone): " + ", ".join(f"{k} {v['seconds']:.1f} s / {v['peak_rss_mb']:.0f} MB"
                                                     for k, v in base.items()))
     for name in ("growth_exponent", "growth_exponent_above_startup"):
         print(f"{name} (seconds, peak_rss_mb):", json.dumps(result[name]))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return result
+
+
+def write_results(out: Path, machine: dict, base: dict, results: list[dict], **extra) -> dict:
+    """The JSON (and its PNG) of the sizes measured so far."""
+    result = {"benchmark": "scaling", "machine": machine, "model": TEXT_MODEL, "users_per_item": USERS_PER_ITEM,
+              "interactions_per_user": INTERACTIONS_PER_USER, "startup": base, "sizes": results,
+              "growth_exponent": growth(results), "growth_exponent_above_startup": growth(results, base), **extra}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(results, base, out.with_suffix(".png"))
     return result
 
 
