@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         base = startup(log)
         for n in sizes:
             print(f"{n} items ...", flush=True)
-            results.append(run_size(n, Path(tmp) / str(n), log, args.eval_max_items is None or n <= args.eval_max_items))
+            with_eval = args.eval_max_items is None or n <= args.eval_max_items
+            results.append(run_size(n, Path(tmp) / str(n), log, with_eval))
             print("  " + "  ".join(f"{k} {v['seconds']:.1f} s / {v['peak_rss_mb']:.0f} MB"
                                    for k, v in results[-1]["steps"].items()), flush=True)
             result = write_results(args.out, machine, base, results)  # after every size: a stopped run keeps them

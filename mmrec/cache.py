@@ -80,8 +80,8 @@ def cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, o
     """
     out = Path(out)
     with FolderLock(out.parent, f".{out.name}.lock"):
-        return _cache_features(model, preprocessors, as_location(data_dir), out, batch_size, num_workers, items_per_shard,
-                               device, progress)
+        return _cache_features(model, preprocessors, as_location(data_dir), out, batch_size, num_workers,
+                               items_per_shard, device, progress)
 
 
 @torch.no_grad()
