@@ -1,4 +1,4 @@
-"""ANN indexes for `mmrec recommend` (mmrec/ann.py): recall against exact search, latency, build time, memory.
+"""ANN indexes for `mmrec recommend` (mmrec/serve/ann.py): recall against exact search, latency, build time, memory.
 
 Synthetic vectors in the exported shape (E + 2 = 66 columns: item [q, b, 1], user [p, 1, mu + b]), drawn
 around sqrt(N) cluster centres with log-normal norms, so near neighbours crowd together and norms vary as
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmrec.ann import IndexConfig, ItemIndex, build_index
+from mmrec.serve.ann import IndexConfig, ItemIndex, build_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_speed import machine  # noqa: E402 (a sibling script)

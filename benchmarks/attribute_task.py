@@ -48,7 +48,7 @@ from audio import AST_ARCH, SHARED, STAGE1_EPOCHS, pretrain_ast  # noqa: E402
 from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
-from mmrec.training import train  # noqa: E402
+from mmrec.training.loop import train  # noqa: E402
 
 SCRATCH_AST = f"model.encoders={{audio: {{name: hf-ast, trainable_layers: -1, arch: {AST_ARCH}}}}}"
 # Only the attribute task; every clip visited once per epoch (no ratings are used), the stage-1 epochs,

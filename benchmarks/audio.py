@@ -46,14 +46,14 @@ from encoders.audio import create_hf_ast  # noqa: E402
 from encoders.base import EncoderConfig  # noqa: E402
 from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
-from mmrec.data.split_files import RunSplits  # noqa: E402
+from mmrec.data.dataset import RunSplits  # noqa: E402
 from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
-from mmrec.eval.baselines import popularity_vectors  # noqa: E402
-from mmrec.eval.protocol import EvalProtocol, evaluate_split  # noqa: E402
+from mmrec.evaluate.baselines import popularity_vectors  # noqa: E402
+from mmrec.evaluate.protocol import EvalProtocol, evaluate_split  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.model import user_vectors  # noqa: E402
-from mmrec.training import train  # noqa: E402
+from mmrec.training.loop import train  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 KS = (10, 20)

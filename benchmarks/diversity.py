@@ -7,7 +7,7 @@ MovieLens latest-small with text and posters, the ranking protocol of benchmarks
 per user, seed 0; full ranking over all movies, train (+ valid on test) masked, every held-out rating
 relevant). Our model is `configs/movielens-ranking.yaml` with text (frozen all-MiniLM-L6-v2) and image
 (frozen EfficientNet-Lite0) from the shared feature cache, trained once (or a trained run of that dataset
-reused with --run). Then each user's top-200 is re-ranked by MMR (`mmrec.rerank`, as `mmrec eval
+reused with --run). Then each user's top-200 is re-ranked by MMR (`mmrec.serve.rerank`, as `mmrec eval
 --diversify` does) at every LAMBDA of a grid:
 
 - on VALID: the curve, and the LAMBDA chosen: the largest that loses at most 5% NDCG@10 against the plain
@@ -53,13 +53,13 @@ from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.fingerprint import check_dataset  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
-from mmrec.eval.evaluation import _Evaluator  # noqa: E402
-from mmrec.eval.protocol import EvalProtocol  # noqa: E402
+from mmrec.evaluate.evaluation import _Evaluator  # noqa: E402
+from mmrec.evaluate.protocol import EvalProtocol  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import user_vectors  # noqa: E402
-from mmrec.rerank import DEFAULT_POOL, attribute_table, check_cap, check_lambda, item_attributes  # noqa: E402
-from mmrec.training import train  # noqa: E402
+from mmrec.serve.rerank import DEFAULT_POOL, attribute_table, check_cap, check_lambda, item_attributes  # noqa: E402
+from mmrec.training.loop import train  # noqa: E402
 
 MODALITIES = ("text", "image")
 KS = [10, 20]

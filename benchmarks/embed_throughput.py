@@ -49,10 +49,10 @@ import webdataset as wds
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, decode_image, decode_sample, decode_waveform, item_loader, shard_urls
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.split_files import RunSplits
-from mmrec.data.splits import SplitConfig
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.data.dataset import RunSplits
+from mmrec.shard.splits import SplitConfig
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed, embed_items
 from mmrec.model.factory import ModelSizes, create_model, save_model

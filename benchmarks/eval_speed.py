@@ -1,7 +1,7 @@
 """Full-ranking evaluation speed: users x items scored and ranked per second, written as JSON.
 
 Random float32 user/item vectors (the exported shape, d = E + 2), about 20 masked items per user,
-top-K with the engine's `mmrec.eval.metrics.top_k` (deterministic tie-breaking, chunked over users).
+top-K with the engine's `mmrec.evaluate.metrics.top_k` (deterministic tie-breaking, chunked over users).
 Default size 100k users x 50k items, on the CPU and, when CUDA is available, on the GPU (one JSON
 file per device). Each timed run follows a warm-up on one chunk of users. On the GPU the result is
 also checked against the CPU on integer-valued vectors, whose scores are exact and full of ties.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmrec.eval.metrics import SCORE_BLOCK_BYTES, UserItems, top_k
+from mmrec.evaluate.metrics import SCORE_BLOCK_BYTES, UserItems, top_k
 
 REPO = Path(__file__).resolve().parents[1]
 EXCLUDED_PER_USER = 20

@@ -6,7 +6,7 @@ item's score more than a random history item's for at least 80% of explained rec
 Each name is a run folder under --work/runs written by benchmarks/movielens.py (e.g. `ranking-text+image`, an
 ID-tower model) or benchmarks/new_users.py (`history-warm`, `cold-users-history`: history-tower models). The item
 vectors come from the run's feature cache (the frozen encoders' outputs training read), then
-`mmrec.eval.evaluation.evaluate` on the test split, whose report carries the check (`explanation_faithfulness`:
+`mmrec.evaluate.evaluation.evaluate` on the test split, whose report carries the check (`explanation_faithfulness`:
 a seeded sample of users, their top-10, the method named: exact leave-one-out for the history tower, a ridge
 refit of the user vector without the item for the ID tower). Writes benchmarks/results/explain_faithfulness_cpu.json.
 """
@@ -28,7 +28,7 @@ from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
 from mmrec.embedding import assemble, embed_batches, item_batches  # noqa: E402
-from mmrec.eval.evaluation import evaluate  # noqa: E402
+from mmrec.evaluate.evaluation import evaluate  # noqa: E402
 from mmrec.model.factory import load_run_model  # noqa: E402
 
 

@@ -24,8 +24,8 @@ import torch
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.model.factory import ModelSizes, create_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -42,25 +42,25 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a checkout without `pip install -e .`
 
-from mmrec.cache import build_frozen_model, cache_features  # noqa: E402
+from mmrec.training.cache import build_frozen_model, cache_features  # noqa: E402
 from mmrec.config import RunConfig, load_run_config  # noqa: E402
 from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.reader import item_loader, load_manifest  # noqa: E402
-from mmrec.data.split_files import RunSplits  # noqa: E402
+from mmrec.data.dataset import RunSplits  # noqa: E402
 from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
-from mmrec.eval.baselines import (  # noqa: E402
+from mmrec.evaluate.baselines import (  # noqa: E402
     bias_vectors,
     content_knn_vectors,
     ease_vectors,
     implicit_als_vectors,
     popularity_vectors,
 )
-from mmrec.eval.protocol import EvalProtocol, evaluate_split  # noqa: E402
+from mmrec.evaluate.protocol import EvalProtocol, evaluate_split  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import user_vectors  # noqa: E402
-from mmrec.training import train  # noqa: E402
+from mmrec.training.loop import train  # noqa: E402
 
 CONFIGS = {p: REPO / "mmrec" / "configs" / f"movielens-{p}.yaml" for p in ("rating", "ranking", "cold")}
 SHARED = REPO.parent / "shared" / "data"

@@ -61,9 +61,9 @@ from movielens import (  # noqa: E402
 from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
-from mmrec.data.split_files import HeldOutUsers, SplitArrays  # noqa: E402
+from mmrec.data.dataset import HeldOutUsers, SplitArrays  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
-from mmrec.eval.baselines import (  # noqa: E402
+from mmrec.evaluate.baselines import (  # noqa: E402
     als_fold_in_vectors,
     ease_history_vectors,
     ease_vectors,
@@ -71,12 +71,12 @@ from mmrec.eval.baselines import (  # noqa: E402
     item_cosine,
     popularity_vectors,
 )
-from mmrec.eval.evaluation import _Evaluator  # noqa: E402
-from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users  # noqa: E402
+from mmrec.evaluate.evaluation import _Evaluator  # noqa: E402
+from mmrec.evaluate.protocol import EvalProtocol, evaluate_held_out_users  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import history_user_vectors, user_vectors, vectors_for_histories  # noqa: E402
-from mmrec.training import train  # noqa: E402
+from mmrec.training.loop import train  # noqa: E402
 
 COLD = {"cold-users": ["--split", "cold-users", "--cold-fraction", "0.2", "--given", "5", "--seed", "0"]}
 GIVEN = (1, 3, 5)  # history lengths scored on the cold users (the first n of the 5 given)

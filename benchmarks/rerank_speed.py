@@ -1,4 +1,4 @@
-"""Speed of diversity re-ranking: 10,000 users' top-200 pools re-ranked to 10 items by MMR (`mmrec.rerank`).
+"""Speed of diversity re-ranking: 10,000 users' top-200 pools re-ranked to 10 items by MMR (`mmrec.serve.rerank`).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rerank_speed.py      # about a minute on one CPU core
 
@@ -24,8 +24,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a checkout without `pip install -e .`
 
-from mmrec.eval.metrics import top_k  # noqa: E402
-from mmrec.rerank import diversity_vectors, intra_list_diversity, mmr  # noqa: E402
+from mmrec.evaluate.metrics import top_k  # noqa: E402
+from mmrec.serve.rerank import diversity_vectors, intra_list_diversity, mmr  # noqa: E402
 
 USERS, ITEMS, DIM, POOL, K, LAMBDA = 10_000, 20_000, 64, 200, 10, 0.3
 ATTRIBUTES, CAP, REPEATS = 19, 3, 3
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     mmr_s, diverse = timed(lambda: mmr(top, scores, q, K, LAMBDA), args.repeats)
     cap_s, _ = timed(lambda: mmr(top, scores, q, K, LAMBDA, attributes, CAP), args.repeats)
     report = {
-        "benchmark": "MMR re-ranking speed (mmrec.rerank.mmr)",
+        "benchmark": "MMR re-ranking speed (mmrec.serve.rerank.mmr)",
         "device": f"cpu-{torch.get_num_threads()}threads",
         "setup": {"users": args.users, "items": args.items, "dim": DIM, "pool": args.pool, "k": K, "lambda": LAMBDA,
                   "attributes": ATTRIBUTES, "max_per_attribute": CAP},

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrec.data.synthetic import THEMES
+from mmrec.shard.synthetic import THEMES
 
 REPO = Path(__file__).resolve().parents[1]
 USERS_PER_ITEM = 0.1
@@ -131,8 +131,8 @@ def run_size(num_items: int, work: Path, log: Path, with_eval: bool = True) -> d
 
 
 # what each command imports before it touches data
-STEP_IMPORTS = {"shard": "mmrec.data.sharding", "train_1_step": "mmrec.training", "embed": "mmrec.embedding",
-                "index": "faiss, mmrec.ann", "eval": "mmrec.eval.evaluation, mmrec.eval.report"}
+STEP_IMPORTS = {"shard": "mmrec.shard.writer", "train_1_step": "mmrec.training.loop", "embed": "mmrec.embedding",
+                "index": "faiss, mmrec.serve.ann", "eval": "mmrec.evaluate.evaluation, mmrec.evaluate.report"}
 
 
 def startup(log: Path) -> dict:

@@ -20,9 +20,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.splits import SplitConfig
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.shard.splits import SplitConfig
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from mmrec.cache import build_frozen_model, cache_features
+from mmrec.training.cache import build_frozen_model, cache_features
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.splits import SplitConfig
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
-from mmrec.training import Trainer
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.shard.splits import SplitConfig
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 FROZEN = [f"model.encoders.{m}.trainable_layers=0" for m in ("text", "image", "audio")]

@@ -52,12 +52,12 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: the package sits next to this folder
     sys.path.insert(0, str(REPO_ROOT))
 
-from mmrec.data.catalogue_io import (  # noqa: E402
+from mmrec.shard.catalogue_io import (  # noqa: E402
     write_interactions_csv,
     write_items_jsonl,
 )
-from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs  # noqa: E402
-from mmrec.data.sharding import shard_catalogue  # noqa: E402
+from mmrec.shard.options import add_shard_options, shard_command, shard_configs  # noqa: E402
+from mmrec.shard.writer import shard_catalogue  # noqa: E402
 
 # FSDD names its files {digit}_{speaker}_{take}; the shared copy is FLAC, the upstream repo WAV.
 CLIP_RE = re.compile(r"^(?P<digit>\d)_(?P<speaker>[a-z]+)_(?P<take>\d+)$")

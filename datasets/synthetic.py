@@ -2,7 +2,7 @@
 
 Builds, under --out DIR:
 
-    DIR/catalogue/items.jsonl, interactions.csv, users.jsonl, media/   (see mmrec.data.synthetic)
+    DIR/catalogue/items.jsonl, interactions.csv, users.jsonl, media/   (see mmrec.shard.synthetic)
     DIR/data/                                                          `mmrec shard` output
 
 Usage (from the repository root):
@@ -11,7 +11,7 @@ Usage (from the repository root):
     python datasets/synthetic.py --out /tmp/synth --no-shard --num-items 200
     python datasets/synthetic.py --out /tmp/bench --full-size-media --split random   # throughput benchmarks
 
-The generator lives in `mmrec.data.synthetic` (the demo and the tests use it too); this script is only
+The generator lives in `mmrec.shard.synthetic` (the demo and the tests use it too); this script is only
 its command line. `datasets/` is not a package: see docs/design.md.
 """
 
@@ -27,9 +27,9 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: the package sits next to this folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs  # noqa: E402
-from mmrec.data.sharding import shard_catalogue  # noqa: E402
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue  # noqa: E402
+from mmrec.shard.options import add_shard_options, shard_command, shard_configs  # noqa: E402
+from mmrec.shard.writer import shard_catalogue  # noqa: E402
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

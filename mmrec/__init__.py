@@ -26,10 +26,10 @@ _API = {
     "load_run_config": "mmrec.config", "list_presets": "mmrec.config",
     "ModelConfig": "mmrec.model.config", "TaskConfig": "mmrec.model.config",
     # data
-    "shard_catalogue": "mmrec.data.sharding", "ShardOptions": "mmrec.data.sharding",
-    "SplitConfig": "mmrec.data.splits", "load_manifest": "mmrec.data.reader",
-    "RunVocabulary": "mmrec.data.vocabulary", "RunSplits": "mmrec.data.split_files",
-    "write_synthetic_catalogue": "mmrec.data.synthetic", "SyntheticCatalogueConfig": "mmrec.data.synthetic",
+    "shard_catalogue": "mmrec.shard.writer", "ShardOptions": "mmrec.shard.writer",
+    "SplitConfig": "mmrec.shard.splits", "load_manifest": "mmrec.data.reader",
+    "RunVocabulary": "mmrec.data.vocabulary", "RunSplits": "mmrec.data.dataset",
+    "write_synthetic_catalogue": "mmrec.shard.synthetic", "SyntheticCatalogueConfig": "mmrec.shard.synthetic",
     "audio_handler": "mmrec.data.media",  # wds.WebDataset(urls).decode("pil", mmrec.audio_handler)
     # model
     "create_model": "mmrec.model.factory", "build_model": "mmrec.model.factory",
@@ -37,14 +37,14 @@ _API = {
     "ModelSizes": "mmrec.model.factory", "RecModel": "mmrec.model.model",
     "from_pretrained": "mmrec.model.factory", "export_model": "mmrec.model.factory",
     # training, embedding, caching
-    "train": "mmrec.training", "embed": "mmrec.embedding", "cache_features": "mmrec.cache",
+    "train": "mmrec.training.loop", "embed": "mmrec.embedding", "cache_features": "mmrec.training.cache",
     # evaluation
-    "EvalProtocol": "mmrec.eval.protocol", "evaluate_run": "mmrec.eval.evaluation",
-    "write_report": "mmrec.eval.report",
+    "EvalProtocol": "mmrec.evaluate.protocol", "evaluate_run": "mmrec.evaluate.evaluation",
+    "write_report": "mmrec.evaluate.report",
     # serving
-    "Embeddings": "mmrec.serving", "recommend": "mmrec.serving", "similar": "mmrec.serving",
-    "search": "mmrec.serving",
-    "Recommender": "mmrec.api", "Recommendation": "mmrec.api", "Recommendations": "mmrec.api",
+    "Embeddings": "mmrec.serve.embeddings", "recommend": "mmrec.serve.embeddings", "similar": "mmrec.serve.embeddings",
+    "search": "mmrec.serve.embeddings",
+    "Recommender": "mmrec.serve.recommender", "Recommendation": "mmrec.serve.recommender", "Recommendations": "mmrec.serve.recommender",
 }
 
 __all__ = ["__version__", *sorted(_API)]

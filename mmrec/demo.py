@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from mmrec.config import load_run_config
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.split_files import RunSplits
-from mmrec.data.splits import SplitConfig
-from mmrec.data.synthetic import THEMES, SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.data.dataset import RunSplits
+from mmrec.shard.splits import SplitConfig
+from mmrec.shard.synthetic import THEMES, SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed
-from mmrec.eval.evaluation import evaluate_run
-from mmrec.serving import Embeddings, recommend, search, similar, similarity_vectors
-from mmrec.training import train
+from mmrec.evaluate.evaluation import evaluate_run
+from mmrec.serve.embeddings import Embeddings, recommend, search, similar, similarity_vectors
+from mmrec.training.loop import train
 
 DEMO_CONFIG = "tiny"  # preset shipped in mmrec/configs/
 DEMO_SPLIT = dict(protocol="cold-items", warm_holdout=0.1)  # 20% of items held out, 10% of each user's warm rows

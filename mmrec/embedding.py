@@ -44,7 +44,7 @@ from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.remote import as_location, describe, is_remote
-from mmrec.data.split_files import RunSplits
+from mmrec.data.dataset import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
@@ -97,7 +97,7 @@ def embed_items(model: RecModel, data_dir: str | Path, preprocessors: dict, attr
     """This rank's share of the items, each exactly once: (item indices (n,), export vectors (n, E + 2)).
 
     `autocast` runs the encoders in bf16 on CUDA; the vectors are returned in float32 on the CPU.
-    `data_dir` may be a feature cache with `decode=mmrec.cache.decode_features`. `shards` limits
+    `data_dir` may be a feature cache with `decode=mmrec.training.cache.decode_features`. `shards` limits
     the pass to some shards; `drop` removes modalities at inference (ablation); `with_state` also
     returns the fused text-only states (n, D) that `mmrec search` matches queries against (the full
     state for items without text).

@@ -71,7 +71,7 @@ def trained(tmp_path_factory):
     """A small tiny-config run on a cold-items split, embedded: (root with run/ and emb/, its DATA)."""
     from mmrec.cli import main
     from mmrec.config import load_run_config
-    from mmrec.training import train
+    from mmrec.training.loop import train
 
     root = tmp_path_factory.mktemp("trained")
     data = make_dataset(root, num_items=120, num_users=40, num_ratings=1500, items_per_shard=20, protocol="cold-items")
@@ -163,9 +163,9 @@ def small_catalogue(tmp_path: Path):
 def make_dataset(root: Path, num_items=200, num_users=60, num_ratings=3000, items_per_shard=25, protocol="random",
                  ratios=(0.8, 0.1, 0.1)) -> Path:
     """A synthetic catalogue (seed 1) sharded into root/data with the given split protocol."""
-    from mmrec.data.sharding import ShardOptions, shard_catalogue
-    from mmrec.data.splits import SplitConfig
-    from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+    from mmrec.shard.writer import ShardOptions, shard_catalogue
+    from mmrec.shard.splits import SplitConfig
+    from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
     info = write_synthetic_catalogue(root / "cat", SyntheticCatalogueConfig(
         seed=1, num_items=num_items, num_users=num_users, num_ratings=num_ratings))

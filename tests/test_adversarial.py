@@ -118,7 +118,7 @@ def test_column_names_match_case_insensitively_or_stop(small_catalogue, tmp_path
 
 
 def test_absurd_ratings_are_quarantined(small_catalogue, tmp_path):
-    from mmrec.data.quarantine import read_quarantine
+    from mmrec.shard.quarantine import read_quarantine
 
     items, interactions, _ = small_catalogue
     lines = interactions.read_text().splitlines()
@@ -156,7 +156,7 @@ def test_devices_fifos_and_oversized_media_are_dropped_unread(small_catalogue, t
     import json
     import os
 
-    from mmrec.data.quarantine import read_quarantine
+    from mmrec.shard.quarantine import read_quarantine
 
     items, interactions, written = small_catalogue
     fifo = tmp_path / "pipe.flac"
@@ -209,7 +209,7 @@ def _train(data, run, *overrides, resume=False):
     from conftest import TINY
 
     from mmrec.config import load_run_config
-    from mmrec.training import train
+    from mmrec.training.loop import train
 
     # an ID-only model: what is tested is the loop's bookkeeping, which is the same for every model
     cfg = load_run_config(TINY, ["model.encoders={}", "model.item_id_embeddings=true", "data.batch_size=16",

@@ -1,4 +1,4 @@
-"""`mmrec index` and the faiss indexes `recommend` / `similar` search (mmrec/ann.py): every kind gives exact
+"""`mmrec index` and the faiss indexes `recommend` / `similar` search (mmrec/serve/ann.py): every kind gives exact
 search's top-K on small data, seen items are excluded however many there are, a stale index is never used."""
 
 import json
@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrec.ann import INDEX_DIR, IndexConfig, ItemIndex, build_index, build_indexes, load_index
+from mmrec.serve.ann import INDEX_DIR, IndexConfig, ItemIndex, build_index, build_indexes, load_index
 from mmrec.cli import main
-from mmrec.serving import Embeddings, recommend, similar
+from mmrec.serve.embeddings import Embeddings, recommend, similar
 
 pytest.importorskip("faiss")
 
@@ -119,7 +119,7 @@ def test_stale_or_damaged_index_is_ignored_with_a_warning(emb_dir, tmp_path, cap
     for name in ("item_ids", "item_titles"):
         (folder / f"{name}.json").write_text(json.dumps([f"i{n}" for n in range(1500)] + ["new"]))
     emb = Embeddings.load(folder)
-    with caplog.at_level(logging.WARNING, logger="mmrec.ann"):
+    with caplog.at_level(logging.WARNING, logger="mmrec.serve.ann"):
         assert load_index(folder, emb, "recommend") is None and load_index(folder, emb, "similar") is None
     assert "built from other embeddings" in caplog.text and f"mmrec index --emb {folder}" in caplog.text
     assert recommend(emb, "u0", 1)[0][0] == 1500  # the new item (all 9s) tops the exact ranking the CLI falls back to
@@ -129,7 +129,7 @@ def test_stale_or_damaged_index_is_ignored_with_a_warning(emb_dir, tmp_path, cap
     assert rec is not None and recommend(emb, "u0", 1, index=rec)[0][0] == 1500
     caplog.clear()
     (folder / INDEX_DIR / "similar.faiss").write_bytes(b"not a faiss index")
-    with caplog.at_level(logging.WARNING, logger="mmrec.ann"):
+    with caplog.at_level(logging.WARNING, logger="mmrec.serve.ann"):
         assert load_index(folder, emb, "similar") is None
     assert "ignoring" in caplog.text
 

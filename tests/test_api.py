@@ -13,7 +13,7 @@ from conftest import make_dataset
 import mmrec
 from mmrec.data.batch import NEW_ITEM, BatchCollator, ExampleBuilder
 from mmrec.data.reader import DecodedItem
-from mmrec.serving import Embeddings, recommend, search, seen_items, similar
+from mmrec.serve.embeddings import Embeddings, recommend, search, seen_items, similar
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_bad_input_is_one_clear_error(trained, rec, tmp_path):
 def test_a_history_is_served_as_recommend_history_serves_it(trained, tmp_path):
     """A history-tower model over the trained run's item vectors (random weights suffice: the API must
     give what `recommend_for_history` gives)."""
-    from mmrec.incremental import recommend_for_history
+    from mmrec.serve.incremental import recommend_for_history
     from mmrec.model.config import ModelConfig
     from mmrec.model.factory import ModelSizes, create_model, save_model
 
@@ -174,7 +174,7 @@ def test_a_history_is_served_as_recommend_history_serves_it(trained, tmp_path):
 
 def test_a_fresh_index_is_searched_until_items_are_added(trained, tmp_path):
     pytest.importorskip("faiss")
-    from mmrec.ann import build_indexes
+    from mmrec.serve.ann import build_indexes
 
     root, data = trained
     shutil.copytree(root / "emb", tmp_path / "emb")

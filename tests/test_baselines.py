@@ -5,8 +5,8 @@ Steck's closed form; content kNN scores cosines to the user's mean item; the his
 import numpy as np
 import torch
 
-from mmrec.data.split_files import SplitArrays
-from mmrec.eval.baselines import (
+from mmrec.data.dataset import SplitArrays
+from mmrec.evaluate.baselines import (
     _als_sweep,
     _rows_by,
     als_fold_in_vectors,
@@ -67,7 +67,7 @@ def _split(users, items):
 def test_ease_is_the_closed_form_of_steck_2019():
     """B = I - P diag(1/diag P), P = (X'X + lambda I)^-1, computed here densely with numpy; the exported
     vectors score x_u . B[:, i]; items without training rows score 0."""
-    from mmrec.eval.baselines import ease_vectors
+    from mmrec.evaluate.baselines import ease_vectors
 
     rng = np.random.default_rng(1)
     dense = (rng.random((6, 5)) < 0.5).astype(float)
@@ -84,7 +84,7 @@ def test_ease_is_the_closed_form_of_steck_2019():
 
 
 def test_content_knn_scores_the_cosine_to_the_users_mean_item():
-    from mmrec.eval.baselines import content_knn_vectors
+    from mmrec.evaluate.baselines import content_knn_vectors
 
     features = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 0.0]])
     user, item = content_knn_vectors(features, _split([0, 0, 1], [0, 1, 3]), 2)

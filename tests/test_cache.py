@@ -6,17 +6,17 @@ import pytest
 import torch
 from conftest import TINY
 
-from mmrec.cache import build_frozen_model, cache_features, check_cache
+from mmrec.training.cache import build_frozen_model, cache_features, check_cache
 from mmrec.cli import main
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex
 from mmrec.data.features import decode_features
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.split_files import RunSplits
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.data.dataset import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.model.tasks import MultiTaskLoss
-from mmrec.training import train
+from mmrec.training.loop import train
 
 FROZEN = ["model.encoders.text.trainable_layers=0", "model.encoders.image.trainable_layers=0",
           "model.encoders.audio.trainable_layers=0", "model.fusion.modality_dropout=0.0",

@@ -15,10 +15,10 @@ import webdataset as wds
 
 import mmrec
 from mmrec.cli import main
-from mmrec.data.items import parse_items
-from mmrec.data.quarantine import read_quarantine
+from mmrec.shard.items import parse_items
+from mmrec.shard.quarantine import read_quarantine
 from mmrec.data.reader import shard_urls
-from mmrec.data.sharding import ShardOptions, shard_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
 
 
 def _shard(items: Path, interactions: Path, out: Path) -> dict:

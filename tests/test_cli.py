@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from mmrec.data.synthetic import THEMES
-from mmrec.serving import Embeddings, search
+from mmrec.shard.synthetic import THEMES
+from mmrec.serve.embeddings import Embeddings, search
 
 
 def test_demo_runs_the_whole_pipeline(demo):

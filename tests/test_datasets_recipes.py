@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from mmrec.data.catalogue_io import (
+from mmrec.shard.catalogue_io import (
     write_interactions_csv,
     write_items_jsonl,
 )
-from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs
+from mmrec.shard.options import add_shard_options, shard_command, shard_configs
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASETS = REPO_ROOT / "datasets"

@@ -12,7 +12,7 @@ from conftest import free_port
 from safetensors.torch import load_file
 
 from mmrec.cli import main
-from mmrec.eval.evaluation import _Ranks, evaluate
+from mmrec.evaluate.evaluation import _Ranks, evaluate
 from mmrec.model.factory import load_run_model
 
 

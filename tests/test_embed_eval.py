@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mmrec.cli import main
-from mmrec.data.split_files import read_split
+from mmrec.data.dataset import read_split
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches, embed_items, item_batches
 from mmrec.model.factory import load_model
@@ -188,7 +188,7 @@ def test_two_process_embed_equals_single_process(trained, tmp_path):
 def test_similar_centres_cold_items_on_their_own_mean():
     """Cold rows (content alone) share an offset from the rows with ID terms: centred on the global mean
     every cold item would look alike; centred on their own kind's mean they keep their differences."""
-    from mmrec.serving import Embeddings, similar, similarity_vectors
+    from mmrec.serve.embeddings import Embeddings, similar, similarity_vectors
 
     torch.manual_seed(0)
     warm = torch.randn(20, 6) * 3

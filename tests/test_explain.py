@@ -1,4 +1,4 @@
-"""Explanations (`mmrec.explain`): reasons cite only the user's own items, each number is the effect it
+"""Explanations (`mmrec.serve.explain`): reasons cite only the user's own items, each number is the effect it
 claims (checked against an independent recomputation), the report's faithfulness check meets the issue's
 goal on the synthetic catalogue and catches a wrong explanation, and bad input is one clear error."""
 
@@ -22,7 +22,7 @@ def history_run(tmp_path_factory):
     every user has more training items than the window, so a removal moves an older item into it."""
     from mmrec.cli import main
     from mmrec.config import load_run_config
-    from mmrec.training import train
+    from mmrec.training.loop import train
 
     root = tmp_path_factory.mktemp("explain")
     data = make_dataset(root, num_items=48, num_users=24, num_ratings=600, items_per_shard=16)
@@ -43,9 +43,9 @@ def item_attributes(root) -> dict[str, set[str]]:
 
 
 def test_history_tower_reasons_are_the_users_items_with_their_exact_effect(history_run):
-    from mmrec.data.split_files import RunSplits
+    from mmrec.data.dataset import RunSplits
     from mmrec.data.vocabulary import RunVocabulary
-    from mmrec.explain import History
+    from mmrec.serve.explain import History
     from mmrec.model.history import UserHistory
     from mmrec.model.model import history_user_vectors
 
@@ -117,13 +117,13 @@ def test_modality_reasons_are_the_ablation_of_that_item(history_run):
 
 def test_faithfulness_meets_the_goal_in_the_report_and_catches_a_wrong_explanation(history_run, monkeypatch,
                                                                                   tmp_path):
-    from mmrec import explain
-    from mmrec.data.split_files import RunSplits
+    from mmrec.serve import explain
+    from mmrec.data.dataset import RunSplits
     from mmrec.data.vocabulary import RunVocabulary
-    from mmrec.eval.evaluation import evaluate
-    from mmrec.eval.report import write_report
+    from mmrec.evaluate.evaluation import evaluate
+    from mmrec.evaluate.report import write_report
     from mmrec.model.factory import load_run_model
-    from mmrec.serving import Embeddings
+    from mmrec.serve.embeddings import Embeddings
 
     root, data = history_run
     model, items = load_run_model(root / "run")[0].eval(), Embeddings.load(root / "emb").items
@@ -170,7 +170,7 @@ def test_cli_explain_prints_each_items_reasons_with_numbers(history_run, capsys)
 
 
 def test_id_tower_cites_training_neighbours_by_their_cosine(trained):
-    from mmrec.serving import similarity_vectors
+    from mmrec.serve.embeddings import similarity_vectors
 
     root, data = trained
     rec = mmrec.Recommender.from_run(root / "run", data=data)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY, make_dataset
 
-from mmrec.data.split_files import SplitArrays
+from mmrec.data.dataset import SplitArrays
 from mmrec.model.history import HistoryUserTower, UserHistory
 
 
@@ -111,7 +111,7 @@ def cold_users_run(tmp_path_factory):
     catalogue, embedded."""
     from mmrec.cli import main
     from mmrec.config import load_run_config
-    from mmrec.training import train
+    from mmrec.training.loop import train
 
     root = tmp_path_factory.mktemp("history")
     data = make_dataset(root, num_items=120, num_users=80, num_ratings=3000, items_per_shard=30,
@@ -125,7 +125,7 @@ def cold_users_run(tmp_path_factory):
 
 
 def test_cold_users_split_is_scored_from_the_given_history_against_history_baselines(cold_users_run):
-    from mmrec.eval.evaluation import evaluate_run
+    from mmrec.evaluate.evaluation import evaluate_run
 
     root, data = cold_users_run
     manifest = json.loads((data / "manifest.json").read_text())
@@ -142,9 +142,9 @@ def test_cold_users_split_is_scored_from_the_given_history_against_history_basel
 
 def test_recommend_for_a_history_excludes_it_and_follows_it(cold_users_run, capsys):
     from mmrec.cli import main
-    from mmrec.incremental import recommend_for_history
+    from mmrec.serve.incremental import recommend_for_history
     from mmrec.model.factory import load_run_model
-    from mmrec.serving import Embeddings
+    from mmrec.serve.embeddings import Embeddings
 
     root, data = cold_users_run
     emb = Embeddings.load(root / "emb")
@@ -179,7 +179,7 @@ def test_embed_users_moves_a_user_towards_their_new_interactions(cold_users_run,
     import shutil
 
     from mmrec.cli import main
-    from mmrec.serving import Embeddings
+    from mmrec.serve.embeddings import Embeddings
 
     root, data = cold_users_run
     emb_dir = tmp_path / "emb"
@@ -236,9 +236,9 @@ def test_new_items_join_the_embeddings_from_content_alone(cold_users_run, tmp_pa
     from mmrec.cli import main
     from mmrec.data.vocabulary import RunVocabulary
     from mmrec.embedding import embed_batches, item_batches
-    from mmrec.incremental import recommend_for_history
+    from mmrec.serve.incremental import recommend_for_history
     from mmrec.model.factory import load_run_model
-    from mmrec.serving import Embeddings
+    from mmrec.serve.embeddings import Embeddings
 
     root, data = cold_users_run
     trained = Embeddings.load(root / "emb")
@@ -278,8 +278,8 @@ def test_new_items_join_the_embeddings_from_content_alone(cold_users_run, tmp_pa
 
 
 def test_held_out_users_are_ranked_without_their_history_by_hand():
-    from mmrec.data.split_files import HeldOutUsers
-    from mmrec.eval.protocol import evaluate_held_out_users
+    from mmrec.data.dataset import HeldOutUsers
+    from mmrec.evaluate.protocol import evaluate_held_out_users
 
     item_vecs = torch.tensor([[3.0], [2.0], [1.0]])  # item 0 scores highest for a positive user
     users = HeldOutUsers(["a", "b"],

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from encoders import tiny_config
 from mmrec.cli import main
 from mmrec.embedding import embed_items
-from mmrec.eval import evaluation
+from mmrec.evaluate import evaluation
 from mmrec.files import sha256_of
 from mmrec.model.config import ModelConfig
 from mmrec.model.factory import (

@@ -3,10 +3,12 @@
 Our `encoders`/`fusion` (PyPI has unrelated packages with those names), a `datasets/` folder that
 must never become importable (it would shadow Hugging Face `datasets`), and the layers of `mmrec`:
 
-    data  ->  model  ->  embedding, cache, training  ->  eval (the report)  ->  serving, demo, cli
+    data  ->  shard, model  ->  embedding  ->  training  ->  serve  ->  evaluate  ->  demo, cli
 
-`mmrec.eval.protocol` and `mmrec.eval.metrics` (the one evaluation rule and the metrics) import the
-data layer only, so training validation uses exactly the rule `mmrec eval` reports with.
+`mmrec.evaluate.protocol` and `mmrec.evaluate.metrics` (the one evaluation rule and the metrics) import
+the data layer only, so training validation uses exactly the rule `mmrec eval` reports with; the rest
+of `mmrec.evaluate` sits above serving, so the report measures the diversity and the explanations that
+serving answers with.
 """
 
 import ast
@@ -22,25 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = {"mmrec", "mmrec.files", "mmrec.config_io", "mmrec.precision"}
 DATA = {"mmrec.data"}
 MODEL = DATA | {"mmrec.model", "mmrec.config"}
-RULE = DATA | {"mmrec.eval.protocol", "mmrec.eval.metrics"}
-PIPELINE = MODEL | RULE | {"mmrec.embedding", "mmrec.cache", "mmrec.training"}
+RULE = DATA | {"mmrec.evaluate.protocol", "mmrec.evaluate.metrics"}
+PIPELINE = MODEL | RULE | {"mmrec.embedding", "mmrec.training"}
+SERVE = MODEL | {"mmrec.embedding", "mmrec.shard", "mmrec.serve"}
 ALLOWED = {
     "mmrec.data": DATA,
+    "mmrec.shard": DATA | {"mmrec.shard"},
     "mmrec.model": MODEL,
     "mmrec.config": {"mmrec.config", "mmrec.model.config", "mmrec.data.schema"},
-    "mmrec.eval.protocol": RULE,
-    "mmrec.eval.metrics": RULE,
+    "mmrec.evaluate.protocol": RULE,
+    "mmrec.evaluate.metrics": RULE,
     "mmrec.embedding": MODEL | {"mmrec.embedding"},
-    "mmrec.cache": MODEL | {"mmrec.embedding", "mmrec.cache"},
     "mmrec.training": PIPELINE,
-    "mmrec.eval": PIPELINE - {"mmrec.training"} | {"mmrec.eval", "mmrec.rerank", "mmrec.explain"},
-    # explanations read the exported vectors, the model and the dataset: the report checks them, serving prints them
-    "mmrec.explain": PIPELINE - {"mmrec.training"} | {"mmrec.explain"},
+    "mmrec.serve": SERVE,
     # MMR re-ranking works on tensors (and reads items' attributes from DATA): the report and serving share it
-    "mmrec.rerank": DATA | {"mmrec.rerank"},
-    "mmrec.serving": PIPELINE | {"mmrec.eval", "mmrec.serving"},
+    "mmrec.serve.rerank": DATA | {"mmrec.serve.rerank"},
     # the nearest-neighbour index serves the exported files: it never needs the model or the data readers
-    "mmrec.ann": {"mmrec.ann", "mmrec.serving", "mmrec.files", "mmrec.config_io"},
+    "mmrec.serve.ann": {"mmrec.serve.ann", "mmrec.serve.embeddings", "mmrec.files", "mmrec.config_io"},
+    "mmrec.evaluate": PIPELINE - {"mmrec.training"} | SERVE | {"mmrec.evaluate"},
 }
 
 
@@ -82,9 +83,9 @@ def test_imports_run_one_way():
 def test_the_layering_check_catches_an_upward_import(tmp_path):
     """The check above can fail: a data module importing the training loop is reported."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from mmrec.training import train\nfrom mmrec.data.reader import load_manifest\n")
+    bad.write_text("from mmrec.training.loop import train\nfrom mmrec.data.reader import load_manifest\n")
     imported = _mmrec_imports(bad)
-    assert [m for m in imported if not _allowed(m, ALLOWED["mmrec.data"])] == ["mmrec.training"]
+    assert [m for m in imported if not _allowed(m, ALLOWED["mmrec.data"])] == ["mmrec.training.loop"]
 
 
 @pytest.mark.parametrize("statement", [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrec.eval.metrics import UserItems, ranking_metrics, rating_metrics, top_k
+from mmrec.evaluate.metrics import UserItems, ranking_metrics, rating_metrics, top_k
 
 
 def test_hand_computed_case():

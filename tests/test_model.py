@@ -13,8 +13,8 @@ from mmrec.config import load_run_config
 from mmrec.config_io import apply_overrides
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.split_files import RunSplits
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.data.dataset import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.model.config import ModelConfig, TaskConfig
 from mmrec.model.factory import ModelSizes, create_model, load_model, save_model
@@ -310,7 +310,7 @@ def test_presets_load_and_build_their_fusion_config(preset):
 def test_weight_decay_groups():
     """Decay on weight matrices, a ViT's patch projection included; none on what the models exempt
     (pos_embed, cls_token, the fusion's tokens), biases and norms; the ID embeddings' own decay."""
-    from mmrec.training import _param_groups
+    from mmrec.training.loop import _param_groups
 
     cfg = ModelConfig(encoders={"image": tiny_config("timm-vit", trainable_layers=-1)}, item_id_embeddings=True,
                       embedding_dim=8)

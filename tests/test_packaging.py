@@ -83,7 +83,7 @@ def test_the_wheel_ships_the_presets_and_entry_points(installed, tmp_path):
 
 def test_the_installed_package_runs_the_demos_first_steps(installed, tmp_path):
     code = ("from pathlib import Path; "
-            "from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue; "
+            "from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue; "
             "info = write_synthetic_catalogue(Path('cat'), SyntheticCatalogueConfig(num_items=40, num_users=10, "
             "num_ratings=200)); print(info['num_items'])")
     made = _run([str(installed / "python"), "-c", code], cwd=tmp_path)

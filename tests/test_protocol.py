@@ -1,11 +1,11 @@
-"""The one evaluation rule (mmrec.eval.protocol): validation measures what `mmrec eval` reports."""
+"""The one evaluation rule (mmrec.evaluate.protocol): validation measures what `mmrec eval` reports."""
 
 import json
 
 import pytest
 
-from mmrec.eval.evaluation import evaluate_run
-from mmrec.eval.protocol import EvalProtocol
+from mmrec.evaluate.evaluation import evaluate_run
+from mmrec.evaluate.protocol import EvalProtocol
 
 COLD_ONLY = {"protocol": "cold-items", "seed": 0, "cold_fraction": 0.2}
 COLD_AND_WARM = {**COLD_ONLY, "warm_holdout": 0.1}

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.data.sharding import ShardOptions, shard_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
 
 
 @pytest.fixture

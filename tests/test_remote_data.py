@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from mmrec.cli import main
 from mmrec.data import remote
 from mmrec.data.reader import load_manifest, shard_urls
-from mmrec.data.split_files import RunSplits
+from mmrec.data.dataset import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.eval import report
+from mmrec.evaluate import report
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -196,7 +196,7 @@ class RangeHandler(QuietHandler):
 def test_serving_from_a_url_equals_the_disk(trained, caplog):
     """Seen items, per-attribute caps and explanations (history, attributes, modality effects) read the
     dataset at a URL as they read it on disk."""
-    from mmrec.api import Recommender
+    from mmrec.serve.recommender import Recommender
 
     root, data = trained
     on_disk = Recommender.from_run(root / "run", data=data)
@@ -233,7 +233,7 @@ def test_read_range_everywhere(trained):
 def test_feature_cache_from_a_url_equals_the_disk(small_catalogue, tmp_path):
     from test_cache import FROZEN
 
-    from mmrec.data.sharding import ShardOptions, shard_catalogue
+    from mmrec.shard.writer import ShardOptions, shard_catalogue
 
     items_path, inter_path, _ = small_catalogue
     data = tmp_path / "data"

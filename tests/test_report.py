@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmrec.eval.report import FEW_USERS, few_users, read_training_log, write_report
+from mmrec.evaluate.report import FEW_USERS, few_users, read_training_log, write_report
 
 SHA = {"train": "a1" * 32, "valid": "b2" * 32, "test": "c3" * 32}
 
@@ -212,7 +212,7 @@ def test_eval_writes_provenance_curve_and_cold_ablation(trained, tmp_path):
     from safetensors.torch import load_file
 
     import mmrec
-    from mmrec.eval.evaluation import evaluate, evaluate_run
+    from mmrec.evaluate.evaluation import evaluate, evaluate_run
     from mmrec.model.factory import load_run_model
 
     root, data = trained

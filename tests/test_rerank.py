@@ -1,4 +1,4 @@
-"""Diversity-aware re-ranking (`mmrec.rerank`): MMR on hand-worked cases, caps, batching, and the
+"""Diversity-aware re-ranking (`mmrec.serve.rerank`): MMR on hand-worked cases, caps, batching, and the
 `--diversify` paths of `mmrec recommend`, `mmrec eval` and `Recommender.recommend`."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmrec.rerank import attribute_table, check_lambda, diversify, diversity_vectors, intra_list_diversity, mmr
+from mmrec.serve.rerank import attribute_table, check_lambda, diversify, diversity_vectors, intra_list_diversity, mmr
 
 
 def pools(users: int = 37, items: int = 300, pool: int = 40, dim: int = 8, seed: int = 0):
@@ -73,9 +73,9 @@ def test_bad_lambda_is_one_clear_error(bad):
 
 
 def test_recommend_and_the_api_diversify(trained, capsys):
-    from mmrec.api import Recommender
+    from mmrec.serve.recommender import Recommender
     from mmrec.cli import main
-    from mmrec.rerank import item_attributes
+    from mmrec.serve.rerank import item_attributes
 
     root, data = trained
     rec = Recommender.from_run(root / "run", emb=root / "emb", data=data, exact=True)

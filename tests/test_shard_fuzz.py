@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import write_jpeg, write_png, write_tone
 
 from mmrec.cli import main
-from mmrec.data.quarantine import read_quarantine
+from mmrec.shard.quarantine import read_quarantine
 from mmrec.data.reader import ReaderConfig, item_loader
 
 

@@ -9,8 +9,8 @@ import soundfile as sf
 from PIL import Image
 
 from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
-from mmrec.data.sharding import ShardOptions, shard_catalogue
-from mmrec.data.splits import SplitConfig
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.shard.splits import SplitConfig
 
 
 def read_all(data, **kw):
@@ -142,7 +142,7 @@ def test_items_are_written_in_a_seeded_shuffled_order(small_catalogue, tmp_path)
 def test_shard_cli_keep_order_and_the_command_line_round_trip():
     import argparse
 
-    from mmrec.data.shard_options import add_shard_options, shard_command, shard_configs
+    from mmrec.shard.options import add_shard_options, shard_command, shard_configs
 
     parser = argparse.ArgumentParser()
     add_shard_options(parser)

@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 
 SMALL = dict(num_items=60, num_users=20, num_ratings=600)
 REPO = Path(__file__).resolve().parents[1]
@@ -172,8 +172,8 @@ def test_rewriting_a_folder_leaves_no_stale_media(tmp_path):
 
 
 def test_the_sharder_accepts_the_catalogue_whole(tmp_path):
-    from mmrec.data.sharding import ShardOptions, shard_catalogue
-    from mmrec.data.splits import SplitConfig
+    from mmrec.shard.writer import ShardOptions, shard_catalogue
+    from mmrec.shard.splits import SplitConfig
 
     summary = write_synthetic_catalogue(tmp_path / "cat", SyntheticCatalogueConfig(**SMALL))
     report = shard_catalogue(tmp_path / "cat/items.jsonl", tmp_path / "cat/interactions.csv",

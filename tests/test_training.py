@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from mmrec.config import load_run_config
 from mmrec.model.factory import load_model
-from mmrec.training import train
+from mmrec.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,9 +128,9 @@ def test_implicit_feedback_trains_ranking_only_and_reports_no_rating_error(tmp_p
     is refused."""
     import csv
 
-    from mmrec.data.sharding import ShardOptions, shard_catalogue
-    from mmrec.data.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
-    from mmrec.eval.evaluation import evaluate_run
+    from mmrec.shard.writer import ShardOptions, shard_catalogue
+    from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+    from mmrec.evaluate.evaluation import evaluate_run
 
     info = write_synthetic_catalogue(tmp_path / "cat", SyntheticCatalogueConfig(
         seed=1, num_items=60, num_users=20, num_ratings=600))

@@ -21,7 +21,7 @@ from encoders import EncoderOutput, Preprocessor
 
 if TYPE_CHECKING:  # types only: the model imports ItemBatch and must not pull in the reader (webdataset, PIL)
     from mmrec.data.reader import DecodedItem
-    from mmrec.data.split_files import SplitArrays
+    from mmrec.data.dataset import SplitArrays
 
 # The item_index of an item the model was not trained on: scored from its content alone (RecModel.item_output).
 # Not 0 or any row: a new catalogue numbers its rows from 0 too, and the run's item 0's ID terms are not its item's.

@@ -4,7 +4,7 @@
     FEATS/features-000000.tar ...  json (index, item_id, attributes, metadata) +
                                    {m}.pooled.npy, {m}.tokens.npy, {m}.mask.npy per present modality
 
-The writer (`mmrec.cache`) runs a model's encoders; this module only reads, so the data layer
+The writer (`mmrec.training.cache`) runs a model's encoders; this module only reads, so the data layer
 needs no model.
 """
 

@@ -1,4 +1,5 @@
-"""Validate media files by fully decoding them, and turn them into shard members.
+"""Validate media files by fully decoding them, and turn them into shard members
+(`mmrec.shard.encode` applies them to a catalogue row).
 
 Every image is decoded to the last pixel (by content, so a PNG named `.jpg` is fine) and every audio
 file is decoded with soundfile. A file that fails raises `MediaError` with a reason a user can act
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import io
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,6 @@ import soundfile as sf
 from PIL import Image, UnidentifiedImageError
 
 from mmrec.data import schema
-from mmrec.data.items import ItemRecord
 from mmrec.data.schema import PIL_FORMAT_TO_EXT, SOUNDFILE_FORMAT_TO_EXT
 
 if TYPE_CHECKING:
@@ -164,34 +163,3 @@ def _resample(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
     import torchaudio.functional as AF
 
     return AF.resample(torch.from_numpy(wave), rate, target_rate).numpy()
-
-
-@dataclass
-class EncodedItem:
-    record: ItemRecord
-    members: dict[str, bytes]  # member extension -> bytes
-    dropped: list[tuple[str, str]]  # (modality, reason)
-
-
-def encode_item_media(args: tuple[ItemRecord, int | None, int | None, int]) -> EncodedItem:
-    """Decode an item's media and return its shard members (runs in a worker process).
-
-    It lives here, not in `sharding`, so spawned workers import only Pillow, soundfile and numpy.
-    """
-    record, image_max_side, audio_rate, max_bytes = args
-    members: dict[str, bytes] = {}
-    dropped: list[tuple[str, str]] = []
-    if record.text is not None:
-        members[schema.TEXT_EXT] = record.text.encode("utf-8")
-    for modality, path, encode, option in (
-        ("image", record.image_path, image_member, image_max_side),
-        ("audio", record.audio_path, audio_member, audio_rate),
-    ):
-        if path is None:
-            continue
-        try:
-            ext, data = encode(path, option, max_bytes)
-            members[ext] = data
-        except MediaError as e:
-            dropped.append((modality, str(e)))
-    return EncodedItem(record, members, dropped)

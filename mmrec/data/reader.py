@@ -313,7 +313,7 @@ def item_loader(
         collate: turns a list of transformed items into a batch (default: keep the list).
         rank, world_size: default to the current process group (see `dist_info`).
         decode: raw tar members -> item (default: media -> `DecodedItem`; the feature cache passes
-            `mmrec.cache.decode_features`).
+            `mmrec.training.cache.decode_features`).
         shards: eval mode only: read just these shards (positions in the manifest), e.g. to embed
             shard by shard.
         visits: train mode only: item index -> times the item is streamed per pass, each time marked

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from encoders import Preprocessor, create_encoder
 from fusion import create_fusion
-from mmrec.data.split_files import RunSplits
+from mmrec.data.dataset import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import replace_with, temp_sibling
 from mmrec.model import hub

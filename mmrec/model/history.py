@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # types only: the model must not pull in the data readers (webdataset, PIL)
-    from mmrec.data.split_files import SplitArrays
+    from mmrec.data.dataset import SplitArrays
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
     mmrec eval --run RUN --data DATA --split test --k 10,20,50 --out REPORT [--emb EMB]
 
-Protocol (`mmrec.eval.protocol`, the same rule training validation uses): full ranking; scoring
+Protocol (`mmrec.evaluate.protocol`, the same rule training validation uses): full ranking; scoring
 `test` masks each user's train and valid items, scoring `valid` masks train (`--mask train` masks
 train only, as MMRec does); every held-out interaction is relevant unless `--threshold` sets a
 minimum rating.
@@ -21,10 +21,10 @@ On a cold-users split the scored users were never trained: each is served from t
 masked, and the baselines are those that serve a user from a history: popularity, item-kNN over the
 history, ALS fold-in and EASE.
 - ablation: the same metrics with each modality dropped from every item at inference;
-- explanation faithfulness (`mmrec.explain`): for 200 seeded users and their top-10, how often removing
+- explanation faithfulness (`mmrec.serve.explain`): for 200 seeded users and their top-10, how often removing
   the top cited history item lowers the score more than removing a random one;
 - diversify (`--diversify 0.1,0.3,...`): the accuracy / diversity trade-off of MMR re-ranking
-  (`mmrec.rerank`) of each user's top-`--pool`, one row per LAMBDA, LAMBDA 0 the headline ranking.
+  (`mmrec.serve.rerank`) of each user's top-`--pool`, one row per LAMBDA, LAMBDA 0 the headline ranking.
 
 Under `accelerate launch -m mmrec.cli eval ...` each process embeds its shards of the items (gathered on
 every rank) and ranks a contiguous block of the users in every full ranking (the model, slices, baselines,
@@ -54,10 +54,10 @@ from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
 from mmrec.data.remote import as_location, describe
 from mmrec.data.schema import HISTORY_SPLITS
-from mmrec.data.split_files import RunSplits, SplitArrays
+from mmrec.data.dataset import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, counting, embed_batches, item_batches, progress_shown, verify_shards
-from mmrec.eval.baselines import (
+from mmrec.evaluate.baselines import (
     als_fold_in_vectors,
     bias_vectors,
     ease_history_vectors,
@@ -66,17 +66,17 @@ from mmrec.eval.baselines import (
     item_knn_vectors,
     popularity_vectors,
 )
-from mmrec.eval.metrics import UserItems, ranking_metrics
-from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split, ranked_lists
-from mmrec.eval.report import write_report
-from mmrec.explain import explanation_faithfulness
+from mmrec.evaluate.metrics import UserItems, ranking_metrics
+from mmrec.evaluate.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split, ranked_lists
+from mmrec.evaluate.report import write_report
+from mmrec.serve.explain import explanation_faithfulness
 from mmrec.files import sha256_of
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
 from mmrec.model.history import UserHistory
 from mmrec.model.hub import refresh_card
 from mmrec.model.model import user_vectors, vectors_for_histories
 from mmrec.precision import bf16_autocast
-from mmrec.rerank import (
+from mmrec.serve.rerank import (
     DEFAULT_POOL,
     attribute_table,
     check_cap,
@@ -179,7 +179,7 @@ class _Evaluator:
     def diversify(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, embed_dim: int, lambdas: list[float],
                   pool: int, attributes: torch.Tensor | None = None, cap: int | None = None) -> dict:
         """The accuracy / diversity trade-off: for each LAMBDA, each ranked user's `pool` best candidates (masked
-        as in the headline) re-ranked by MMR (`mmrec.rerank`) to the largest K, then the headline's Recall and
+        as in the headline) re-ranked by MMR (`mmrec.serve.rerank`) to the largest K, then the headline's Recall and
         NDCG and the beyond-accuracy metrics of those lists. LAMBDA 0 without a cap is the headline ranking."""
         held = self.protocol.held_out(self.splits)
         cand = self.protocol.candidate_items(self.splits)
@@ -239,7 +239,7 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
              pool: int = DEFAULT_POOL, max_per_attribute: int | None = None, ranks: _Ranks | None = None) -> dict:
     """The report dict (docs/design.md report.json) for a model's exported vectors on `split`.
 
-    `mask` and `candidates` choose the protocol (`mmrec.eval.protocol`: "auto" is the rule that
+    `mask` and `candidates` choose the protocol (`mmrec.evaluate.protocol`: "auto" is the rule that
     training validation uses too). `diversify`: LAMBDAs for the `diversify` section (MMR re-ranking of
     each user's top-`pool`, at most `max_per_attribute` items sharing an attribute; LAMBDA 0 is added).
     `ranks`: the processes sharing the users (module docstring); only the main one's report is whole.

@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from mmrec.data.catalogue_io import write_interactions_csv, write_items_jsonl
+from mmrec.shard.catalogue_io import write_interactions_csv, write_items_jsonl
 from mmrec.data.schema import MODALITIES
 
 # (tags, adjectives, nouns) of the named styles; styles beyond these get made-up words.

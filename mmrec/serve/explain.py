@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from mmrec.data import remote
 from mmrec.data.reader import DecodedItem, decode_sample, load_manifest, shard_members
-from mmrec.data.split_files import RunSplits, SplitArrays
+from mmrec.data.dataset import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches
 from mmrec.model.history import UserHistory
@@ -230,7 +230,7 @@ class Explainer:
     Args:
         model: the run's model (`load_run_model`), put in eval mode.
         preprocessors: its preprocessors (for the modality reasons); None: no modality reasons.
-        emb: the run's `mmrec.serving.Embeddings` (item vectors, ids, titles, user vectors).
+        emb: the run's `mmrec.serve.embeddings.Embeddings` (item vectors, ids, titles, user vectors).
         data: the run's dataset folder: the users' training histories, the items' attributes and content.
             None: only a given history can be explained, without attribute or modality reasons.
         vocab: the run's vocabulary (its users' indices).

@@ -27,11 +27,11 @@ from tqdm import tqdm
 
 from mmrec import __version__
 from mmrec.data import schema
-from mmrec.data.interactions import Interaction, InteractionLog, read_interactions
-from mmrec.data.items import ItemRecord, catalogue_sha256, parse_items
-from mmrec.data.media import EncodedItem, encode_item_media
-from mmrec.data.quarantine import QuarantineEntry, summarize_reasons, write_quarantine
-from mmrec.data.splits import SplitConfig, split_interactions
+from mmrec.shard.interactions import Interaction, InteractionLog, read_interactions
+from mmrec.shard.items import ItemRecord, catalogue_sha256, parse_items
+from mmrec.shard.encode import EncodedItem, encode_item_media
+from mmrec.shard.quarantine import QuarantineEntry, summarize_reasons, write_quarantine
+from mmrec.shard.splits import SplitConfig, split_interactions
 from mmrec.files import replace_with, sha256_of, temp_sibling
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ def shard_catalogue(items_path: Path, interactions_path: Path, out: Path,
                     split: SplitConfig | None = None, options: ShardOptions | None = None) -> ShardReport:
     """Validate a catalogue and interaction log and write a dataset folder (docs/design.md layout).
 
-    The catalogue is items.jsonl, items.parquet or a Hugging Face datasets folder (`mmrec.data.items`).
+    The catalogue is items.jsonl, items.parquet or a Hugging Face datasets folder (`mmrec.shard.items`).
 
     Raises:
         ValueError: for problems with the inputs as a whole (missing file or column, an existing

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmrec.data.interactions import Interaction
+from mmrec.shard.interactions import Interaction
 from mmrec.data.schema import HISTORY_SPLITS, SPLIT_PROTOCOLS, SPLITS
 
 

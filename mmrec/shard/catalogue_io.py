@@ -1,7 +1,7 @@
 """Write a catalogue in the docs/design.md input format: `items.jsonl` + `interactions.csv`.
 
 The `datasets/` recipes (MovieLens, FSDD) and the synthetic demo turn their sources into these two
-files and then shard them (`mmrec.data.shard_options` declares the sharder's options for them). The writers here do no validation beyond what catches a recipe
+files and then shard them (`mmrec.shard.options` declares the sharder's options for them). The writers here do no validation beyond what catches a recipe
 bug early: rejecting bad rows, with a reason, is the sharder's job (it writes `quarantine.jsonl`).
 Only the standard library is used, so a recipe runs before any heavy import.
 

@@ -149,7 +149,7 @@ def _cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, 
 def build_frozen_model(cfg, data_dir: str | Path) -> tuple[RecModel, dict]:
     """The model a training run with `cfg` builds first (`build_model`: same seed, same construction
     order), so its encoders, and hence the cache's fingerprint, are those the run will have."""
-    from mmrec.data.split_files import RunSplits
+    from mmrec.data.dataset import RunSplits
     from mmrec.data.vocabulary import RunVocabulary
     from mmrec.model.factory import ModelSizes, build_model
 

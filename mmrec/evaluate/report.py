@@ -5,7 +5,7 @@ the same way, docs/design.md "Evaluation rules"), the headline table (ours again
 split), beyond-accuracy, slices and the modality ablation; each table names the split and protocol its
 numbers come from, and each plot is linked under its table.
 
-    from mmrec.eval.report import write_report
+    from mmrec.evaluate.report import write_report
     paths = write_report(report, "REPORT", metrics="RUN/metrics.jsonl")  # {"json": ..., "md": ..., ...}
 
 Every section but `protocol` is optional: a report from a run without baselines or ablation still
@@ -229,7 +229,7 @@ def _plot(path: Path, draw: Callable[..., None], ncols: int = 1, widths: list[fl
     A bare `Figure` on an explicit Agg canvas, not pyplot: no display, no figure left open, and the
     caller's global backend untouched (a notebook calling write_report keeps its inline plots).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: `import mmrec.eval.report` stays cheap
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported here: `import mmrec.evaluate.report` stays cheap
     from matplotlib.figure import Figure
 
     width = 1.5 + (4.5 * ncols if widths is None else min(1.3 * sum(widths), 14.5))  # widths: ~1.3 in per unit

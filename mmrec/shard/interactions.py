@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from mmrec.data.items import is_valid_unicode
-from mmrec.data.quarantine import QuarantineEntry
+from mmrec.shard.items import is_valid_unicode
+from mmrec.shard.quarantine import QuarantineEntry
 from mmrec.data.schema import Q_INTERACTION
 
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}

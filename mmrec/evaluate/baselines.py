@@ -9,7 +9,7 @@
   model, the strongest simple baseline for ranking with history;
 - content kNN: cosine between an item's raw (frozen) content features and the mean of the user's
   training items' features: what content gives with no learning at all, for cold items.
-All are (user_vecs, item_vecs) pairs, so `mmrec.eval.protocol.evaluate_split` scores them unchanged.
+All are (user_vecs, item_vecs) pairs, so `mmrec.evaluate.protocol.evaluate_split` scores them unchanged.
 
 For users given only a history (a cold-users split, or a user who arrived after training), the
 `history_*` functions compute user vectors from that history against the same item vectors:
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmrec.data.split_files import SplitArrays
+from mmrec.data.dataset import SplitArrays
 
 
 def popularity_vectors(train: SplitArrays, num_users: int, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ import numpy as np
 from mmrec import __version__
 from mmrec.config_io import apply_overrides, from_dict, to_dict
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
-from mmrec.serving import Embeddings, similarity_vectors
+from mmrec.serve.embeddings import Embeddings, similarity_vectors
 
 log = logging.getLogger(__name__)
 

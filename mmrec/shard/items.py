@@ -23,7 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from mmrec.data.quarantine import QuarantineEntry
+from mmrec.shard.quarantine import QuarantineEntry
 from mmrec.data.schema import MODALITIES, Q_ITEM, Q_MODALITY
 from mmrec.files import sha256_of
 

@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from mmrec.data.interactions import read_interactions
-from mmrec.data.quarantine import write_quarantine
+from mmrec.shard.interactions import read_interactions
+from mmrec.shard.quarantine import write_quarantine
 from mmrec.data.reader import load_manifest
 from mmrec.data.schema import ITEM_IDS
-from mmrec.data.split_files import RunSplits, SplitArrays
+from mmrec.data.dataset import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches, item_batches, item_title, verify_shards
 from mmrec.files import replace_with, temp_sibling
 from mmrec.model.history import UserHistory
 from mmrec.model.model import RecModel, history_user_vectors
-from mmrec.serving import Embeddings, _top
+from mmrec.serve.embeddings import Embeddings, _top
 
 QUARANTINE_FILE = "embed_users_quarantine.jsonl"
 

@@ -46,7 +46,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from mmrec.cache import check_cache
+from mmrec.training.cache import check_cache
 from mmrec.config import RunConfig, save_config
 from mmrec.config_io import to_dict
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex, ItemBatch, PreparedItems
@@ -54,10 +54,10 @@ from mmrec.data.features import decode_features
 from mmrec.data.fingerprint import check_dataset, record_dataset
 from mmrec.data.reader import ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.remote import as_location, describe
-from mmrec.data.split_files import RunSplits
+from mmrec.data.dataset import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, embed_batches, item_batches
-from mmrec.eval.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split
+from mmrec.evaluate.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split
 from mmrec.files import FolderLock, replace_with, temp_sibling
 from mmrec.model.factory import ModelSizes, build_model, save_model
 from mmrec.model.history import UserHistory
@@ -284,7 +284,7 @@ class Trainer:
             raise ValueError(f"{self.data_dir} has an empty valid split, so nothing can select the best model by "
                              f"{t.selection_metric}: set train.selection_metric=last (keeps the final epoch's "
                              "model; early stopping is then off) or shard with a valid fraction")
-        # the one evaluation rule (mmrec.eval.protocol): validation measures what `mmrec eval` reports
+        # the one evaluation rule (mmrec.evaluate.protocol): validation measures what `mmrec eval` reports
         self.valid_protocol = EvalProtocol.for_split("valid", self.manifest["split"])
         self._valid_batches: list[ItemBatch] | None = None  # see _validation_batches
         self.lock: FolderLock | None = None  # the run folder's, on the main process (see _prepare_run_dir)

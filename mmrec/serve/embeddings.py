@@ -7,7 +7,7 @@
   is matched by cosine against every item's text-only fused state (the full state for items without
   text), so it works for items nobody rated.
 All three are one matrix-vector product plus a top-k: milliseconds on 100k items. Loading the model
-(search only) is what takes seconds: `mmrec.api.Recommender` loads it once for many queries.
+(search only) is what takes seconds: `mmrec.serve.recommender.Recommender` loads it once for many queries.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mmrec.data import remote
 from mmrec.data.schema import INTERACTIONS_DIR, SPLITS
 from mmrec.files import sha256_of
 
-if TYPE_CHECKING:  # types only: `from mmrec.serving import Embeddings` must not build encoders
+if TYPE_CHECKING:  # types only: `from mmrec.serve.embeddings import Embeddings` must not build encoders
     from encoders import Preprocessor
     from mmrec.model.model import RecModel
 
@@ -111,7 +111,7 @@ def seen_by_user(data_dir: str | Path, item_ids: list[str]) -> dict[str, np.ndar
 
 def recommend(emb: Embeddings, user_id: str, k: int = 10, exclude: set[int] = frozenset(),
               index=None) -> list[tuple[int, float]]:
-    """`index`: an `mmrec.ann.ItemIndex` over `emb.items` (`ann.load_index(EMB, emb, "recommend")`), else exact."""
+    """`index`: an `mmrec.serve.ann.ItemIndex` over `emb.items` (`ann.load_index(EMB, emb, "recommend")`), else exact."""
     if user_id not in emb.user_ids:
         raise ValueError(f"unknown user {user_id!r}: the run has embeddings for {len(emb.user_ids)} users seen in "
                          "training (a new user has no vector; recommend popular or similar items instead)")
@@ -135,7 +135,7 @@ def similarity_vectors(emb: Embeddings) -> torch.Tensor:
 
 
 def similar(emb: Embeddings, item_id: str, k: int = 10, index=None) -> list[tuple[int, float]]:
-    """`index`: an `mmrec.ann.ItemIndex` over `similarity_vectors(emb)` (`ann.load_index(EMB, emb, "similar")`)."""
+    """`index`: an `mmrec.serve.ann.ItemIndex` over `similarity_vectors(emb)` (`ann.load_index(EMB, emb, "similar")`)."""
     if item_id not in emb.item_ids:
         raise ValueError(f"unknown item {item_id!r}: not in the embedded catalogue ({len(emb.item_ids)} items)")
     i = emb.item_ids.index(item_id)

@@ -8,8 +8,8 @@
     rec.search("sunny festival")
     vectors = rec.embed_items([{"item_id": "new1", "text": "...", "image": "poster.jpg"}], add=True)
 
-The answers are those of `mmrec recommend / similar / search` (the same functions of `mmrec.serving`
-and `mmrec.incremental`), as `Recommendation(item_id, title, score)` rows. New items are embedded
+The answers are those of `mmrec recommend / similar / search` (the same functions of `mmrec.serve.embeddings`
+and `mmrec.serve.incremental`), as `Recommendation(item_id, title, score)` rows. New items are embedded
 by the run's item tower from their content alone, as `mmrec embed` would embed them in a catalogue
 where nobody rated them: never with another item's ID terms (docs/design.md "Python API").
 """
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mmrec.data.remote import as_location
-from mmrec.rerank import (
+from mmrec.serve.rerank import (
     DEFAULT_POOL,
     attribute_table,
     check_cap,
@@ -34,9 +34,9 @@ from mmrec.rerank import (
     diversity_vectors,
     item_attributes,
 )
-from mmrec.rerank import diversify as diversify_hits
-from mmrec.serving import Embeddings, _top, find_embeddings, format_rows, recommend, seen_by_user, similar
-from mmrec.serving import search as search_items
+from mmrec.serve.rerank import diversify as diversify_hits
+from mmrec.serve.embeddings import Embeddings, _top, find_embeddings, format_rows, recommend, seen_by_user, similar
+from mmrec.serve.embeddings import search as search_items
 
 ROW_KEYS = ("item_id", "text", "image", "audio", "attributes")  # a row's other keys are metadata (e.g. "title")
 
@@ -49,7 +49,7 @@ class Recommendation:
     item_id: str
     title: str
     score: float
-    # `recommend(..., explain=True)`: the evidence for this item, each with its number (`mmrec.explain.Reason`)
+    # `recommend(..., explain=True)`: the evidence for this item, each with its number (`mmrec.serve.explain.Reason`)
     reasons: tuple = ()
 
 
@@ -63,7 +63,7 @@ class Recommendations(list):
     def __repr__(self) -> str:  # a notebook shows the table, as `mmrec recommend` prints it
         table = format_rows((r.item_id, r.title, r.score) for r in self)
         if any(r.reasons for r in self):  # as `mmrec recommend --explain` prints it
-            from mmrec.explain import format_explained
+            from mmrec.serve.explain import format_explained
 
             return format_explained(table, [r.reasons for r in self])
         return table
@@ -134,7 +134,7 @@ class Recommender:
         if self.emb_dir is None:
             return None
         if score not in self._indexes:
-            from mmrec.ann import load_index
+            from mmrec.serve.ann import load_index
 
             self._indexes[score] = load_index(self.emb_dir, self.emb, score)
         return self._indexes[score]
@@ -154,13 +154,13 @@ class Recommender:
                 of the run's dataset (as `mmrec recommend --user`).
             history: item ids, or (item_id, rating) pairs, oldest first, or "ITEM[:RATING],..."; needs a
                 history-tower run (`model.user_tower=history`); `exclude_seen` drops the given items.
-            explain: fill each answer's `reasons` (`mmrec.explain`): the user's interactions, attributes and
+            explain: fill each answer's `reasons` (`mmrec.serve.explain`): the user's interactions, attributes and
                 modalities that carry its score, each with its number; loads the model.
-            diversify: LAMBDA in [0, 1]: the top `pool` re-ranked by maximal marginal relevance (`mmrec.rerank`;
+            diversify: LAMBDA in [0, 1]: the top `pool` re-ranked by maximal marginal relevance (`mmrec.serve.rerank`;
                 0 the plain ranking), at most `max_per_attribute` items sharing an attribute (from the dataset).
                 Scores stay the model's, so the list is no longer sorted by them.
         """
-        from mmrec.incremental import history_vector, parse_history
+        from mmrec.serve.incremental import history_vector, parse_history
 
         _check_k(k)
         fetch = k if diversify is None else check_pool(pool, k)
@@ -196,9 +196,9 @@ class Recommender:
         return diversify_hits(hits, diversity_vectors(self.emb.items), k, lam, attributes, cap)
 
     def _explained(self, hits: list[tuple[int, float]], user: str | None = None, pairs=None) -> Recommendations:
-        """`hits` with their reasons, for a user of the run or a given history (`mmrec.explain`)."""
+        """`hits` with their reasons, for a user of the run or a given history (`mmrec.serve.explain`)."""
         from mmrec.data.vocabulary import RunVocabulary
-        from mmrec.explain import Explainer
+        from mmrec.serve.explain import Explainer
 
         if self._explainer is None:
             model, preprocessors = self._loaded()

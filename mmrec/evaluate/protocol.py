@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmrec.data.split_files import HeldOutUsers, RunSplits, SplitArrays
-from mmrec.eval.metrics import UserItems, ranking_metrics, rating_metrics, top_k
+from mmrec.data.dataset import HeldOutUsers, RunSplits, SplitArrays
+from mmrec.evaluate.metrics import UserItems, ranking_metrics, rating_metrics, top_k
 
 MASK_CHOICES = ("auto", "train")
 CANDIDATE_CHOICES = ("auto", "all", "cold")
