@@ -9,7 +9,9 @@ errors that name the valid ones; the resolved config is written into every run f
 config imports no torch.
 
 Presets (`mmrec/configs/*.yaml`, installed with the package): `tiny` (CPU: tests, the demo), `base`
-(GPU: BERT-base / ViT-B/16 / AST-base sizes), `movielens` (the MovieLens benchmark's model).
+(GPU: BERT-base / ViT-B/16 / AST-base sizes), and the MovieLens benchmark's model, one per protocol:
+`movielens-ranking`, with `movielens-rating` and `movielens-cold` written as `base: movielens-ranking`
+plus what differs. A config's `base:` is a preset name or a YAML path (relative to that config's folder).
 """
 
 from __future__ import annotations
@@ -131,20 +133,37 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def resolve_config(name_or_path: str | Path) -> Path:
-    """A YAML file that exists, else the shipped preset of that name (`tiny`, `tiny.yaml`)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = PRESETS_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
-    if str(path.parent) in (".", "configs") and preset.is_file():
+def _preset(name: Path) -> Path | None:
+    """The shipped preset `name` means (`tiny`, `tiny.yaml`, `configs/tiny.yaml`), or None."""
+    preset = PRESETS_DIR / f"{name.name.removesuffix('.yaml')}.yaml"
+    if str(name.parent) in (".", "configs") and preset.is_file():
         return preset  # a bare name, or configs/NAME.yaml from a checkout's old docs
-    raise ValueError(f"config {str(name_or_path)!r} is neither a file nor a preset; presets: {list_presets()}")
+    return None
+
+
+def resolve_config(name_or_path: str | Path, relative_to: str | Path | None = None) -> Path:
+    """A YAML file that exists, else the shipped preset of that name (`tiny`, `tiny.yaml`).
+
+    Args:
+        name_or_path: a path or a preset name.
+        relative_to: the folder a relative path is read from (a config's `base:` is relative to the
+            config's own folder); None: the working directory.
+    """
+    path = Path(name_or_path)
+    file = path if relative_to is None else Path(relative_to) / path  # an absolute path stays as it is
+    if file.is_file():
+        return file
+    preset = _preset(path)
+    if preset is not None:
+        return preset
+    where = "" if relative_to is None else f" (in {str(relative_to)!r})"
+    raise ValueError(f"config {str(name_or_path)!r} is neither a file{where} nor a preset; presets: {list_presets()}")
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config or preset (None: defaults) and apply `section.key=value` overrides."""
-    return load_config(RunConfig, None if path is None else resolve_config(path), overrides)
+    """Read a YAML config or preset (None: defaults) with its `base:` chain; apply `section.key=value` overrides."""
+    return load_config(RunConfig, None if path is None else resolve_config(path), overrides,
+                       resolve_base=lambda base, folder: resolve_config(base, relative_to=folder))
 
 
 __all__ = ["TRACKERS", "DataConfig", "RunConfig", "TrainConfig", "list_presets", "load_run_config", "resolve_config",
