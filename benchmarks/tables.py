@@ -3,8 +3,8 @@
     python benchmarks/tables.py            # rewrite benchmarks/README.md
     python benchmarks/tables.py --check    # exit 1 if benchmarks/README.md is not what this would write
 
-Every number in the generated file is read from a results JSON here; the fixed text of each section says
-what the benchmark does and how to read it, never a number. Each table states the machine the JSON records,
+Every measured number in the generated file is read from a results JSON here; the fixed text of each
+section says what the benchmark does and how to read it, and measures nothing. Each table states the machine the JSON records,
 the protocol that made the numbers and the command that re-measures them. A results file no section knows
 is listed at the end, so a new benchmark is never silently left out. Standard library only: the check runs
 without torch.
@@ -313,11 +313,13 @@ def diversity(file: str, d: dict) -> list[str]:
     test, valid = d["test"], d["valid"]
     chosen = d.get("chosen_on_valid", {})
     out = [f"### Diversity re-ranking (MMR) on MovieLens{on(d, file)}", "",
-           "Each user's top pool is re-ranked by maximal marginal relevance (`mmrec.rerank`, as `mmrec eval "
+           "Each user's top pool is re-ranked by maximal marginal relevance (`mmrec.serve.rerank`, as `mmrec eval "
            "--diversify` does) at each LAMBDA; LAMBDA is chosen on the valid split and read on test. The model is "
            f"the `{Path(d['config']).stem}` config with {' + '.join(d['modalities'])}.", ""]
-    protocol = (f"{split_text(d['protocol']['split'])}; {rows_text(d['protocol']['rows'])}; "
-                f"{sentence(d['protocol']['notes'])} "
+    # the protocol in words, not the JSON's notes, which also speak of the goal the run was made for
+    protocol = (f"{split_text(d['protocol']['split'])}; {rows_text(d['protocol']['rows'])}; full ranking, train "
+                "(+ valid on test) masked; each user's top pool re-ranked by MMR; LAMBDA chosen on valid, read on "
+                "test. "
                 f"{count(test['users'])} users, pool {test['pool']}, per-attribute cap "
                 f"{test['max_per_attribute'] or 'none'}. Method: {test['method']}.")
     out += meta(file, d, protocol, f"{PY} benchmarks/diversity.py [--run RUN]")
@@ -414,17 +416,19 @@ def train_throughput(file: str, d: dict) -> list[str]:
 
 
 def embed_throughput(file: str, d: dict) -> list[str]:
-    out = [f"### Embedding: `{d['config']}`, {d['data']}{on(d, file)}", "",
-           "Measured on the same shards, model and batch size, so the ratios say where the time goes: the "
-           "encoders alone on preprocessed batches, the loader alone (read, decode, preprocess; no model), "
-           "`embed_items` (the streaming core of `mmrec embed`) and `mmrec embed` end to end (excluding the "
-           "loader's first fill, which a large catalogue does not pay). Each twice: with the last feature steps "
-           "(audio fbank, image scaling) in the DataLoader workers, and batched in the encoders "
-           "(`features_on_device`). Both ratios are against the first variant's encoders figure, which leaves "
-           "those feature steps out.", ""]
     input_only = d.get("encoders_items_per_s") is None
+    both = ("Each is measured twice: with the last feature steps (audio fbank; image scaling and normalisation) in "
+            "the DataLoader workers, and batched in the encoders (`features_on_device`).")
     if input_only:
-        out += ["Input pipeline only (`--input-only`): no encoder runs, so only the per-stage costs are measured.", ""]
+        intro = ("The input pipeline alone (`--input-only`: no encoder runs): the CPU time each item costs before a "
+                 f"GPU's encoders can take it. {both}")
+    else:
+        intro = ("Measured on the same shards, model and batch size, so the ratios say where the time goes: the "
+                 "encoders alone on preprocessed batches, the loader alone (read, decode, preprocess; no model), "
+                 "`embed_items` (the streaming core of `mmrec embed`) and `mmrec embed` end to end (also excluding "
+                 f"the loader's first fill, which a large catalogue does not pay). {both} Both ratios are against the "
+                 "first variant's encoders figure, which leaves those feature steps out.")
+    out = [f"### Embedding: `{d['config']}`, {d['data']}{on(d, file)}", "", intro, ""]
     command = f"{PY} benchmarks/embed_throughput.py --config {d['config']}"
     command += " --media full --input-only" if input_only else ""
     out += meta(file, d, f"batch {d['batch_size']}, {d['workers']} workers, bf16 autocast "
@@ -449,10 +453,20 @@ def embed_throughput(file: str, d: dict) -> list[str]:
         rows = [[stage, *[f"{profiles[n]['ms_per_item'].get(stage, 0):.2f}" for n in names]] for stage in stages]
         rows.append(["**total**", *[f"**{profiles[n]['total_ms_per_item']:.2f}**" for n in names]])
         rows.append(["items/s per core", *[f"{profiles[n]['items_per_s_per_core']:,.0f}" for n in names]])
+        if all(runs[n].get("loader_items_per_s") for n in names):
+            rows.append([f"loader items/s, {d['workers']} workers", *[f"{runs[n]['loader_items_per_s']:,.1f}"
+                                                                     for n in names]])
         if all("cores_needed_at_encoder_speed" in profiles[n] for n in names):
             rows.append(["cores to keep up with the encoders",
                          *[f"{profiles[n]['cores_needed_at_encoder_speed']:.1f}" for n in names]])
         out += table(["stage", *[f"last feature steps {n.removeprefix('features ')}" for n in names]], rows)
+        if len(names) == 2:
+            workers, device = (profiles[n] for n in names)
+            stage, ms = max(device["ms_per_item"].items(), key=lambda kv: kv[1])
+            out += [f"With the last feature steps {names[1].removeprefix('features ')}, an item costs "
+                    f"{pct(device['total_ms_per_item'] / workers['total_ms_per_item'], 0)} of the CPU time it costs "
+                    f"with them {names[0].removeprefix('features ')}; the costliest stage left is {stage} "
+                    f"({ms:.2f} ms).", ""]
     if d.get("profile") and d["profile"].get("table"):
         table_file = Path(d["profile"]["table"]).name
         out += [f"`torch.profiler` operator table of the `embed_items` pass: [`results/{table_file}`]"
@@ -477,7 +491,7 @@ def eval_speed(file: str, d: dict) -> list[str]:
 def rerank_speed(file: str, d: dict) -> list[str]:
     s = d["setup"]
     out = [f"### MMR re-ranking speed{on(d, file)}", "",
-           "`mmrec.rerank` on each user's exact top pool from random vectors; the time depends only on "
+           "`mmrec.serve.rerank` on each user's exact top pool from random vectors; the time depends only on "
            "users x pool x width x k, not on the values.", ""]
     protocol = (f"{count(s['users'])} users, {count(s['items'])} items, E = {s['dim']}, pool {s['pool']} -> "
                 f"k {s['k']}, LAMBDA {s['lambda']}; the cap: {s['attributes']} attributes, at most "
@@ -508,11 +522,13 @@ def ann(file: str, d: dict) -> list[str]:
             searches = kind.get("search") or [kind]
             for s in searches:
                 setting = ", ".join(f"{k} {s[k]}" for k in ("ef_search", "nprobe") if k in s)
-                rows.append([count(size["items"]), kind["kind"] + (" (auto)" if kind["kind"] == size["auto_kind"] else ""),
+                auto = " (auto)" if kind["kind"] == size["auto_kind"] else ""
+                rows.append([count(size["items"]), kind["kind"] + auto,
                              setting or "-", secs(kind.get("build_seconds")),
                              f"{kind['index_mb']:,.1f} MB" if "index_mb" in kind else "-",
                              f"{s['recall@10']:.4f}", f"{s['recall@100']:.4f}",
-                             f"{s['single_ms_p50']:.2f} / {s['single_ms_p95']:.2f} ms", f"{s['batch_ms_per_query']:.2f} ms",
+                             f"{s['single_ms_p50']:.2f} / {s['single_ms_p95']:.2f} ms",
+                             f"{s['batch_ms_per_query']:.2f} ms",
                              str(s.get("exact_fallbacks@100", "-"))])
     out += table(["items", "kind", "setting", "build", "index", "recall@10", "recall@100", "one query p50 / p95",
                   "batch, per query", "exact fallbacks@100"], rows)
@@ -564,8 +580,9 @@ def scaling(file: str, d: dict) -> list[str]:
     header = ["step", *[f"{count(s['items'])} items" for s in sizes], "start-up alone",
               "growth exponent, time", "growth exponent, memory"]
     out += table(header, rows)
-    if stopped:
-        out += [f"Stopped run: {stopped['reached']}; {stopped['why']}.", ""]
+    if stopped:  # what it reached is measured; the JSON's "why" is an estimate, left out
+        out += [f"The {count(stopped['items'])}-item `{stopped['step']}` was stopped after "
+                f"{stopped['stopped_after_seconds'] / 60:.0f} min, in {stopped['reached']}.", ""]
     png = file.removesuffix(".json") + ".png"
     if (RESULTS / png).is_file():
         out += [f"Log-log plot: [`results/{png}`](results/{png}).", ""]
@@ -659,7 +676,8 @@ def main(argv: list[str] | None = None) -> int:
     current = README.read_text(encoding="utf-8") if README.is_file() else ""
     if current == text:
         return 0
-    diff = difflib.unified_diff(current.splitlines(), text.splitlines(), "benchmarks/README.md", "generated", lineterm="")
+    diff = difflib.unified_diff(current.splitlines(), text.splitlines(), "benchmarks/README.md", "generated",
+                                lineterm="")
     sys.stdout.writelines(line + "\n" for line in list(diff)[:60])
     print("benchmarks/README.md is out of date: run `python benchmarks/tables.py`", file=sys.stderr)
     return 1
