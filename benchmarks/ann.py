@@ -33,7 +33,7 @@ import torch
 from mmrec.serve.ann import IndexConfig, ItemIndex, build_index
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_speed import machine  # noqa: E402 (a sibling script)
+from eval_speed import machine
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 64  # E: the exported vectors have E + 2 columns
@@ -93,7 +93,7 @@ def single_latency(top, users: np.ndarray, excluded: list[set[int]], k: int, n: 
 
 
 def exact_row(items: torch.Tensor, users: torch.Tensor, excluded: list[set[int]], single: int) -> dict:
-    def top(user, k, ex):  # the exact path of `mmrec recommend` (serving._top)
+    def top(user, k, ex):  # the exact path of `mmrec recommend` (`mmrec.serve.embeddings.top_k_items`)
         scores = items @ torch.from_numpy(user)
         scores[list(ex)] = float("-inf")
         return torch.topk(scores, k)

@@ -46,7 +46,7 @@ from encoders.audio import create_hf_ast  # noqa: E402
 from encoders.base import EncoderConfig  # noqa: E402
 from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
-from mmrec.data.dataset import RunSplits  # noqa: E402
+from mmrec.data.splits import RunSplits  # noqa: E402
 from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
 from mmrec.evaluate.baselines import popularity_vectors  # noqa: E402

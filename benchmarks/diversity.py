@@ -53,12 +53,13 @@ from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.fingerprint import check_dataset  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
-from mmrec.evaluate.evaluation import _Evaluator  # noqa: E402
 from mmrec.evaluate.protocol import EvalProtocol  # noqa: E402
+from mmrec.evaluate.scoring import Evaluator  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import user_vectors  # noqa: E402
 from mmrec.serve.rerank import DEFAULT_POOL, attribute_table, check_cap, check_lambda, item_attributes  # noqa: E402
+from mmrec.serve.run import check_run_folder  # noqa: E402
 from mmrec.training.loop import train  # noqa: E402
 
 MODALITIES = ("text", "image")
@@ -78,8 +79,10 @@ def parse_lambdas(text: str) -> list[float]:
 def trained_model(args, data: Path, feats: Path, base: list[str]) -> tuple:
     """(model, item vectors, info): the --run given, else one training run of the ranking config."""
     if args.run is not None:
-        if not (args.run / "model").is_dir():
-            raise SystemExit(f"{args.run} has no model/: pass a run folder written by `mmrec train`")
+        try:
+            check_run_folder(args.run)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         check_dataset(args.run, data)  # the run must have trained on this very split
         run, info = args.run, {"reused_run": str(args.run)}
     else:
@@ -104,12 +107,13 @@ def curve(model, item_vecs: torch.Tensor, data: Path, split: str, lambdas: list[
     history = None
     if model.history_tower:
         history = UserHistory.from_rows(splits["train"], splits.num_users + 1, model.config.history_length)
-    ev = _Evaluator(splits, EvalProtocol.for_split(split, load_manifest(data)["split"]), KS)
+    ev = Evaluator(splits, EvalProtocol.for_split(split, load_manifest(data)["split"]), KS)
     attributes = attribute_table(item_attributes(data, splits.vocab.item_ids))[0] if cap is not None else None
     users = user_vectors(model, item_vecs, history)
-    out = ev.diversify(users, item_vecs, model.config.embedding_dim, lambdas, pool, attributes, cap)
+    id_terms = model.item_seen.cpu()[: len(item_vecs)]  # as `mmrec eval` passes them
+    out = ev.diversify(users, item_vecs, id_terms, lambdas, pool, attributes, cap)
     if cap is not None:  # changes are read against the plain ranking, not against the capped one
-        out["plain_ranking"] = ev.diversify(users, item_vecs, model.config.embedding_dim, [0.0], pool)["rows"][0]
+        out["plain_ranking"] = ev.diversify(users, item_vecs, id_terms, [0.0], pool)["rows"][0]
     ev.bar.close()
     return out
 

@@ -49,14 +49,14 @@ import webdataset as wds
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, decode_image, decode_sample, decode_waveform, item_loader, shard_urls
-from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.data.dataset import RunSplits
-from mmrec.shard.splits import SplitConfig
-from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.splits import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed, embed_items
 from mmrec.model.factory import ModelSizes, create_model, save_model
 from mmrec.precision import bf16_autocast
+from mmrec.shard.protocols import SplitConfig
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS, DEVICE = "features in workers", "features on device"

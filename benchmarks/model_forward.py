@@ -24,9 +24,9 @@ import torch
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
 from mmrec.model.factory import ModelSizes, create_model
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -42,11 +42,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # a checkout without `pip install -e .`
 
-from mmrec.training.cache import build_frozen_model, cache_features  # noqa: E402
 from mmrec.config import RunConfig, load_run_config  # noqa: E402
 from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.reader import item_loader, load_manifest  # noqa: E402
-from mmrec.data.dataset import RunSplits  # noqa: E402
+from mmrec.data.splits import RunSplits  # noqa: E402
 from mmrec.data.vocabulary import RunVocabulary  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
 from mmrec.evaluate.baselines import (  # noqa: E402
@@ -60,6 +59,7 @@ from mmrec.evaluate.protocol import EvalProtocol, evaluate_split  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import user_vectors  # noqa: E402
+from mmrec.training.cache import build_frozen_model, cache_features  # noqa: E402
 from mmrec.training.loop import train  # noqa: E402
 
 CONFIGS = {p: REPO / "mmrec" / "configs" / f"movielens-{p}.yaml" for p in ("rating", "ranking", "cold")}
@@ -160,7 +160,7 @@ def content_features(feats: Path, num_items: int, modalities: tuple[str, ...]) -
     return torch.cat([parts[m] for m in modalities if m in parts], dim=-1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_splits(data: Path) -> RunSplits:
     """The dataset's split files, parsed once for every scorer of this benchmark."""
     return RunSplits(data, RunVocabulary.from_data(data))

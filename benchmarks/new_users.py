@@ -61,7 +61,7 @@ from movielens import (  # noqa: E402
 from mmrec.config import load_run_config  # noqa: E402
 from mmrec.data.features import decode_features  # noqa: E402
 from mmrec.data.reader import load_manifest  # noqa: E402
-from mmrec.data.dataset import HeldOutUsers, SplitArrays  # noqa: E402
+from mmrec.data.splits import HeldOutUsers, SplitArrays  # noqa: E402
 from mmrec.embedding import assemble, embed_items  # noqa: E402
 from mmrec.evaluate.baselines import (  # noqa: E402
     als_fold_in_vectors,
@@ -71,8 +71,8 @@ from mmrec.evaluate.baselines import (  # noqa: E402
     item_cosine,
     popularity_vectors,
 )
-from mmrec.evaluate.evaluation import _Evaluator  # noqa: E402
 from mmrec.evaluate.protocol import EvalProtocol, evaluate_held_out_users  # noqa: E402
+from mmrec.evaluate.scoring import Evaluator  # noqa: E402
 from mmrec.model.factory import load_model  # noqa: E402
 from mmrec.model.history import UserHistory  # noqa: E402
 from mmrec.model.model import history_user_vectors, user_vectors, vectors_for_histories  # noqa: E402
@@ -166,7 +166,7 @@ def warm_scores(model, item_vecs: torch.Tensor, data: Path) -> dict:
     history = None
     if model.history_tower:
         history = UserHistory.from_rows(splits["train"], splits.num_users + 1, model.config.history_length)
-    ev = _Evaluator(splits, EvalProtocol.for_split("test", load_manifest(data)["split"]), list(KS))
+    ev = Evaluator(splits, EvalProtocol.for_split("test", load_manifest(data)["split"]), list(KS))
     scored = ev.score(user_vectors(model, item_vecs, history), item_vecs)
     return {**ranking(scored), "by_history_length": {k: ranking({"ranking": v})
                                                      for k, v in scored["slices"]["user_activity"].items()}}

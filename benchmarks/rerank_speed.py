@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ranking_s, top = timed(lambda: top_k(user_vecs, item_vecs, args.pool), 1)
     scores = torch.cat([torch.einsum("ue,upe->up", user_vecs[s : s + 1000], item_vecs[top[s : s + 1000]])
                         for s in range(0, args.users, 1000)])  # (U, P) the pool's scores, best first
-    q = diversity_vectors(item_vecs)
+    q = diversity_vectors(item_vecs, None)  # random vectors: one kind of item
     plain_s, plain = timed(lambda: mmr(top, scores, q, K, 0.0), args.repeats)
     assert torch.equal(plain, top[:, :K])  # LAMBDA 0 is the plain ranking
     mmr_s, diverse = timed(lambda: mmr(top, scores, q, K, LAMBDA), args.repeats)

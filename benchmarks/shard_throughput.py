@@ -20,9 +20,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.shard.splits import SplitConfig
+from mmrec.shard.protocols import SplitConfig
 from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

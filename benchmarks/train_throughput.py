@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from mmrec.training.cache import build_frozen_model, cache_features
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.shard.splits import SplitConfig
+from mmrec.shard.protocols import SplitConfig
 from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.training.cache import build_frozen_model, cache_features
 from mmrec.training.loop import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

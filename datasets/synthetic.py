@@ -27,9 +27,9 @@ try:
 except ImportError:  # a checkout without `pip install -e .`: the package sits next to this folder
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmrec.shard.options import add_shard_options, shard_command, shard_configs  # noqa: E402
-from mmrec.shard.writer import shard_catalogue  # noqa: E402
-from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue  # noqa: E402
+from mmrec.shard.options import add_shard_options, shard_command, shard_configs
+from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import shard_catalogue
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

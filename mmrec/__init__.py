@@ -27,8 +27,8 @@ _API = {
     "ModelConfig": "mmrec.model.config", "TaskConfig": "mmrec.model.config",
     # data
     "shard_catalogue": "mmrec.shard.writer", "ShardOptions": "mmrec.shard.writer",
-    "SplitConfig": "mmrec.shard.splits", "load_manifest": "mmrec.data.reader",
-    "RunVocabulary": "mmrec.data.vocabulary", "RunSplits": "mmrec.data.dataset",
+    "SplitConfig": "mmrec.shard.protocols", "load_manifest": "mmrec.data.dataset",
+    "Dataset": "mmrec.data.dataset", "RunVocabulary": "mmrec.data.vocabulary", "RunSplits": "mmrec.data.splits",
     "write_synthetic_catalogue": "mmrec.shard.synthetic", "SyntheticCatalogueConfig": "mmrec.shard.synthetic",
     "audio_handler": "mmrec.data.media",  # wds.WebDataset(urls).decode("pil", mmrec.audio_handler)
     # model

@@ -10,7 +10,6 @@ the next commands to try on the demo's run (real ids, answered before they are p
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shlex
@@ -21,14 +20,15 @@ from pathlib import Path
 import torch
 
 from mmrec.config import load_run_config
-from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.data.dataset import RunSplits
-from mmrec.shard.splits import SplitConfig
-from mmrec.shard.synthetic import THEMES, SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.data.dataset import Dataset, index_of
+from mmrec.data.splits import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed
 from mmrec.evaluate.evaluation import evaluate_run
-from mmrec.serve.embeddings import Embeddings, recommend, search, similar, similarity_vectors
+from mmrec.serve.embeddings import Embeddings, recommend, search, seen_by_user, similar
+from mmrec.shard.protocols import SplitConfig
+from mmrec.shard.synthetic import THEMES, SyntheticCatalogueConfig, write_synthetic_catalogue
+from mmrec.shard.writer import ShardOptions, shard_catalogue
 from mmrec.training.loop import train
 
 DEMO_CONFIG = "tiny"  # preset shipped in mmrec/configs/
@@ -46,27 +46,25 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def liked_style_share(emb: Embeddings, catalogue: Path, k: int = 10) -> dict:
+def liked_style_share(emb: Embeddings, catalogue: Path, data: Dataset | Path, k: int = 10) -> dict:
     """Do the recommendations follow the tastes the catalogue was generated with (`users.jsonl`)?
 
-    For each user: the share of their top-k among items they never rated (in any split) whose style
-    they like, against `chance`, that share for a random never-rated item; both averaged over users.
+    For each user: the share of their top-k among items they never rated (in any split of `data`, the
+    catalogue's dataset) whose style they like, against `chance`, that share for a random never-rated item;
+    both averaged over users.
     """
     style = {r["item_id"]: r["style"] for r in _jsonl(catalogue / "items.jsonl")}
-    rated: dict[str, set[str]] = {}
-    with open(catalogue / "interactions.csv", newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            rated.setdefault(row["user_id"], set()).add(row["item_id"])
+    rated = seen_by_user(data, emb.item_ids)  # rows of emb.item_ids
     item_style = torch.tensor([style[i] for i in emb.item_ids])
-    user_row = {u: n for n, u in enumerate(emb.user_ids)}
-    index = {item: n for n, item in enumerate(emb.item_ids)}
+    user_row = index_of(emb.user_ids)
     shares, chances = [], []
     for user in _jsonl(catalogue / "users.jsonl"):
         if user["user_id"] not in user_row:
             continue
         liked = torch.isin(item_style, torch.tensor(user["liked_styles"]))
         unrated = torch.ones(len(emb.item_ids), dtype=torch.bool)
-        unrated[[index[i] for i in rated.get(user["user_id"], ()) if i in index]] = False
+        if user["user_id"] in rated:
+            unrated[torch.from_numpy(rated[user["user_id"]])] = False
         scores = (emb.items @ emb.users[user_row[user["user_id"]]]).masked_fill(~unrated, float("-inf"))
         top = scores.topk(min(k, int(unrated.sum()))).indices
         shares.append(liked[top].float().mean().item())
@@ -83,7 +81,7 @@ def cold_similar_check(emb: Embeddings, catalogue: Path, cold_ids: list[str], k:
     same = []
     for item in cold_ids:
         same += [style[emb.item_ids[j]] == style[item] for j, _ in similar(emb, item, k)]
-    q = similarity_vectors(emb)[[emb.item_ids.index(i) for i in cold_ids]]
+    q = emb.similarity_vectors()[[emb.row_of(i) for i in cold_ids]]
     cos = q @ q.T
     styles = torch.tensor([style[i] for i in cold_ids])
     other = styles[:, None] != styles[None, :]
@@ -154,9 +152,9 @@ def run_demo(out: Path, seed: int = 0) -> dict:
     print(f"  rating RMSE on all test rows: mmrec {rep['rating']['rmse']:.4f}, bias-only "
           f"{rep['baselines']['bias_only']['rating']['rmse']:.4f}")
     # the synthetic catalogue knows every user's tastes and every item's style: does the model follow them?
-    vectors = Embeddings.load(emb)
-    taste = liked_style_share(vectors, catalogue)
-    cold_ids = [vectors.item_ids[i] for i in RunSplits(data, RunVocabulary.from_data(data)).cold_items()]
+    vectors, dataset = Embeddings.load(emb), Dataset(data)
+    taste = liked_style_share(vectors, catalogue, dataset)
+    cold_ids = [vectors.item_ids[i] for i in RunSplits(dataset, RunVocabulary.from_data(dataset)).cold_items()]
     looks = cold_similar_check(vectors, catalogue, cold_ids)
     print(f"  liked styles in each user's top-{taste['k']} of unrated items: {taste['share']:.1%} "
           f"(a random unrated item: {taste['chance']:.1%}, {taste['ratio']:.2f}x)")

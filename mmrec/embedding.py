@@ -29,9 +29,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from accelerate import PartialState
@@ -44,7 +45,7 @@ from mmrec.data.batch import BatchCollator, ExampleBuilder, ItemBatch, WithExtra
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import DecodedItem, ReaderConfig, decode_sample, item_loader, load_manifest
 from mmrec.data.remote import as_location, describe, is_remote
-from mmrec.data.dataset import RunSplits
+from mmrec.data.splits import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
@@ -210,7 +211,7 @@ def _part_key(path: Path) -> tuple[dict[str, str], str | None] | None:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
             return json.loads(meta["shards"]), meta.get("model")
-    except Exception:  # noqa: BLE001 (safetensors raises its own error type for a damaged file)
+    except Exception:  # safetensors raises its own error type for a damaged file
         return None
 
 

@@ -163,9 +163,9 @@ def small_catalogue(tmp_path: Path):
 def make_dataset(root: Path, num_items=200, num_users=60, num_ratings=3000, items_per_shard=25, protocol="random",
                  ratios=(0.8, 0.1, 0.1)) -> Path:
     """A synthetic catalogue (seed 1) sharded into root/data with the given split protocol."""
-    from mmrec.shard.writer import ShardOptions, shard_catalogue
-    from mmrec.shard.splits import SplitConfig
+    from mmrec.shard.protocols import SplitConfig
     from mmrec.shard.synthetic import SyntheticCatalogueConfig, write_synthetic_catalogue
+    from mmrec.shard.writer import ShardOptions, shard_catalogue
 
     info = write_synthetic_catalogue(root / "cat", SyntheticCatalogueConfig(
         seed=1, num_items=num_items, num_users=num_users, num_ratings=num_ratings))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrec.serve.ann import INDEX_DIR, IndexConfig, ItemIndex, build_index, build_indexes, load_index
 from mmrec.cli import main
+from mmrec.serve.ann import INDEX_DIR, IndexConfig, ItemIndex, build_index, build_indexes, load_index
 from mmrec.serve.embeddings import Embeddings, recommend, similar
 
 pytest.importorskip("faiss")

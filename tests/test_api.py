@@ -12,7 +12,7 @@ from conftest import make_dataset
 
 import mmrec
 from mmrec.data.batch import NEW_ITEM, BatchCollator, ExampleBuilder
-from mmrec.data.reader import DecodedItem
+from mmrec.data.item import DecodedItem
 from mmrec.serve.embeddings import Embeddings, recommend, search, seen_items, similar
 
 
@@ -147,9 +147,9 @@ def test_bad_input_is_one_clear_error(trained, rec, tmp_path):
 def test_a_history_is_served_as_recommend_history_serves_it(trained, tmp_path):
     """A history-tower model over the trained run's item vectors (random weights suffice: the API must
     give what `recommend_for_history` gives)."""
-    from mmrec.serve.incremental import recommend_for_history
     from mmrec.model.config import ModelConfig
     from mmrec.model.factory import ModelSizes, create_model, save_model
+    from mmrec.serve.incremental import recommend_for_history
 
     root, data = trained
     emb = Embeddings.load(root / "emb")

@@ -5,7 +5,7 @@ Steck's closed form; content kNN scores cosines to the user's mean item; the his
 import numpy as np
 import torch
 
-from mmrec.data.dataset import SplitArrays
+from mmrec.data.splits import SplitArrays
 from mmrec.evaluate.baselines import (
     _als_sweep,
     _rows_by,

@@ -6,16 +6,16 @@ import pytest
 import torch
 from conftest import TINY
 
-from mmrec.training.cache import build_frozen_model, cache_features, check_cache
 from mmrec.cli import main
 from mmrec.config import load_run_config
 from mmrec.data.batch import BatchCollator, ExampleBuilder, InteractionIndex
 from mmrec.data.features import decode_features
 from mmrec.data.reader import ReaderConfig, item_loader
-from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.data.dataset import RunSplits
+from mmrec.data.splits import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.model.tasks import MultiTaskLoss
+from mmrec.shard.writer import ShardOptions, shard_catalogue
+from mmrec.training.cache import build_frozen_model, cache_features, check_cache
 from mmrec.training.loop import train
 
 FROZEN = ["model.encoders.text.trainable_layers=0", "model.encoders.image.trainable_layers=0",

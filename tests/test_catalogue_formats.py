@@ -15,9 +15,9 @@ import webdataset as wds
 
 import mmrec
 from mmrec.cli import main
+from mmrec.data.reader import shard_urls
 from mmrec.shard.items import parse_items
 from mmrec.shard.quarantine import read_quarantine
-from mmrec.data.reader import shard_urls
 from mmrec.shard.writer import ShardOptions, shard_catalogue
 
 

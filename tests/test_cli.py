@@ -1,11 +1,12 @@
 """The `mmrec` command line as a user runs it."""
 
 import json
-import subprocess
 import sys
 
-from mmrec.shard.synthetic import THEMES
+import pytest
+
 from mmrec.serve.embeddings import Embeddings, search
+from mmrec.shard.synthetic import THEMES
 
 
 def test_demo_runs_the_whole_pipeline(demo):
@@ -49,9 +50,17 @@ def test_search_finds_items_of_the_queried_style(demo):
     assert sum(shares) / len(shares) >= 2 / len(THEMES), shares  # twice chance (1 in 8), averaged over styles
 
 
-def test_console_script_reports_bad_input_with_exit_status_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "mmrec.cli", "shard", "--items", str(tmp_path / "missing.jsonl"),
-                             "--interactions", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "d")],
-                            capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "input file not found" in result.stderr and "Traceback" not in result.stderr
+def test_console_script_reports_bad_input_with_exit_status_2(tmp_path, monkeypatch, capsys):
+    """`python -m mmrec.cli` (what `accelerate launch -m mmrec.cli` runs), its `__main__` run in this process: the
+    exit status is 2 and no exception escapes. The installed `mmrec` script, in a fresh interpreter, is
+    tests/test_packaging.py's; the launches of tests/test_distributed_eval.py run `-m mmrec.cli` in fresh ones."""
+    import runpy
+
+    monkeypatch.delenv("MMREC_DEBUG", raising=False)  # which would show the traceback on purpose
+    monkeypatch.setattr(sys, "argv", ["mmrec", "shard", "--items", str(tmp_path / "missing.jsonl"),
+                                      "--interactions", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "d")])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("mmrec.cli", run_name="__main__")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "input file not found" in err and "Traceback" not in err

@@ -12,7 +12,8 @@ from conftest import free_port
 from safetensors.torch import load_file
 
 from mmrec.cli import main
-from mmrec.evaluate.evaluation import _Ranks, evaluate
+from mmrec.evaluate.evaluation import evaluate
+from mmrec.evaluate.scoring import Ranks
 from mmrec.model.factory import load_run_model
 
 
@@ -40,7 +41,7 @@ def assert_same_report(one: dict, two: dict):
             assert two[path] == value, path
 
 
-class _Blocks(_Ranks):
+class _Blocks(Ranks):
     """All the ranks' blocks of users computed in this one process: the split and the reassembly, no launch."""
 
     def per_user(self, users, rows_of):

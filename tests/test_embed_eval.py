@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mmrec.cli import main
-from mmrec.data.dataset import read_split
+from mmrec.data.splits import read_split
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches, embed_items, item_batches
 from mmrec.model.factory import load_model
@@ -188,7 +188,7 @@ def test_two_process_embed_equals_single_process(trained, tmp_path):
 def test_similar_centres_cold_items_on_their_own_mean():
     """Cold rows (content alone) share an offset from the rows with ID terms: centred on the global mean
     every cold item would look alike; centred on their own kind's mean they keep their differences."""
-    from mmrec.serve.embeddings import Embeddings, similar, similarity_vectors
+    from mmrec.serve.embeddings import Embeddings, similar
 
     torch.manual_seed(0)
     warm = torch.randn(20, 6) * 3
@@ -197,14 +197,14 @@ def test_similar_centres_cold_items_on_their_own_mean():
     ids = [f"i{n}" for n in range(26)]
     kinds = torch.cat([torch.ones(20, dtype=torch.bool), torch.zeros(6, dtype=torch.bool)])
     emb = Embeddings(items, ids, ids, torch.zeros(1, 8), ["u"], None, id_terms=kinds)
-    q = similarity_vectors(emb)
+    q = emb.similarity_vectors()
     cos_cold = (q[20:] @ q[20:].T).fill_diagonal_(-1)
     assert cos_cold.max() < 0.99  # distinct
     centred = (cold - cold.mean(0))
     expected = torch.nn.functional.normalize(centred, dim=-1)
     assert torch.allclose(q[20:], expected, atol=1e-5)
     legacy = Embeddings(items, ids, ids, torch.zeros(1, 8), ["u"], None)  # an EMB folder from before id_terms
-    glob = similarity_vectors(legacy)
+    glob = legacy.similarity_vectors()
     assert (glob[20:] @ glob[20:].T).fill_diagonal_(-1).max() > 0.99  # the collapse this avoids
     scores = (q @ q[20]).index_fill(0, torch.tensor([20]), float("-inf"))
     assert [j for j, _ in similar(emb, "i20", 3)] == scores.argsort(descending=True)[:3].tolist()

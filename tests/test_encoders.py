@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import encoders
-from encoders import EncoderConfig, EncoderOutput, create_encoder, list_encoders, tiny_config
+from encoders import EncoderOutput, create_encoder, list_encoders, tiny_config
 
 FAMILIES = ["hf-text", "timm-vit", "timm-cnn", "open-clip-vision", "open-clip-text", "hf-ast"]
 TEXTS = ["a red bicycle", "jazz record from 1959, remastered!", "ok"]
@@ -82,9 +82,12 @@ def test_unknown_arch_key_is_an_error(family, bad):
 
 def test_config_dataclass_and_dict_give_the_same_encoder():
     cfg = tiny_config("hf-text")
-    assert isinstance(cfg, EncoderConfig)
     torch.manual_seed(0)
     a, _ = create_encoder(cfg)
+    # the config's fields are what is built (tiny: 32 wide, 2 blocks); an arch override merges into the tiny arch
+    assert (a.output_dim, len(a.blocks())) == (cfg.arch["hidden_size"], cfg.arch["num_hidden_layers"]) == (32, 2)
+    deeper, _ = create_encoder(tiny_config("hf-text", arch={"num_hidden_layers": 3}))
+    assert (deeper.output_dim, len(deeper.blocks())) == (32, 3)
     torch.manual_seed(0)
     b, _ = create_encoder({"name": "hf-text", "arch": dict(cfg.arch)})
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -248,7 +251,7 @@ def test_gradient_checkpointing_changes_nothing_but_memory(family):
         layers = [m for m in encoder.blocks()[-1].modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
         linear = max(layers, key=lambda m: m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels)
         calls = []
-        linear.register_forward_hook(lambda *_: calls.append(1))
+        linear.register_forward_hook(lambda *_, calls=calls: calls.append(1))
         out = encoder(**_batch(prep, family))
         (out.pooled.square().sum() + out.tokens.square().mean()).backward()
         assert len(calls) == (2 if checkpointing else 1)

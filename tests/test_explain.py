@@ -43,11 +43,11 @@ def item_attributes(root) -> dict[str, set[str]]:
 
 
 def test_history_tower_reasons_are_the_users_items_with_their_exact_effect(history_run):
-    from mmrec.data.dataset import RunSplits
+    from mmrec.data.splits import RunSplits
     from mmrec.data.vocabulary import RunVocabulary
-    from mmrec.serve.explain import History
     from mmrec.model.history import UserHistory
     from mmrec.model.model import history_user_vectors
+    from mmrec.serve.explain import History
 
     root, data = history_run
     rec = mmrec.Recommender.from_run(root / "run", data=data)
@@ -111,18 +111,38 @@ def test_modality_reasons_are_the_ablation_of_that_item(history_run):
     vector = rec.emb.users[rec.emb.user_ids.index(user)]
     full = float(rec.emb.items[vocab.item_ids.index(answer.item_id)] @ vector)
     assert reason.effect == pytest.approx(full - float(out.vectors[row] @ vector), abs=1e-4)
-    shares = [r.share for r in answer.reasons if r.kind == "modality"]
-    assert sum(shares) <= 1 + 1e-6
+
+    # every modality reason of every answer, recomputed: each modality's effect with it dropped, the ID terms'
+    # as the score without them (an absent modality and a cold item's ID terms change nothing: effect 0);
+    # a share is the effect over the sum of |effect| of them all, and only those positive and >= MIN_SHARE are cited
+    from mmrec.serve.explain import ID_TERMS, MIN_SHARE
+
+    def scores(**how) -> torch.Tensor:
+        out = embed_batches(model, item_batches(data, rec._loaded()[1], vocab.attributes), **how)
+        return torch.zeros(len(vocab.item_ids)).index_put_((out.indices,), out.vectors @ vector)
+
+    served = rec.emb.items @ vector
+    effects = {m: served - scores(drop=(m,)) for m in model.modalities} | {ID_TERMS: served - scores(content_only=True)}
+    for answer in answers:
+        values = {name: float(e[vocab.item_ids.index(answer.item_id)]) for name, e in effects.items()}
+        total = sum(abs(v) for v in values.values())
+        got = {r.name: r for r in answer.reasons if r.kind == "modality"}
+        clear = {n for n, v in values.items() if v > 1e-4 and v / total > MIN_SHARE + 1e-4}
+        possible = {n for n, v in values.items() if v > -1e-4 and v / total > MIN_SHARE - 1e-4}
+        assert clear <= got.keys() <= possible, (answer.item_id, values, got)
+        for name, r in got.items():
+            assert r.effect == pytest.approx(values[name], abs=1e-4), (answer.item_id, name)
+            assert r.share == pytest.approx(values[name] / total, abs=1e-4), (answer.item_id, name)
 
 
 def test_faithfulness_meets_the_goal_in_the_report_and_catches_a_wrong_explanation(history_run, monkeypatch,
                                                                                   tmp_path):
-    from mmrec.serve import explain
-    from mmrec.data.dataset import RunSplits
+    from mmrec.data.splits import RunSplits
     from mmrec.data.vocabulary import RunVocabulary
     from mmrec.evaluate.evaluation import evaluate
     from mmrec.evaluate.report import write_report
     from mmrec.model.factory import load_run_model
+    from mmrec.serve import faithfulness
     from mmrec.serve.embeddings import Embeddings
 
     root, data = history_run
@@ -135,10 +155,10 @@ def test_faithfulness_meets_the_goal_in_the_report_and_catches_a_wrong_explanati
     assert f"## Explanation faithfulness\n\nFor {check['explained']} explained" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["explanation_faithfulness"]["share"] == pytest.approx(check["share"])
     # the check can fail: an explanation citing the item whose removal matters least fails it
-    real = explain.history_effects
-    monkeypatch.setattr(explain, "history_effects", lambda *a: (lambda p, e, v: (p, -e, v))(*real(*a)))
+    real = faithfulness.history_effects
+    monkeypatch.setattr(faithfulness, "history_effects", lambda *a: (lambda p, e, v: (p, -e, v))(*real(*a)))
     train = RunSplits(data, RunVocabulary.load(root / "run"))["train"]
-    wrong = explain.explanation_faithfulness(model, items, train, train.users, train)
+    wrong = faithfulness.explanation_faithfulness(model, items, train, train.users, train)
     assert wrong["explained"] > 0 and wrong["share"] < 0.5, wrong
 
 
@@ -170,11 +190,9 @@ def test_cli_explain_prints_each_items_reasons_with_numbers(history_run, capsys)
 
 
 def test_id_tower_cites_training_neighbours_by_their_cosine(trained):
-    from mmrec.serve.embeddings import similarity_vectors
-
     root, data = trained
     rec = mmrec.Recommender.from_run(root / "run", data=data)
-    q = similarity_vectors(rec.emb)  # `similar`'s cosines: the explanation's must be the same
+    q = rec.emb.similarity_vectors()  # `similar`'s cosines: the explanation's must be the same
     found = 0
     for user in rec.emb.user_ids[:8]:
         mine = train_items(data, user)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY, make_dataset
 
-from mmrec.data.dataset import SplitArrays
+from mmrec.data.splits import SplitArrays
 from mmrec.model.history import HistoryUserTower, UserHistory
 
 
@@ -142,9 +142,9 @@ def test_cold_users_split_is_scored_from_the_given_history_against_history_basel
 
 def test_recommend_for_a_history_excludes_it_and_follows_it(cold_users_run, capsys):
     from mmrec.cli import main
-    from mmrec.serve.incremental import recommend_for_history
     from mmrec.model.factory import load_run_model
     from mmrec.serve.embeddings import Embeddings
+    from mmrec.serve.incremental import recommend_for_history
 
     root, data = cold_users_run
     emb = Embeddings.load(root / "emb")
@@ -197,7 +197,7 @@ def test_embed_users_moves_a_user_towards_their_new_interactions(cold_users_run,
     new_items = [i for i, t in style_of.items() if t == target][:10]
     csv = tmp_path / "new.csv"
     csv.write_text("user_id,item_id,rating\n" + "".join(f"{user},{i},5\n" for i in new_items)
-                   + "newcomer,{},5\nnewcomer,unknown-item,4\n".format(new_items[0]))
+                   + f"newcomer,{new_items[0]},5\nnewcomer,unknown-item,4\n")
     assert main(["embed-users", "--run", str(root / "run"), "--interactions", str(csv), "--out", str(emb_dir)]) == 0
     after = Embeddings.load(emb_dir)
     assert after.user_ids[: len(before.user_ids)] == before.user_ids and after.user_ids[-1] == "newcomer"
@@ -213,7 +213,7 @@ def test_embed_users_moves_a_user_towards_their_new_interactions(cold_users_run,
     # users' ID residuals included; the newcomer has none
     again = tmp_path / "again"
     shutil.copytree(root / "emb", again)
-    csv.write_text("user_id,item_id,rating\nnewcomer,{},5\n".format(new_items[0]))
+    csv.write_text(f"user_id,item_id,rating\nnewcomer,{new_items[0]},5\n")
     assert main(["embed-users", "--run", str(root / "run"), "--interactions", str(csv), "--out", str(again),
                  "--all-users"]) == 0
     recomputed = Embeddings.load(again)
@@ -236,9 +236,9 @@ def test_new_items_join_the_embeddings_from_content_alone(cold_users_run, tmp_pa
     from mmrec.cli import main
     from mmrec.data.vocabulary import RunVocabulary
     from mmrec.embedding import embed_batches, item_batches
-    from mmrec.serve.incremental import recommend_for_history
     from mmrec.model.factory import load_run_model
     from mmrec.serve.embeddings import Embeddings
+    from mmrec.serve.incremental import recommend_for_history
 
     root, data = cold_users_run
     trained = Embeddings.load(root / "emb")
@@ -278,7 +278,7 @@ def test_new_items_join_the_embeddings_from_content_alone(cold_users_run, tmp_pa
 
 
 def test_held_out_users_are_ranked_without_their_history_by_hand():
-    from mmrec.data.dataset import HeldOutUsers
+    from mmrec.data.splits import HeldOutUsers
     from mmrec.evaluate.protocol import evaluate_held_out_users
 
     item_vecs = torch.tensor([[3.0], [2.0], [1.0]])  # item 0 scores highest for a positive user

@@ -16,6 +16,7 @@ from mmrec.cli import main
 from mmrec.embedding import embed_items
 from mmrec.evaluate import evaluation
 from mmrec.files import sha256_of
+from mmrec.model.card import refresh_card
 from mmrec.model.config import ModelConfig
 from mmrec.model.factory import (
     ModelSizes,
@@ -26,7 +27,7 @@ from mmrec.model.factory import (
     load_run_model,
     save_model,
 )
-from mmrec.model.hub import HUB_FILES, refresh_card
+from mmrec.model.hub import HUB_FILES
 
 
 def _files(folder):

@@ -39,7 +39,7 @@ def test_tensorboard_tracker_gets_the_losses_and_validations_and_v_shows_debug(t
     assert out.startswith("trained 4 steps;") and len(out.splitlines()) == 1
     lines = _lines(err)
     assert sum(line.startswith("validation at step") for line in lines) == len(valid) == 2
-    assert any(line.startswith("debug: mmrec.training.loop: checkpoint") for line in lines), lines
+    assert any(line.startswith("debug: mmrec.training.checkpoints: checkpoint") for line in lines), lines
 
 
 def test_quiet_keeps_the_answer_and_drops_status_and_bars(small_catalogue, tmp_path, capsys):
@@ -57,7 +57,7 @@ def test_quiet_keeps_the_answer_and_drops_status_and_bars(small_catalogue, tmp_p
 
 
 def test_tracker_names_are_checked_with_one_clear_line(tmp_path, capsys, monkeypatch):
-    import mmrec.training.loop
+    import mmrec.training.reporting
     from mmrec.config import load_run_config
 
     assert main(["train", "--config", "tiny", "--data", str(tmp_path), "train.log_with=tensorbord"]) == 2
@@ -66,11 +66,11 @@ def test_tracker_names_are_checked_with_one_clear_line(tmp_path, capsys, monkeyp
     assert load_run_config("tiny").train.log_with == []  # off unless asked
     assert load_run_config("tiny", ["train.log_with=[TensorBoard, wandb]"]).train.log_with == ["tensorboard", "wandb"]
     # a known tracker whose package is missing: named, with what to install (accelerate would skip it silently)
-    monkeypatch.setattr(mmrec.training.loop, "get_available_trackers", lambda: [])
+    monkeypatch.setattr(mmrec.training.reporting, "get_available_trackers", lambda: [])
     with pytest.raises(ValueError, match=r"\['tensorboard'\], whose package is not installed: pip install 'mmrec\[tensorboard\]'"):
-        mmrec.training.loop._trackers(["tensorboard"])
+        mmrec.training.reporting.resolve_trackers(["tensorboard"])
     with pytest.raises(ValueError, match="no tracker package is installed"):
-        mmrec.training.loop._trackers(["all"])
+        mmrec.training.reporting.resolve_trackers(["all"])
 
 
 def test_the_demos_closing_commands_work_when_pasted(demo, capsys):

@@ -1,7 +1,9 @@
 """Two "nodes" on one machine: train, embed and eval under two `accelerate launch --num_machines 2` launchers
 (one process each, gloo on CPU) give the same weights, embedding files and report as one node running the
-same world size (`--num_processes 2`). The one node trains and embeds from one Python script (`mmrec.train`
-then `mmrec.embed` in the same processes: the process group outlives training)."""
+same world size (`--num_processes 2`). Both train, embed and evaluate from one Python script (`mmrec.train`,
+`mmrec.embed` then `mmrec.evaluate_run` in the same processes: the process group outlives training), launched
+once each, at the same time: what differs is only the topology. (The `mmrec` commands under `accelerate launch`
+are tested on one node: tests/test_training.py, test_embed_eval.py, test_distributed_eval.py.)"""
 
 import json
 import os
@@ -14,7 +16,7 @@ from safetensors.torch import load_file
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
           "--mixed_precision", "no", "--dynamo_backend", "no"]
-TRAIN_THEN_EMBED = """
+TRAIN_EMBED_EVAL = """
 import sys
 
 import mmrec
@@ -23,21 +25,20 @@ config, data, out, *overrides = sys.argv[1:]
 cfg = mmrec.load_run_config(config, overrides)
 mmrec.train(cfg, data, f"{out}/run")
 mmrec.embed(f"{out}/run", data, f"{out}/emb", progress=False)
+# what `mmrec eval --emb EMB --no-ablation --k 5` runs
+mmrec.evaluate_run(f"{out}/run", data, f"{out}/report", ks=[5], emb=f"{out}/emb", ablation=False)
 """
 
 
-def launch_both(single: list[str] | None, multi: list[str] | None) -> None:
-    """At the same time: SINGLE (a script or `-m MODULE`, and its arguments) on one node of two processes, and
-    `mmrec` MULTI on two nodes of one process each."""
-    cmds = []
-    if multi is not None:
-        port = free_port()
-        # `--num_machines 2` makes accelerate hand torchrun --nnodes 2 --node_rank R: each launcher starts one
-        # process, and rank 1 joins the group that rank 0's launcher hosts at 127.0.0.1:port
-        cmds += [[*LAUNCH, "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                  "--main_process_port", str(port), "-m", "mmrec.cli", *multi] for rank in (0, 1)]
-    if single is not None:
-        cmds.append([*LAUNCH, "--num_machines", "1", "--main_process_port", str(free_port()), *single])
+def launch_both(single: list[str], multi: list[str]) -> None:
+    """At the same time: SINGLE (a script and its arguments) on one node of two processes, and MULTI on two
+    nodes of one process each."""
+    port = free_port()
+    # `--num_machines 2` makes accelerate hand torchrun --nnodes 2 --node_rank R: each launcher starts one
+    # process, and rank 1 joins the group that rank 0's launcher hosts at 127.0.0.1:port
+    cmds = [[*LAUNCH, "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+             "--main_process_port", str(port), *multi] for rank in (0, 1)]
+    cmds.append([*LAUNCH, "--num_machines", "1", "--main_process_port", str(free_port()), *single])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for c in cmds]
     try:
@@ -56,13 +57,9 @@ def test_two_nodes_on_localhost_equal_one_node_of_the_same_world_size(tmp_path):
     outs = single, multi = tmp_path / "single", tmp_path / "multi"
     overrides = ["data.batch_size=16", "data.steps_per_epoch=3", "train.epochs=1", "train.early_stopping_patience=0",
                  "train.audit_data=true"]
-    script = tmp_path / "train_then_embed.py"
-    script.write_text(TRAIN_THEN_EMBED)
-    launch_both([str(script), str(TINY), str(data), str(single), *overrides],
-                ["train", "--config", str(TINY), "--data", str(data), "--out", str(multi / "run"), *overrides])
-    launch_both(None, ["embed", "--run", str(multi / "run"), "--data", str(data), "--out", str(multi / "emb")])
-    launch_both(*([*prefix, "eval", "--run", str(out / "run"), "--emb", str(out / "emb"), "--out", str(out / "report"),
-                   "--no-ablation", "--k", "5"] for prefix, out in ((["-m", "mmrec.cli"], single), ([], multi))))
+    script = tmp_path / "train_embed_eval.py"
+    script.write_text(TRAIN_EMBED_EVAL)
+    launch_both(*([str(script), str(TINY), str(data), str(out), *overrides] for out in outs))
 
     for out in outs:  # both are one process group of two ranks, each doing its half of the work
         audits = [json.loads((out / "run" / "audit" / f"rank-{r}.json").read_text()) for r in (0, 1)]

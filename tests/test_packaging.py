@@ -94,6 +94,7 @@ def test_the_installed_package_runs_the_demos_first_steps(installed, tmp_path):
     assert "40 written" in shard.stdout and (tmp_path / "data" / "manifest.json").is_file()
     missing = _run([str(installed / "mmrec"), "train", "--config", "nosuch", "--data", "data"], cwd=tmp_path)
     assert missing.returncode == 2 and "presets: ['base', 'movielens-cold', 'movielens-ranking', 'movielens-rating', 'tiny']" in missing.stderr
+    assert "Traceback" not in missing.stderr  # one line, never a traceback, from the installed script
 
 
 def _constraints() -> dict[str, str]:

@@ -107,7 +107,7 @@ def test_train_stream_repeats_each_item_once_per_visit_within_a_pass(one_item_sh
     count the visits, so an epoch is one pass of them."""
     import numpy as np
 
-    from mmrec.data.batch import VisitOf
+    from mmrec.data.item import VisitOf
 
     visits = np.array([1, 2, 3, 1, 1, 4, 1, 1, 2, 1, 1, 1])  # 19 visits
     cfg = ReaderConfig(batch_size=4, num_workers=0, seed=2, shuffle_buffer=8)

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from mmrec.cli import main
 from mmrec.data import remote
 from mmrec.data.reader import load_manifest, shard_urls
-from mmrec.data.dataset import RunSplits
+from mmrec.data.splits import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
-from mmrec.evaluate import report
+from mmrec.evaluate import plots
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -64,7 +64,7 @@ def serving(root: Path, handler=QuietHandler):
 
 def test_train_embed_eval_from_a_url_equal_the_disk(trained, tmp_path, monkeypatch):
     root, data = trained  # data = root/data; the run and its embeddings were made from the disk
-    monkeypatch.setattr(report, "_plot", lambda path, *args, **kwargs: path)  # the PNGs (tested elsewhere) cost 2 s
+    monkeypatch.setattr(plots, "save_figure", lambda path, *args, **kwargs: path)  # the PNGs (tested elsewhere) cost 2 s
     tiny = ["train.epochs=1", "data.steps_per_epoch=2", "data.batch_size=16"]
     with serving(root) as server:
         url = f"{server}/data"

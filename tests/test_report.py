@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mmrec.evaluate.report import FEW_USERS, few_users, read_training_log, write_report
+from mmrec.evaluate.report import write_report
+from mmrec.evaluate.report_view import FEW_USERS, few_users, read_training_log
 
 SHA = {"train": "a1" * 32, "valid": "b2" * 32, "test": "c3" * 32}
 
@@ -25,8 +27,7 @@ def ranking(scale: float, users: int = 378, candidates: int = 1000) -> dict:
     return out
 
 
-@pytest.fixture
-def full_report() -> dict:
+def make_full_report() -> dict:
     ours = ranking(0.2)
     ours["ndcg@10"] = 0.123456  # hand-picked: shows as 0.1235 everywhere
     slices = {"warm_items": ranking(0.3, 300, 800), "cold_items": ranking(0.1, 250, 200),
@@ -54,6 +55,21 @@ def full_report() -> dict:
     }
 
 
+@pytest.fixture
+def full_report() -> dict:
+    return make_full_report()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[dict, dict, Path, dict[str, Path]]:
+    """The full report written once for the tests that only read what was written (drawing the plots is
+    the slow part): (the dict passed, a copy taken before, the folder, the paths returned)."""
+    report = make_full_report()
+    given = copy.deepcopy(report)
+    out = tmp_path_factory.mktemp("full") / "report"
+    return report, given, out, write_report(report, out)
+
+
 def table_row(md: str, first_cell: str) -> list[str]:
     line = next(line for line in md.splitlines() if line.startswith(f"| {first_cell} |"))
     return [cell.strip() for cell in line.strip("|").split("|")]
@@ -67,27 +83,28 @@ def assert_png(path) -> None:
     assert path.stat().st_size > 5_000  # something was drawn, not an empty canvas
 
 
-def test_full_report_writes_every_file(full_report, tmp_path):
-    given = copy.deepcopy(full_report)
-    paths = write_report(full_report, tmp_path / "report")
+def test_full_report_writes_every_file(written):
+    full_report, given, out, paths = written
     assert set(paths) == {"json", "md", "metrics_at_k", "slices", "ablation"}
-    assert all(path.is_file() and path.parent == tmp_path / "report" for path in paths.values())
+    assert all(path.is_file() and path.parent == out for path in paths.values())
     assert str(full_report) == str(given)  # the caller's dict is left as it was (NaN != NaN, so compare text)
     for name in ("metrics_at_k", "slices", "ablation"):
         assert_png(paths[name])
 
 
-def test_report_json_round_trips_with_nan_as_null(full_report, tmp_path):
-    text = write_report(full_report, tmp_path)["json"].read_text()
+def test_report_json_round_trips_with_nan_as_null(written):
+    full_report, _, _, paths = written
+    text = paths["json"].read_text()
     assert "NaN" not in text and text.startswith('{\n  "protocol"')  # indent=2
     loaded = json.loads(text)
     assert loaded["baselines"]["bias_only"]["rating"]["mae"] is None
-    loaded["baselines"]["bias_only"]["rating"]["mae"] = full_report["baselines"]["bias_only"]["rating"]["mae"] = None
-    assert loaded == full_report
+    expected = copy.deepcopy(full_report)
+    loaded["baselines"]["bias_only"]["rating"]["mae"] = expected["baselines"]["bias_only"]["rating"]["mae"] = None
+    assert loaded == expected
 
 
-def test_report_md_names_the_protocol_and_compares_with_every_baseline(full_report, tmp_path):
-    md = write_report(full_report, tmp_path)["md"].read_text()
+def test_report_md_names_the_protocol_and_compares_with_every_baseline(written):
+    md = written[3]["md"].read_text()
     assert "- split protocol: **cold-items** (cold_fraction=0.2), seed **7**" in md
     assert "each user's train and valid interactions are removed" in md
     assert "every held-out interaction" in md and "RUN/model (sha256 0123456789abcdef)" in md

@@ -17,7 +17,7 @@ def pools(users: int = 37, items: int = 300, pool: int = 40, dim: int = 8, seed:
     g = torch.Generator().manual_seed(seed)
     item_vecs, user_vecs = torch.randn(items, dim + 2, generator=g), torch.randn(users, dim + 2, generator=g)
     scores, top = torch.topk(user_vecs @ item_vecs.T, pool, dim=1)
-    return diversity_vectors(item_vecs), top, scores
+    return diversity_vectors(item_vecs, None), top, scores
 
 
 def test_lambda_zero_is_the_plain_ranking_even_with_ties_and_short_pools():
@@ -73,8 +73,8 @@ def test_bad_lambda_is_one_clear_error(bad):
 
 
 def test_recommend_and_the_api_diversify(trained, capsys):
-    from mmrec.serve.recommender import Recommender
     from mmrec.cli import main
+    from mmrec.serve.recommender import Recommender
     from mmrec.serve.rerank import item_attributes
 
     root, data = trained

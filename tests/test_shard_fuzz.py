@@ -7,8 +7,8 @@ from pathlib import Path
 from conftest import write_jpeg, write_png, write_tone
 
 from mmrec.cli import main
-from mmrec.shard.quarantine import read_quarantine
 from mmrec.data.reader import ReaderConfig, item_loader
+from mmrec.shard.quarantine import read_quarantine
 
 
 def build_fuzzed(root: Path):
@@ -41,7 +41,7 @@ def build_fuzzed(root: Path):
     ]
     raw = "\n".join(lines).encode("utf-8")
     # invalid UTF-8 inside the text of one line
-    raw = raw.replace("caf\xff\xfe".encode("utf-8"), b"caf\xff\xfe")
+    raw = raw.replace("caf\xff\xfe".encode(), b"caf\xff\xfe")
     (root / "items.jsonl").write_bytes(raw + b"\n")
 
     inter = [

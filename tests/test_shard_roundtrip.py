@@ -9,8 +9,8 @@ import soundfile as sf
 from PIL import Image
 
 from mmrec.data.reader import ReaderConfig, item_loader, load_manifest
+from mmrec.shard.protocols import SplitConfig
 from mmrec.shard.writer import ShardOptions, shard_catalogue
-from mmrec.shard.splits import SplitConfig
 
 
 def read_all(data, **kw):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mmrec.shard.interactions import Interaction
-from mmrec.shard.splits import SplitConfig, split_interactions
+from mmrec.shard.protocols import SplitConfig, split_interactions
 
 
 def make_rows(n_users=30, n_items=50, per_user=(1, 25), seed=0, ties=False):

@@ -172,8 +172,8 @@ def test_rewriting_a_folder_leaves_no_stale_media(tmp_path):
 
 
 def test_the_sharder_accepts_the_catalogue_whole(tmp_path):
+    from mmrec.shard.protocols import SplitConfig
     from mmrec.shard.writer import ShardOptions, shard_catalogue
-    from mmrec.shard.splits import SplitConfig
 
     summary = write_synthetic_catalogue(tmp_path / "cat", SyntheticCatalogueConfig(**SMALL))
     report = shard_catalogue(tmp_path / "cat/items.jsonl", tmp_path / "cat/interactions.csv",

@@ -58,13 +58,13 @@ def add_diversify(p: argparse.ArgumentParser, many: bool) -> None:
 
 
 def run_folder(text: str) -> Path:
-    """--run: a folder written by `mmrec train` (its model and vocabulary)."""
-    run = Path(text)
-    missing = [name for name in ("model", "vocabulary.json") if not (run / name).exists()]
-    if missing:
-        what = "does not exist" if not run.exists() else f"has no {' or '.join(missing)}"
-        raise argparse.ArgumentTypeError(f"{run} {what}: pass a run folder written by `mmrec train`")
-    return run
+    """--run: a folder written by `mmrec train` (its model and vocabulary: `mmrec.serve.run.check_run_folder`)."""
+    from mmrec.serve.run import check_run_folder
+
+    try:
+        return check_run_folder(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def data_location(value: str) -> str | Path:
@@ -72,19 +72,6 @@ def data_location(value: str) -> str | Path:
     from mmrec.data.remote import as_location
 
     return as_location(value)
-
-
-def run_data(run: Path, data: str | Path | None) -> str | Path:
-    """The dataset a run trained on (a folder or a URL), unless the user names one."""
-    if data is not None:
-        return data
-    from mmrec.config import load_run_config
-
-    path = load_run_config(run / "config.yaml").data.path
-    location = data_location(path) if path else None
-    if location is None or (isinstance(location, Path) and not location.is_dir()):
-        raise ValueError(f"cannot find the run's dataset ({path!r}); pass --data DATA")
-    return location
 
 
 def add_verbosity(p: argparse.ArgumentParser, default) -> None:

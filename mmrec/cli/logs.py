@@ -17,7 +17,7 @@ class _LogLines(logging.Handler):
 
         try:
             tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 (logging's convention: a failing handler reports, never raises)
+        except Exception:
             self.handleError(record)
 
 

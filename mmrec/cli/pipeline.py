@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from mmrec.cli.args import data_location, run_data
+from mmrec.cli.args import data_location
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -50,9 +50,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from mmrec.training.cache import build_frozen_model, cache_features
     from mmrec.config import load_run_config
     from mmrec.model.factory import load_model
+    from mmrec.training.cache import build_frozen_model, cache_features
 
     if (args.run is None) == (args.config is None):
         raise ValueError("pass exactly one of --run RUN (a run folder) or --config CONFIG")
@@ -87,10 +87,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mmrec.evaluate.evaluation import evaluate_run
+    from mmrec.serve.run import run_dataset
 
     ks = args.k
-    report, paths = evaluate_run(args.run, run_data(args.run, args.data), args.out, split=args.split, ks=ks,
-                                 emb=args.emb, mask=args.mask, threshold=args.threshold, candidates=args.candidates,
+    data = run_dataset(args.run, args.data, required=True)
+    report, paths = evaluate_run(args.run, data, args.out, split=args.split, ks=ks, emb=args.emb, mask=args.mask,
+                                 threshold=args.threshold, candidates=args.candidates,
                                  ablation=not args.no_ablation, batch_size=args.batch_size, num_workers=args.workers,
                                  diversify=args.diversify, pool=args.pool, max_per_attribute=args.max_per_attribute)
     if not report:  # another process of an `accelerate launch`: the main one writes and prints

@@ -1,153 +1,67 @@
-"""The serving subcommands: recommend, similar, search, index, embed-users, embed-items."""
+"""The serving subcommands: recommend, similar, search (answered by `mmrec.Recommender`, as from Python), index,
+embed-users, embed-items."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
-
-from mmrec.cli.args import run_data
 
 logger = logging.getLogger(__name__)
 
 
-def embeddings_dir(args: argparse.Namespace) -> Path:
-    """--emb, else the run's last embeddings; refused when another model made them (`find_embeddings`)."""
-    from mmrec.serve.embeddings import find_embeddings
+def _recommender(args: argparse.Namespace, data):
+    """The run as `mmrec.Recommender.from_run` opens it: EMB (--emb, else the run's last embeddings, refused when
+    another model made them), `data` checked to be the run's dataset, EMB's index unless --exact."""
+    from mmrec.serve.recommender import Recommender
 
-    return find_embeddings(args.run, args.emb)
+    return Recommender.from_run(args.run, emb=args.emb, data=data, exact=getattr(args, "exact", False))
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from mmrec.data.fingerprint import check_dataset
-    from mmrec.serve.embeddings import Embeddings, format_results, recommend, seen_items
+    from mmrec.serve.run import run_dataset
 
-    emb_dir = embeddings_dir(args)
-    emb = Embeddings.load(emb_dir)
+    try:
+        data, missing = run_dataset(args.run, args.data, required=True), None
+    except ValueError as e:  # no dataset: what needs one says why (`missing`), the rest goes on without
+        data, missing = None, str(e)
+    if missing is not None:
+        capped = args.diversify is not None and args.max_per_attribute is not None
+        if capped or (args.explain and args.user is not None):  # the items' attributes, a user's training history
+            raise ValueError(missing)
+        if args.explain:  # a given history explains itself; attributes and content need the dataset
+            logger.warning(f"no attribute or modality reasons ({missing})")
+    rec = _recommender(args, data)
+    ask = {"k": args.k, "explain": args.explain, "diversify": args.diversify, "pool": args.pool,
+           "max_per_attribute": args.max_per_attribute}
     if args.history is not None:  # a user the run never saw: the vector comes from the history tower
-        from mmrec.serve.incremental import parse_history, recommend_for_history
-        from mmrec.model.factory import load_run_model
-
-        model, preprocessors, _ = load_run_model(args.run)
-        pairs = parse_history(args.history)
-        hits = _diversified(args, emb, recommend_for_history(model.eval(), emb, pairs, _fetch(args)))
-        if args.explain:
-            explainer = _explainer(args, emb, model, preprocessors)
-            print(_explained(emb, hits, explainer.explain(explainer.given_history(pairs), [i for i, _ in hits])))
-            return 0
-        print(format_results(emb, hits))
-        return 0
-    if args.data is not None:
-        check_dataset(args.run, args.data)  # another dataset's seen items would be the wrong ones to exclude
-    exclude = set()
-    try:
-        exclude = seen_items(run_data(args.run, args.data), args.user, emb.item_ids)
-    except ValueError as e:
-        logger.warning(f"not excluding seen items ({e})")
-    index = _ann(args, emb_dir, emb, "recommend")
-    hits = _diversified(args, emb, recommend(emb, args.user, _fetch(args), exclude, index=index))
-    if args.explain:
-        from mmrec.model.factory import load_run_model
-
-        model, preprocessors, _ = load_run_model(args.run)
-        explainer = _explainer(args, emb, model, preprocessors)
-        reasons = explainer.explain(explainer.user_history(args.user), [i for i, _ in hits],
-                                    emb.users[emb.user_ids.index(args.user)])
-        print(_explained(emb, hits, reasons))
-        return 0
-    print(format_results(emb, hits))
+        answers = rec.recommend(history=args.history, **ask)
+    else:
+        answers = rec.recommend(user=args.user, exclude_seen=_seen_readable(rec, args.user, missing), **ask)
+    print(answers.format(explained=args.explain))
     return 0
 
 
-def _fetch(args: argparse.Namespace) -> int:
-    """How many top items to score: --k, or under --diversify the --pool that MMR re-ranks."""
-    if args.diversify is None:
-        return args.k
-    from mmrec.serve.rerank import check_pool
-
-    return check_pool(args.pool, args.k)
-
-
-def _diversified(args: argparse.Namespace, emb, hits: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """--diversify: the pool re-ranked by maximal marginal relevance to --k items (`mmrec.serve.rerank`)."""
-    if args.diversify is None:
-        return hits
-    from mmrec.serve.rerank import attribute_table, diversify, diversity_vectors, item_attributes
-
-    attributes = None
-    if args.max_per_attribute is not None:  # the items' attributes are in the run's dataset
-        attributes = attribute_table(item_attributes(run_data(args.run, args.data), emb.item_ids))[0]
-    return diversify(hits, diversity_vectors(emb.items), args.k, args.diversify, attributes, args.max_per_attribute)
-
-
-def _explainer(args: argparse.Namespace, emb, model, preprocessors):
-    """`recommend --explain`: the evidence comes from the run's dataset (histories, attributes, content)."""
-    from mmrec.data.fingerprint import check_dataset
-    from mmrec.data.vocabulary import RunVocabulary
-    from mmrec.serve.explain import Explainer
-
-    try:
-        data = run_data(args.run, args.data)
-        check_dataset(args.run, data)
-    except ValueError as e:
-        if args.history is None:
-            raise  # a user's history is in the dataset
-        logger.warning(f"no attribute or modality reasons ({e})")
-        data = None
-    return Explainer(model, preprocessors, emb, data, RunVocabulary.load(args.run))
-
-
-def _explained(emb, hits: list[tuple[int, float]], reasons) -> str:
-    from mmrec.serve.explain import format_explained
-    from mmrec.serve.embeddings import format_results
-
-    return format_explained(format_results(emb, hits), reasons)
-
-
-def cmd_embed_users(args: argparse.Namespace) -> int:
-    from mmrec.data.fingerprint import check_dataset
-    from mmrec.data.vocabulary import RunVocabulary
-    from mmrec.serve.incremental import embed_users
-    from mmrec.model.factory import load_run_model
-
-    args.emb = args.out
-    emb_dir = embeddings_dir(args)  # refused when another model made it
-    data = run_data(args.run, args.data)
-    check_dataset(args.run, data)
-    model, _, _ = load_run_model(args.run)
-    done = embed_users(model.eval(), emb_dir, args.interactions, data, RunVocabulary.load(args.run), args.all_users)
-    print(done.summary())
-    return 0
-
-
-def cmd_embed_items(args: argparse.Namespace) -> int:
-    from mmrec.data.vocabulary import RunVocabulary
-    from mmrec.serve.incremental import add_items
-    from mmrec.model.factory import load_run_model
-
-    args.emb = args.out
-    emb_dir = embeddings_dir(args)  # refused when another model made it
-    model, preprocessors, _ = load_run_model(args.run)
-    done = add_items(model.eval(), preprocessors, RunVocabulary.load(args.run).attributes, args.data, emb_dir,
-                     args.batch_size, args.workers)
-    print(done.summary())
-    return 0
+def _seen_readable(rec, user: str, missing: str | None) -> bool:
+    """Whether `recommend --user` can exclude the user's seen items. Without a readable dataset it answers
+    anyway, saying that it excludes none."""
+    if missing is None:
+        try:
+            rec.seen_items(user)  # read now (and kept for the query), so that a read error is this warning
+            return True
+        except ValueError as e:
+            missing = str(e)
+    logger.warning(f"not excluding seen items ({missing})")
+    return False
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
-    from mmrec.serve.embeddings import Embeddings, format_results, similar
-
-    emb_dir = embeddings_dir(args)
-    emb = Embeddings.load(emb_dir)
-    print(format_results(emb, similar(emb, args.item, args.k, index=_ann(args, emb_dir, emb, "similar"))))
+    print(_recommender(args, args.data).similar(args.item, args.k))
     return 0
 
 
-def _ann(args: argparse.Namespace, emb_dir: Path, emb, score: str):
-    """EMB/index's index for `score` when there is a fresh one and --exact is not given, else None (exact)."""
-    from mmrec.serve.ann import load_index
-
-    return None if args.exact else load_index(emb_dir, emb, score)
+def cmd_search(args: argparse.Namespace) -> int:
+    print(_recommender(args, None).search(args.query, args.k))
+    return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -159,9 +73,31 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_search(args: argparse.Namespace) -> int:
-    from mmrec.serve.embeddings import Embeddings, format_results, search
+def cmd_embed_users(args: argparse.Namespace) -> int:
+    from mmrec.data.fingerprint import check_dataset
+    from mmrec.data.vocabulary import RunVocabulary
+    from mmrec.model.factory import load_run_model
+    from mmrec.serve.incremental import embed_users
+    from mmrec.serve.run import find_embeddings, run_dataset
 
-    emb = Embeddings.load(embeddings_dir(args))
-    print(format_results(emb, search(args.run, emb, args.query, args.k)))
+    emb_dir = find_embeddings(args.run, args.out)  # refused when another model made it
+    data = run_dataset(args.run, args.data, required=True)
+    check_dataset(args.run, data)
+    model, _, _ = load_run_model(args.run)
+    done = embed_users(model.eval(), emb_dir, args.interactions, data, RunVocabulary.load(args.run), args.all_users)
+    print(done.summary())
+    return 0
+
+
+def cmd_embed_items(args: argparse.Namespace) -> int:
+    from mmrec.data.vocabulary import RunVocabulary
+    from mmrec.model.factory import load_run_model
+    from mmrec.serve.incremental import add_items
+    from mmrec.serve.run import find_embeddings
+
+    emb_dir = find_embeddings(args.run, args.out)  # refused when another model made it
+    model, preprocessors, _ = load_run_model(args.run)
+    done = add_items(model.eval(), preprocessors, RunVocabulary.load(args.run).attributes, args.data, emb_dir,
+                     args.batch_size, args.workers)
+    print(done.summary())
     return 0

@@ -11,17 +11,18 @@ modalities cost no encoder work.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from encoders import EncoderOutput, Preprocessor
+from mmrec.data.item import DecodedItem, Visit, VisitOf
 
-if TYPE_CHECKING:  # types only: the model imports ItemBatch and must not pull in the reader (webdataset, PIL)
-    from mmrec.data.reader import DecodedItem
-    from mmrec.data.dataset import SplitArrays
+if TYPE_CHECKING:  # types only: a batch is built from split arrays, never from the split files
+    from mmrec.data.splits import SplitArrays
 
 # The item_index of an item the model was not trained on: scored from its content alone (RecModel.item_output).
 # Not 0 or any row: a new catalogue numbers its rows from 0 too, and the run's item 0's ID terms are not its item's.
@@ -56,7 +57,7 @@ class ItemBatch:
     def size(self) -> int:
         return int(self.item_index.shape[0])
 
-    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ItemBatch":
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> ItemBatch:
         """A new batch with `fn` applied to every tensor (encoder inputs and cached features included)."""
         def move(x: Any) -> Any:
             if isinstance(x, torch.Tensor):
@@ -69,7 +70,7 @@ class ItemBatch:
 
         return ItemBatch(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ItemBatch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ItemBatch:
         return self.apply(lambda t: t.to(device, non_blocking=non_blocking))
 
     def nbytes(self) -> int:
@@ -84,7 +85,7 @@ class ItemBatch:
         self.apply(count)
         return total
 
-    def pin_memory(self) -> "ItemBatch":
+    def pin_memory(self) -> ItemBatch:
         """Page-locked copy (the DataLoader calls this with pin_memory=True), so `.to(cuda, non_blocking=True)`
         overlaps the copy with compute."""
         return self.apply(lambda t: t.pin_memory())
@@ -101,7 +102,7 @@ class InteractionIndex:
         self.offsets = np.concatenate([[0], np.cumsum(counts)])
 
     @classmethod
-    def from_split(cls, rows: "SplitArrays", num_items: int) -> "InteractionIndex":
+    def from_split(cls, rows: SplitArrays, num_items: int) -> InteractionIndex:
         """The pairs of a parsed split file; rows of users outside the vocabulary (-1) are left out."""
         known = rows.users >= 0
         return cls(rows.items[known], rows.users[known], rows.ratings[known], num_items)
@@ -148,24 +149,6 @@ class PreparedItems:
             return KeptItem(index) if index in self.items else decode(sample)
 
         return decode_unless_kept
-
-
-@dataclass(frozen=True)
-class Visit:
-    """Which visit of its item a training sample is: chunk `chunk` of `chunks` of the item's training
-    interactions in pass `pass_number` (see `mmrec.data.batch.ExampleBuilder`)."""
-
-    pass_number: int
-    chunk: int
-    chunks: int
-
-
-@dataclass
-class VisitOf:
-    """A decoded item (or `KeptItem`) with the `Visit` its sample was marked with."""
-
-    item: Any
-    visit: Visit
 
 
 class ExampleBuilder:

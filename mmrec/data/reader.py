@@ -19,10 +19,10 @@ import json
 import math
 import os
 import random
-import tarfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,43 +30,11 @@ import webdataset as wds
 from PIL import Image
 
 from mmrec.data import remote, schema
-from mmrec.data.batch import Visit, VisitOf
+from mmrec.data.dataset import load_manifest
+from mmrec.data.item import DecodedItem, Visit, VisitOf
 from mmrec.data.media import decode_audio_bytes
 
-
-@dataclass
-class DecodedItem:
-    """One catalogue item as the encoders' preprocessing receives it."""
-
-    index: int  # row of the item in item_ids.json and in exported embeddings
-    item_id: str
-    text: str | None
-    image: Image.Image | None  # RGB
-    waveform: torch.Tensor | None  # float32 (channels, frames)
-    sample_rate: int | None
-    attributes: list[str] = field(default_factory=list)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def present(self) -> dict[str, bool]:
-        return {"text": self.text is not None, "image": self.image is not None, "audio": self.waveform is not None}
-
-
-def load_manifest(data_dir: str | Path) -> dict:
-    """Read DATA/manifest.json; `data_dir` may be a local folder or a URL (`mmrec.data.remote`)."""
-    data_dir = remote.as_location(data_dir)
-    location = remote.url_of(data_dir, schema.MANIFEST)
-    try:
-        manifest = json.loads(remote.read_bytes(data_dir, schema.MANIFEST))  # local, http(s), fsspec, pipe:
-    except FileNotFoundError as e:  # a missing local file, or a remote one the server does not have
-        why = str(e) if isinstance(e, remote.MissingRemoteFile) else f"cannot read {location}: {e}"  # names the URL
-        raise ValueError(f"{data_dir} is not an mmrec dataset folder ({why}); create one with `mmrec shard`") from e
-    except OSError as e:
-        raise ValueError(f"cannot read {location}: {e}") from e
-    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
-        raise ValueError(f"{location}: schema version {manifest.get('schema_version')} is not "
-                         f"{schema.SCHEMA_VERSION}; re-run `mmrec shard` with this mmrec version")
-    return manifest
+remote.register_webdataset_opener()  # shards at any fsspec URL stream like local ones
 
 
 def shard_urls(data_dir: str | Path, manifest: dict | None = None) -> list[str]:
@@ -74,38 +42,6 @@ def shard_urls(data_dir: str | Path, manifest: dict | None = None) -> list[str]:
     manifest = manifest or load_manifest(data_dir)
     data_dir = remote.as_location(data_dir)
     return [remote.url_of(data_dir, sh["path"]) for sh in manifest["shards"]]
-
-
-@dataclass(frozen=True)
-class ShardMember:
-    """One file of a shard's tar, from its header: where its bytes lie, and the parsed json member."""
-
-    key: str  # the item's sample key (`000000042`)
-    ext: str  # "json", "txt", "png", "flac", ...
-    offset: int  # of its bytes in the tar
-    size: int
-    meta: dict[str, Any] | None  # the json member's content; None for the others
-
-
-def shard_members(data_dir: str | Path, shard_path: str) -> Iterator[ShardMember]:
-    """The members of one shard of DATA (a folder or a URL), in tar order, reading only headers and the small
-    json members where the file can seek (local); a remote shard is streamed once, its media skipped over."""
-    data_dir = remote.as_location(data_dir)
-    location = remote.url_of(data_dir, shard_path)
-    try:
-        if remote.is_remote(data_dir):
-            tar = tarfile.open(fileobj=remote.open_stream(data_dir, shard_path), mode="r|")
-        else:
-            tar = tarfile.open(location)
-        with tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
-                meta = json.loads(tar.extractfile(member).read()) if ext == "json" else None
-                yield ShardMember(key, ext, member.offset_data, member.size, meta)
-    except (OSError, tarfile.TarError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {location} ({e}): restore it or re-shard") from e
 
 
 def decode_image(sample: dict[str, Any]) -> Image.Image | None:

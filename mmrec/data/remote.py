@@ -17,7 +17,7 @@ Locations (docs/design.md "Remote data"):
 The files read here (manifest, item ids, split CSVs) are small next to the shards, so a remote one is
 fetched whole: a retry restarts it cleanly and its sha256 is taken from the same bytes. Shards are
 streamed by WebDataset from `url_of(data, shard_path)`; for the fsspec schemes WebDataset has no opener
-of its own, so one is registered in its scheme table (`webdataset.gopen.gopen_schemes`).
+of its own, so the shard reader registers one in its scheme table (`register_webdataset_opener`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ from pathlib import Path
 from typing import IO
 
 logger = logging.getLogger(__name__)
-# the module, not the function `webdataset.gopen` that the package exports under the same name
-wds_gopen = importlib.import_module("webdataset.gopen")
 
 RETRIES = 4  # further attempts after a transient failure
 BACKOFF_S = 0.5  # wait before the first retry; doubles after each
@@ -130,7 +128,7 @@ def open_stream(data: str | Path, relative: str) -> IO[bytes]:
     WebDataset streams shards with (local, `curl` for http(s), fsspec, `pipe:`)."""
     if not is_remote(data):
         return open(Path(data) / relative, "rb")
-    return wds_gopen.gopen(url_of(data, relative), "rb")
+    return _wds_gopen().gopen(url_of(data, relative), "rb")
 
 
 def exists(data: str | Path, relative: str) -> bool:
@@ -241,15 +239,27 @@ def _fsspec_fs(url: str):
         raise ValueError(f"cannot open {url}: {e}") from e
 
 
+def _wds_gopen():
+    """webdataset's opener module, with `_gopen_fsspec` in its scheme table. Imported on use, so that reading a
+    dataset's small files needs no webdataset."""
+    # the module, not the function `webdataset.gopen` that the package exports under the same name
+    gopen = importlib.import_module("webdataset.gopen")
+    # its table falls back to an error for unknown schemes; fsspec knows many more. Its own entries (pipe:,
+    # http via curl, gs via gsutil, ...) are kept
+    if gopen.gopen_schemes.get("__default__") is gopen.gopen_error:
+        gopen.gopen_schemes["__default__"] = _gopen_fsspec
+    return gopen
+
+
 def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
     """WebDataset opener for the schemes it has none for (s3://, ...): stream the shard through fsspec."""
     if mode != "rb":
-        return wds_gopen.gopen_error(url)
+        return _wds_gopen().gopen_error(url)
     fs, path = _fsspec_fs(url)
     return fs.open(path, "rb")
 
 
-# WebDataset's table falls back to an error for unknown schemes; fsspec knows many more. Its own
-# entries (pipe:, http via curl, gs via gsutil, ...) are kept.
-if wds_gopen.gopen_schemes.get("__default__") is wds_gopen.gopen_error:
-    wds_gopen.gopen_schemes["__default__"] = _gopen_fsspec
+def register_webdataset_opener() -> None:
+    """Let WebDataset stream shards from every fsspec scheme: called by the shard reader, which hands
+    shard URLs to WebDataset."""
+    _wds_gopen()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmrec.data.dataset import SplitArrays
+from mmrec.data.splits import SplitArrays
 
 
 def popularity_vectors(train: SplitArrays, num_users: int, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:

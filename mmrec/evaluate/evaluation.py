@@ -43,18 +43,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
 from safetensors.torch import load_file
 from tqdm import tqdm
 
 from mmrec import __version__
 from mmrec.config import load_run_config
 from mmrec.config_io import to_dict
+from mmrec.data.dataset import Dataset
 from mmrec.data.fingerprint import check_dataset
 from mmrec.data.reader import load_manifest
 from mmrec.data.remote import as_location, describe
 from mmrec.data.schema import HISTORY_SPLITS
-from mmrec.data.dataset import RunSplits, SplitArrays
+from mmrec.data.splits import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import assemble, counting, embed_batches, item_batches, progress_shown, verify_shards
 from mmrec.evaluate.baselines import (
@@ -66,177 +66,33 @@ from mmrec.evaluate.baselines import (
     item_knn_vectors,
     popularity_vectors,
 )
-from mmrec.evaluate.metrics import UserItems, ranking_metrics
-from mmrec.evaluate.protocol import EvalProtocol, evaluate_held_out_users, evaluate_split, ranked_lists
+from mmrec.evaluate.protocol import EvalProtocol, evaluate_held_out_users
 from mmrec.evaluate.report import write_report
-from mmrec.serve.explain import explanation_faithfulness
+from mmrec.evaluate.scoring import Evaluator, Ranks
 from mmrec.files import sha256_of
+from mmrec.model.card import refresh_card
 from mmrec.model.factory import WEIGHTS_FILE, load_run_model
 from mmrec.model.history import UserHistory
-from mmrec.model.hub import refresh_card
 from mmrec.model.model import user_vectors, vectors_for_histories
 from mmrec.precision import bf16_autocast
+from mmrec.serve.faithfulness import explanation_faithfulness
 from mmrec.serve.rerank import (
     DEFAULT_POOL,
     attribute_table,
     check_cap,
     check_lambda,
     check_pool,
-    diversity_vectors,
-    intra_list_diversity,
     item_attributes,
-    mmr,
 )
+from mmrec.serve.run import made_by_run_model
 
-# users by history length (training interactions): a user vector from 1 interaction, a handful, ...
-ACTIVITY_BUCKETS = ((1, 1), (2, 5), (6, 20), (21, None))
 logger = logging.getLogger(__name__)
-
-
-class _Ranks:
-    """The processes of an `accelerate launch` (one in a plain run), and how they share the per-user work."""
-
-    def __init__(self, index: int = 0, count: int = 1):
-        self.index, self.count = index, count
-        self.main = index == 0
-
-    @classmethod
-    def current(cls) -> "_Ranks":
-        state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes from torchrun form a gloo group
-        return cls(state.process_index, state.num_processes)
-
-    def gather(self, obj) -> list:
-        """[every rank's `obj`] in rank order, on every rank."""
-        return [obj] if self.count == 1 else gather_object([obj])
-
-    def per_user(self, users: np.ndarray, rows_of) -> np.ndarray:
-        """`rows_of(users)` (one row per user): each rank computes a contiguous block of the users, and the blocks
-        are gathered in order, so every rank holds exactly the rows one process would have computed."""
-        if self.count == 1:
-            return rows_of(users)
-        return np.concatenate(self.gather(rows_of(np.array_split(users, self.count)[self.index])))
-
-
-class _Evaluator:
-    """Scores one (user vectors, item vectors) pair under the report's protocol."""
-
-    def __init__(self, splits: RunSplits, protocol: EvalProtocol, ks: list[int], ranks: _Ranks | None = None):
-        self.splits, self.protocol, self.ks = splits, protocol, ks
-        self.ranks = ranks or _Ranks()
-        # one tick per full ranking of the users (the model, each slice, baseline and ablation); closed by evaluate()
-        self.bar = tqdm(desc="eval: scoring", unit="ranking", disable=not progress_shown() or not self.ranks.main)
-        self.popularity = splits.item_popularity()
-        self.warm = np.nonzero(self.popularity > 0)[0]
-        self.cold = np.nonzero(self.popularity == 0)[0]
-        train = splits["train"]
-        activity = np.bincount(train.users[train.users >= 0], minlength=splits.num_users)
-        self.buckets = {}
-        for lo, hi in ACTIVITY_BUCKETS:
-            name = f"{lo}+" if hi is None else str(lo) if lo == hi else f"{lo}-{hi}"
-            self.buckets[name] = np.nonzero((activity >= lo) & ((activity <= hi) if hi else True))[0]
-
-    def _run(self, user_vecs, item_vecs, candidates="protocol", users=None) -> dict:
-        held = self.protocol.held_out(self.splits, users)
-        out = evaluate_split(user_vecs, item_vecs, self.splits, self.protocol, tuple(self.ks), candidates, held,
-                             per_user=self.ranks.per_user)  # a block of the users per rank, gathered in order
-        self.bar.update(1)
-        return out
-
-    def score(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, slices: bool = True) -> dict:
-        full = self._run(user_vecs, item_vecs)
-        out = {"rating": full["rating"], "ranking": full["ranking"]}
-        if slices:
-            out["slices"] = {
-                "warm_items": self._run(user_vecs, item_vecs, self.warm)["ranking"] if len(self.warm) else {},
-                "cold_items": self._run(user_vecs, item_vecs, self.cold)["ranking"] if len(self.cold) else {},
-                "user_activity": {name: self._run(user_vecs, item_vecs, users=users)["ranking"]
-                                  for name, users in self.buckets.items() if len(users)},
-            }
-        return out
-
-    def beyond(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, embed_dim: int) -> dict:
-        """Coverage, average popularity and intra-list diversity of the top-K lists of evaluated users."""
-        held = self.protocol.held_out(self.splits)
-        users = np.unique(held.users[held.users >= 0])
-        cand = self.protocol.candidate_items(self.splits)
-        cand = np.arange(self.splits.num_items) if cand is None else cand
-        top = self.ranks.per_user(users, lambda block: ranked_lists(
-            user_vecs, item_vecs, self.splits, block, self.protocol.masked, cand, max(self.ks)))
-        return self._beyond_of(top, diversity_vectors(item_vecs, embed_dim), len(cand))
-
-    def _beyond_of(self, top: np.ndarray, q: torch.Tensor, n_candidates: int) -> dict:
-        """Coverage, average popularity and intra-list diversity (1 - mean pairwise cosine of the centred q
-        vectors `q`, the similarity MMR re-ranks with) of ranked lists (U, max K), at each K."""
-        out = {}
-        for k in self.ks:
-            lists = top[:, :k]
-            out[f"coverage@{k}"] = float(len(np.unique(lists)) / n_candidates)  # share of the candidate items
-            out[f"avg_popularity@{k}"] = float(self.popularity[lists].mean())
-            if k > 1:
-                out[f"diversity@{k}"] = float(intra_list_diversity(lists, q).mean())
-        return out
-
-    def diversify(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, embed_dim: int, lambdas: list[float],
-                  pool: int, attributes: torch.Tensor | None = None, cap: int | None = None) -> dict:
-        """The accuracy / diversity trade-off: for each LAMBDA, each ranked user's `pool` best candidates (masked
-        as in the headline) re-ranked by MMR (`mmrec.serve.rerank`) to the largest K, then the headline's Recall and
-        NDCG and the beyond-accuracy metrics of those lists. LAMBDA 0 without a cap is the headline ranking."""
-        held = self.protocol.held_out(self.splits)
-        cand = self.protocol.candidate_items(self.splits)
-        cand = np.arange(self.splits.num_items) if cand is None else cand
-        known = (held.users >= 0) & np.isin(held.items, cand)
-        users = np.unique(held.users[known])  # the headline's users: a vector and a relevant candidate
-        row_of = np.full(self.splits.num_users, -1, dtype=np.int64)
-        row_of[users] = np.arange(len(users))
-        relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(users))
-        k_max, pool = max(self.ks), min(pool, len(cand))
-        if pool < k_max:
-            raise ValueError(f"the re-ranking pool ({pool} items) is smaller than the largest K ({k_max}): pass a "
-                             "larger --pool or smaller --k")
-        n, rows_of = self.splits.num_items, [self.splits[name] for name in self.protocol.masked]
-        pairs = np.concatenate([row_of[r.users[r.users >= 0]] * n + r.items[r.users >= 0] for r in rows_of])
-        q = diversity_vectors(item_vecs, embed_dim)
-
-        def rerank(block: np.ndarray) -> np.ndarray:
-            """(R, L * K) the MMR lists of the users at rows `block`, at every LAMBDA side by side."""
-            top = ranked_lists(user_vecs, item_vecs, self.splits, users[block], self.protocol.masked, cand, pool)
-            items, mine = torch.from_numpy(top), torch.from_numpy(users[block])  # (R, P), (R,)
-            scores = torch.cat([torch.einsum("ue,upe->up", user_vecs[mine[s : s + 4096]].float(),
-                                             item_vecs[items[s : s + 4096]].float()) for s in range(0, len(block), 4096)]
-                               or [torch.zeros(0, top.shape[1])])  # (R, P)
-            # a user with fewer unmasked candidates than the pool gets masked items at its end (as the headline
-            # does past its last candidate): never choose them for diversity, only to fill a list that ran out
-            masked = np.isin(block[:, None] * n + top, pairs[pairs >= 0])  # (R, P)
-            scores[torch.from_numpy(masked)] = float("-inf")
-            return np.concatenate([_filled(mmr(items, scores, q, k_max, lam, attributes, cap).numpy(), top)
-                                   for lam in lambdas], axis=1)
-
-        reranked = self.ranks.per_user(np.arange(len(users)), rerank)  # (U, L * K)
-        rows = []
-        for j, lam in enumerate(lambdas):
-            lists = reranked[:, j * k_max : (j + 1) * k_max]
-            ranking = ranking_metrics(lists, relevant, self.ks)
-            accuracy = {f"{m}@{k}": ranking[f"{m}@{k}"] for k in self.ks for m in ("ndcg", "recall")}
-            rows.append({"lambda": lam, **accuracy, **self._beyond_of(lists, q, len(cand))})
-            self.bar.update(1)
-        return {"method": "MMR: (1 - LAMBDA) * score min-max normalised over the pool - LAMBDA * max cosine to "
-                          "the items already chosen (centred q vectors, as diversity@K)",
-                "pool": pool, "max_per_attribute": cap, "users": int(len(users)), "rows": rows}
-
-
-def _filled(lists: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """Re-ranked lists whose pool ran out (-1) completed with the pool's remaining items in order."""
-    for row in np.nonzero((lists < 0).any(1))[0]:
-        chosen = set(lists[row].tolist())
-        rest = [i for i in pool[row] if i not in chosen]
-        lists[row, lists[row] < 0] = rest[: int((lists[row] < 0).sum())]
-    return lists
 
 
 def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: dict[str, torch.Tensor], model,
              split: str = "test", ks: list[int] | None = None, mask: str = "auto",
              threshold: float | None = None, candidates: str = "auto", diversify: list[float] | None = None,
-             pool: int = DEFAULT_POOL, max_per_attribute: int | None = None, ranks: _Ranks | None = None) -> dict:
+             pool: int = DEFAULT_POOL, max_per_attribute: int | None = None, ranks: Ranks | None = None) -> dict:
     """The report dict (docs/design.md report.json) for a model's exported vectors on `split`.
 
     `mask` and `candidates` choose the protocol (`mmrec.evaluate.protocol`: "auto" is the rule that
@@ -244,12 +100,13 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
     each user's top-`pool`, at most `max_per_attribute` items sharing an attribute; LAMBDA 0 is added).
     `ranks`: the processes sharing the users (module docstring); only the main one's report is whole.
     """
-    ranks = ranks or _Ranks()
+    ranks = ranks or Ranks()
     ks = sorted(ks or [10, 20, 50])
     vocab = RunVocabulary.load(run_dir)
-    manifest = load_manifest(data_dir)
+    dataset = Dataset(data_dir)  # every split file hashed and parsed once, the shards' index built once
+    manifest = dataset.manifest
     protocol = EvalProtocol.for_split(split, manifest["split"], mask=mask, candidates=candidates, threshold=threshold)
-    splits = RunSplits(data_dir, vocab)  # every split file parsed once for the whole report
+    splits = RunSplits(dataset, vocab)
 
     report = {"protocol": {
         "split": split,
@@ -279,7 +136,7 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
         report["protocol"]["masked_splits"] = [HISTORY_SPLITS[split]]  # each user's given history
         return report
-    ev = _Evaluator(splits, protocol, ks, ranks)
+    ev = Evaluator(splits, protocol, ks, ranks)
     logger.info(f"scoring the {split} split: the model, its slices, the baselines and the modality ablation"
                 + (f" (users shared among {ranks.count} processes)" if ranks.count > 1 else ""))
     history = (UserHistory.from_rows(splits["train"], splits.num_users + 1, model.config.history_length)
@@ -290,13 +147,14 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
         reasons = "; ".join(f"{k}: {why}" for k, why in ours["ranking"]["not_computable"].items())
         raise ValueError(f"the headline ranking cannot be computed at every --k ({reasons}); pass smaller --k")
     report.update(ours)
-    report["beyond"] = ev.beyond(user_vecs, item_vecs, model.config.embedding_dim)
+    id_terms = model.item_seen.cpu()[: len(item_vecs)]  # the rows with learned ID terms, as EMB's `id_terms`
+    report["beyond"] = ev.beyond(user_vecs, item_vecs, id_terms)
     if ranks.main:  # 200 seeded users: not worth sharing out; the other ranks wait at their next ranking
         report["explanation_faithfulness"] = _faithfulness(splits, protocol, item_vecs, model)
     if diversify:  # the trade-off is read against the plain ranking: LAMBDA 0 is always a row
-        attributes = (attribute_table(item_attributes(data_dir, vocab.item_ids))[0]
+        attributes = (attribute_table(item_attributes(dataset, vocab.item_ids))[0]
                       if max_per_attribute is not None else None)
-        report["diversify"] = ev.diversify(user_vecs, item_vecs, model.config.embedding_dim,
+        report["diversify"] = ev.diversify(user_vecs, item_vecs, id_terms,
                                            sorted({0.0, *map(check_lambda, diversify)}), pool, attributes,
                                            max_per_attribute)
     n_users, n_items = splits.num_users, splits.num_items
@@ -310,7 +168,7 @@ def evaluate(run_dir: Path, data_dir: Path, item_vecs: torch.Tensor, ablated: di
                           for m, vecs in ablated.items()}
     if ablated and report["slices"]["cold_items"].get("users"):  # cold items have no ID terms: content alone
         report["ablation_cold_items"] = {
-            f"without_{m}": {"ranking": ev._run(ablated_users[m], vecs, ev.cold)["ranking"]} for m, vecs in ablated.items()}
+            f"without_{m}": {"ranking": ev.metrics(ablated_users[m], vecs, ev.cold)["ranking"]} for m, vecs in ablated.items()}
     if splits.implicit:  # no section says "rating" where there is none
         for section in (report, bias, *report["ablation"].values()):
             section.pop("rating", None)
@@ -388,12 +246,12 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, 
     check_dataset(run_dir, data_dir)
     if emb is not None:  # the vectors must be this run's model's, from this dataset
         made = json.loads((Path(emb) / "embedding.json").read_text())
-        if made.get("checkpoint_sha256") != sha256_of(run_dir / "model" / WEIGHTS_FILE):
+        if not made_by_run_model(run_dir, made):
             raise ValueError(f"{emb} holds embeddings of another model ({made.get('checkpoint')}), not of "
                              f"{run_dir / 'model'}: re-run `mmrec embed` with this run, or drop --emb")
         if made.get("data", "") != describe(data_dir):
             check_dataset(run_dir, made.get("data", ""))  # same manifest elsewhere is fine; another is not
-    ranks = _Ranks.current()
+    ranks = Ranks.current()
     device = PartialState().device  # this process's accelerator under `accelerate launch`
     model, preprocessors, _ = load_run_model(run_dir, device=device)
     vocab = RunVocabulary.load(run_dir)

@@ -27,7 +27,7 @@ class UserItems:
     indices: np.ndarray  # (nnz,) int64
 
     @classmethod
-    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> "UserItems":
+    def from_pairs(cls, users: np.ndarray, items: np.ndarray, num_users: int) -> UserItems:
         users, items = np.asarray(users, dtype=np.int64), np.asarray(items, dtype=np.int64)
         order = np.lexsort((items, users))
         counts = np.bincount(users, minlength=num_users)

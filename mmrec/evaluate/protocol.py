@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmrec.data.dataset import HeldOutUsers, RunSplits, SplitArrays
+from mmrec.data.splits import HeldOutUsers, RunSplits, SplitArrays
 from mmrec.evaluate.metrics import UserItems, ranking_metrics, rating_metrics, top_k
 
 MASK_CHOICES = ("auto", "train")
@@ -45,7 +45,7 @@ class EvalProtocol:
 
     @classmethod
     def for_split(cls, split: str, split_info: dict, *, mask: str = "auto", candidates: str = "auto",
-                  threshold: float | None = None) -> "EvalProtocol":
+                  threshold: float | None = None) -> EvalProtocol:
         """The rule for `split` of a dataset whose manifest "split" entry is `split_info`."""
         if split not in ("valid", "test"):
             raise ValueError(f"can only score a held-out split, 'valid' or 'test', not {split!r}")
@@ -69,13 +69,17 @@ class EvalProtocol:
 
     def held_out(self, splits: RunSplits, users: np.ndarray | None = None) -> SplitArrays:
         """The held-out rows that count: above the threshold, optionally only of `users`."""
-        rows = splits[self.split]
-        keep = np.ones(len(rows), dtype=bool)
-        if self.threshold is not None:
-            keep &= rows.ratings >= self.threshold
-        if users is not None:
-            keep &= np.isin(rows.users, users)
-        return rows.subset(keep)
+        return _relevant_rows(splits[self.split], self.threshold, users)
+
+
+def _relevant_rows(rows: SplitArrays, threshold: float | None, users: np.ndarray | None = None) -> SplitArrays:
+    """The held-out `rows` that count: rating >= `threshold` (None: every row), optionally only of `users`."""
+    keep = np.ones(len(rows), dtype=bool)
+    if threshold is not None:
+        keep &= rows.ratings >= threshold
+    if users is not None:
+        keep &= np.isin(rows.users, users)
+    return rows.subset(keep)
 
 
 @torch.no_grad()
@@ -91,7 +95,7 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
         held: the held-out rows to score (default: the protocol's).
         per_user: how the ranked lists are computed: `per_user(users, rows_of)` returns `rows_of(users)`, the
             default; `mmrec eval` under `accelerate launch` passes one that splits the users across ranks and
-            gathers their rows in order (`evaluation._Ranks.per_user`).
+            gathers their rows in order (`mmrec.evaluate.scoring.Ranks.per_user`).
 
     Returns:
         {"rating": {rmse, mae, count}, "ranking": {recall@K, ndcg@K, hit@K, mrr@K, users, candidates}}
@@ -105,58 +109,12 @@ def evaluate_split(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: Run
         candidates = protocol.candidate_items(splits)
     num_users = splits.num_users
     users = user_vecs.float().cpu()
-    u_rows = torch.from_numpy(np.where(held.users >= 0, held.users, num_users))
     result: dict = {"rating": {}}  # implicit feedback: no rating to err on (RunSplits.implicit)
-    if not splits.implicit:
-        predicted = (users[u_rows] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
-        result["rating"] = rating_metrics(predicted.numpy(), held.ratings)
-
-    n_items = item_vecs.shape[0]
-    cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    in_cand = np.zeros(n_items, dtype=bool)
-    in_cand[cand] = True
-    # ranking needs a user vector of its own, and a relevant item among the candidates
-    known = (held.users >= 0) & in_cand[held.items]
-    eval_users = np.unique(held.users[known])  # rank only for users with something held out
-    row_of = np.full(num_users, -1, dtype=np.int64)
-    row_of[eval_users] = np.arange(len(eval_users))
-    relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
-    supported = [k for k in ks if k <= len(cand)]
-    ranking: dict = {"users": int((relevant.counts() > 0).sum())}
-    if supported:
-        def rows_of(block: np.ndarray) -> np.ndarray:
-            return ranked_lists(users, item_vecs, splits, block, protocol.masked, cand, max(supported))
-
-        top = rows_of(eval_users) if per_user is None else per_user(eval_users, rows_of)
-        ranking = ranking_metrics(top, relevant, supported)
-    too_large = [k for k in ks if k > len(cand)]
-    if too_large:
-        ranking["not_computable"] = {f"@{k}": f"only {len(cand)} candidate items, fewer than K = {k}" for k in too_large}
-    result["ranking"] = ranking | {"candidates": len(cand)}
+    if not splits.implicit:  # a user unseen in training is scored by the last row
+        result["rating"] = _rating(users, item_vecs, np.where(held.users >= 0, held.users, num_users), held)
+    masked = [splits[name] for name in protocol.masked]
+    result["ranking"] = _ranking(users, item_vecs, held, num_users, candidates, masked, ks, per_user)
     return result
-
-
-def ranked_lists(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSplits, users: np.ndarray,
-                 masked: tuple[str, ...], candidates: np.ndarray, k: int) -> np.ndarray:
-    """(len(users), k) item indices: each user's top-k among `candidates`, their `masked` items excluded.
-
-    Scores and ranks on the GPU when there is one (chunked over users), else on the CPU.
-    """
-    row_of = np.full(splits.num_users, -1, dtype=np.int64)
-    row_of[users] = np.arange(len(users))
-    col_of = np.full(item_vecs.shape[0], -1, dtype=np.int64)
-    col_of[candidates] = np.arange(len(candidates))
-    ex_u, ex_i = [], []
-    for name in masked:
-        s = splits[name]
-        keep = (s.users >= 0) & (row_of[np.maximum(s.users, 0)] >= 0) & (col_of[s.items] >= 0)
-        ex_u.append(row_of[s.users[keep]])
-        ex_i.append(col_of[s.items[keep]])
-    exclude = UserItems.from_pairs(np.concatenate(ex_u), np.concatenate(ex_i), len(users))
-    u, i = user_vecs[torch.from_numpy(users)], item_vecs[torch.from_numpy(candidates)]
-    if torch.cuda.is_available():
-        u, i = u.cuda(), i.cuda()
-    return candidates[top_k(u, i, k, exclude=exclude).numpy()]
 
 
 @torch.no_grad()
@@ -171,38 +129,83 @@ def evaluate_held_out_users(user_vecs: torch.Tensor, item_vecs: torch.Tensor, us
         item_vecs: (N, d).
         candidates: item indices to rank among (None: every item).
         only: score only these held-out users (indices into users.user_ids), e.g. a slice.
-    Returns: as `evaluate_split`.
+    Returns: as `evaluate_split`; with no user to rank, the ranking holds the user count alone.
     """
-    held = users.held
-    keep = np.ones(len(held), dtype=bool) if threshold is None else held.ratings >= threshold
-    if only is not None:
-        keep &= np.isin(held.users, only)
-    held = held.subset(keep)
+    held = _relevant_rows(users.held, threshold, only)
     result: dict = {"rating": {}}
     if not implicit:
-        predicted = (user_vecs[torch.from_numpy(held.users)] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
-        result["rating"] = rating_metrics(predicted.numpy(), held.ratings)
+        result["rating"] = _rating(user_vecs, item_vecs, held.users, held)
+    result["ranking"] = _ranking(user_vecs.float(), item_vecs.float(), held, len(users.user_ids), candidates,
+                                 [users.history], ks, metrics_without_users=False)
+    return result
+
+
+def ranked_lists(user_vecs: torch.Tensor, item_vecs: torch.Tensor, splits: RunSplits, users: np.ndarray,
+                 masked: tuple[str, ...], candidates: np.ndarray, k: int) -> np.ndarray:
+    """(len(users), k) item indices: each user's top-k among `candidates`, their `masked` items excluded.
+
+    Scores and ranks on the GPU when there is one (chunked over users), else on the CPU.
+    """
+    return _top_items(user_vecs, item_vecs, users, candidates, [splits[name] for name in masked], splits.num_users, k)
+
+
+# ------------------------------------------------------------------------------ the kernel both paths feed
+
+
+def _rating(user_vecs: torch.Tensor, item_vecs: torch.Tensor, user_rows: np.ndarray, held: SplitArrays) -> dict:
+    """RMSE / MAE of the predicted ratings <user_vecs[user_rows], item_vecs[held.items]> against held.ratings."""
+    predicted = (user_vecs[torch.from_numpy(user_rows)] * item_vecs[torch.from_numpy(held.items)]).sum(-1)
+    return rating_metrics(predicted.numpy(), held.ratings)
+
+
+def _ranking(user_vecs: torch.Tensor, item_vecs: torch.Tensor, held: SplitArrays, num_users: int,
+             candidates: np.ndarray | None, excluded: list[SplitArrays], ks: tuple[int, ...], per_user=None,
+             metrics_without_users: bool = True) -> dict:
+    """Ranking metrics of the users (rows of `user_vecs`, < `num_users`) with a relevant candidate in `held`,
+    each ranking `candidates` (None: every item) without their pairs in `excluded`.
+
+    `per_user`: as in `evaluate_split`. `metrics_without_users`: with no user to rank, still report every
+    metric (as 0, `ranking_metrics`' convention) rather than the user count alone.
+    """
     n_items = item_vecs.shape[0]
     cand = np.arange(n_items) if candidates is None else np.asarray(candidates, dtype=np.int64)
-    col_of = np.full(n_items, -1, dtype=np.int64)
-    col_of[cand] = np.arange(len(cand))
-    known = col_of[held.items] >= 0
-    eval_users = np.unique(held.users[known])
-    row_of = np.full(len(users.user_ids), -1, dtype=np.int64)
+    in_cand = np.zeros(n_items, dtype=bool)
+    in_cand[cand] = True
+    # ranking needs a user vector of its own, and a relevant item among the candidates
+    known = (held.users >= 0) & in_cand[held.items]
+    eval_users = np.unique(held.users[known])  # rank only for users with something held out
+    row_of = np.full(num_users, -1, dtype=np.int64)
     row_of[eval_users] = np.arange(len(eval_users))
-    relevant = UserItems.from_pairs(row_of[held.users[known]], col_of[held.items[known]], len(eval_users))
-    given = users.history
-    in_eval = (row_of[given.users] >= 0) & (col_of[given.items] >= 0)
-    exclude = UserItems.from_pairs(row_of[given.users[in_eval]], col_of[given.items[in_eval]], len(eval_users))
+    relevant = UserItems.from_pairs(row_of[held.users[known]], held.items[known], len(eval_users))
     supported = [k for k in ks if k <= len(cand)]
-    ranking: dict = {"users": int(len(eval_users))}
-    if supported and len(eval_users):
-        u, i = user_vecs[torch.from_numpy(eval_users)].float(), item_vecs[torch.from_numpy(cand)].float()
-        if torch.cuda.is_available():
-            u, i = u.cuda(), i.cuda()
-        ranking = ranking_metrics(top_k(u, i, max(supported), exclude=exclude).numpy(), relevant, supported)
+    ranking: dict = {"users": int((relevant.counts() > 0).sum())}
+    if supported and (metrics_without_users or len(eval_users)):
+        def rows_of(block: np.ndarray) -> np.ndarray:
+            return _top_items(user_vecs, item_vecs, block, cand, excluded, num_users, max(supported))
+
+        top = rows_of(eval_users) if per_user is None else per_user(eval_users, rows_of)
+        ranking = ranking_metrics(top, relevant, supported)
     too_large = [k for k in ks if k > len(cand)]
     if too_large:
         ranking["not_computable"] = {f"@{k}": f"only {len(cand)} candidate items, fewer than K = {k}" for k in too_large}
-    result["ranking"] = ranking | {"candidates": len(cand)}
-    return result
+    return ranking | {"candidates": len(cand)}
+
+
+def _top_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, users: np.ndarray, candidates: np.ndarray,
+               excluded: list[SplitArrays], num_users: int, k: int) -> np.ndarray:
+    """(len(users), k) item indices: the top-k `candidates` of each of `users` (rows of `user_vecs`, ties to
+    the lower index), their (user, item) pairs in `excluded` left out; on the GPU when there is one."""
+    row_of = np.full(num_users, -1, dtype=np.int64)
+    row_of[users] = np.arange(len(users))
+    col_of = np.full(item_vecs.shape[0], -1, dtype=np.int64)
+    col_of[candidates] = np.arange(len(candidates))
+    ex_u, ex_i = [], []
+    for s in excluded:
+        keep = (s.users >= 0) & (row_of[np.maximum(s.users, 0)] >= 0) & (col_of[s.items] >= 0)
+        ex_u.append(row_of[s.users[keep]])
+        ex_i.append(col_of[s.items[keep]])
+    exclude = UserItems.from_pairs(np.concatenate(ex_u), np.concatenate(ex_i), len(users))
+    u, i = user_vecs[torch.from_numpy(users)], item_vecs[torch.from_numpy(candidates)]
+    if torch.cuda.is_available():
+        u, i = u.cuda(), i.cuda()
+    return candidates[top_k(u, i, k, exclude=exclude).numpy()]

@@ -51,7 +51,6 @@ class ModelConfig:
     history_length: int = 50  # history tower: the latest interactions a user's vector is computed from
     # history tower, training: compute each pair's user vector from a random subset of the history (a
     # rate drawn per pair), so the tower also learns to serve users with a handful of interactions
-    # (on MovieLens' valid cold users, 5 given: Recall@20 0.1072 against 0.0988 without)
     history_subsample: bool = True
     # history tower: also learn a per-user ID residual for the users seen in training, added to the
     # history's vector (SVD++, Koren 2008: p_u + a pooled history). Users who arrive later have none
@@ -122,7 +121,9 @@ class TaskConfig:
     feature_loss: str = "cosine"  # "cosine" (1 - cos) or "mse" against the stop-gradient target
     attribute_weight: float = 0.5  # multi-label attributes from the masked remainder (whole item if single-modality)
     # "softmax": cross-entropy against the item's attributes as a distribution (multi-hot / count);
-    # "bce": one sigmoid per attribute. See benchmarks/results/attribute_task_cpu.json for why softmax
+    # "bce": one sigmoid per attribute. Softmax is the default: trained from scratch on the attribute
+    # task alone, it teaches the encoders more of their items' content in as many steps
+    # (benchmarks/attribute_task.py)
     attribute_loss: str = "softmax"
     retrieval_weight: float = 0.0  # in-batch sampled softmax (0 = off)
     retrieval_temperature: float = 0.1  # softmax temperature for retrieval

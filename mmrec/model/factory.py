@@ -24,12 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from encoders import Preprocessor, create_encoder
 from fusion import create_fusion
-from mmrec.data.dataset import RunSplits
+from mmrec.data.splits import RunSplits
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.files import replace_with, temp_sibling
 from mmrec.model import hub
+from mmrec.model.card import CardFacts, read_card, write_card
 from mmrec.model.config import ModelConfig
-from mmrec.model.hub import CONFIG_FILE, WEIGHTS_FILE, CardFacts
+from mmrec.model.hub import CONFIG_FILE, WEIGHTS_FILE
 from mmrec.model.model import RecModel
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class ModelSizes:
     global_mean: float = 0.0  # mu: mean training rating (stored here, in model.json, and nowhere else)
 
     @classmethod
-    def for_training(cls, vocab: RunVocabulary, splits: RunSplits) -> "ModelSizes":
+    def for_training(cls, vocab: RunVocabulary, splits: RunSplits) -> ModelSizes:
         """The sizes of a model trained on `splits` with `vocab`."""
         return cls(len(vocab.user_ids), len(vocab.item_ids), list(vocab.attributes), splits.train_mean_rating())
 
@@ -91,7 +92,7 @@ def save_model(model: RecModel, sizes: ModelSizes, folder: str | Path, card: Car
     # contiguous copies: safetensors refuses views and shared storage
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, folder / WEIGHTS_FILE, metadata={"format": "pt"})  # "pt": what Hub tooling expects
-    hub.write_card(folder, cfg, asdict(sizes), card, license)
+    write_card(folder, cfg, asdict(sizes), card, license)
     return folder
 
 
@@ -138,13 +139,13 @@ def export_model(source: str | Path, out: str | Path, license: str | None = None
     cfg, sizes = hub.read_config(folder)
     if not (folder / WEIGHTS_FILE).is_file():
         raise ValueError(f"{folder} is not a saved mmrec model: {WEIGHTS_FILE} is missing")
-    facts, card_license = hub.read_card(folder)
+    facts, card_license = read_card(folder)
     tmp = temp_sibling(out, ".partial")
     tmp.mkdir(parents=True)
     cfg = hub.copy_encoder_sources(cfg, folder, tmp)
     hub.write_config(tmp, cfg, sizes)
     shutil.copyfile(folder / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
-    hub.write_card(tmp, cfg, sizes, facts, license or card_license)
+    write_card(tmp, cfg, sizes, facts, license or card_license)
     load_model(tmp)  # loads from its own files alone, strictly, or fails here rather than on another machine
     if out.exists():
         out.rmdir()  # empty (checked above)
@@ -160,7 +161,7 @@ def load_run_model(run_dir: str | Path, device: str | torch.device = "cpu") -> t
     model, preprocessors = create_model(cfg, sizes)
     try:
         model.load_state_dict(load_file(run_dir / "model" / WEIGHTS_FILE), strict=True)
-    except Exception as e:  # noqa: BLE001 (safetensors, torch and json each raise their own types)
+    except Exception as e:  # safetensors, torch and json each raise their own types
         reason = " ".join(str(e).split())[:160]
         fallback = _checkpoint_of_selected_step(run_dir)
         if fallback is None:

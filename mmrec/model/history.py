@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:  # types only: the model must not pull in the data readers (webdataset, PIL)
-    from mmrec.data.dataset import SplitArrays
+    from mmrec.data.splits import SplitArrays
 
 
 @dataclass
@@ -45,7 +45,7 @@ class UserHistory:
     mask: torch.Tensor  # (U, L) bool, True = a real interaction
 
     @classmethod
-    def from_rows(cls, rows: SplitArrays, num_users: int, length: int) -> "UserHistory":
+    def from_rows(cls, rows: SplitArrays, num_users: int, length: int) -> UserHistory:
         """The histories in `rows` (users 0..num_users-1; others ignored), ordered by timestamp, ties and
         rows without one in file order; a user with more than `length` keeps the latest `length`."""
         known = (rows.users >= 0) & (rows.users < num_users)
@@ -72,10 +72,10 @@ class UserHistory:
     def __len__(self) -> int:
         return self.items.shape[0]
 
-    def rows(self, users: torch.Tensor) -> "UserHistory":
+    def rows(self, users: torch.Tensor) -> UserHistory:
         return UserHistory(self.items[users], self.ratings[users], self.mask[users])
 
-    def to(self, device: torch.device | str) -> "UserHistory":
+    def to(self, device: torch.device | str) -> UserHistory:
         return UserHistory(self.items.to(device), self.ratings.to(device), self.mask.to(device))
 
 

@@ -31,7 +31,7 @@ from mmrec.model.config import ModelConfig
 from mmrec.model.history import HistoryUserTower, UserHistory
 
 if TYPE_CHECKING:  # types only: the model must not pull in the data readers (webdataset, PIL)
-    from mmrec.data.dataset import SplitArrays
+    from mmrec.data.splits import SplitArrays
 
 
 @dataclass

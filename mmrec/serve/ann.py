@@ -4,7 +4,7 @@
 
 - `recommend.faiss`: the item rows of `item_embeddings.safetensors`, searched by inner product with the
   user's row, i.e. the model's own score (docs/design.md "Ranking score contract");
-- `similar.faiss`: `serving.similarity_vectors` (centred unit q columns), where inner product = cosine;
+- `similar.faiss`: `Embeddings.similarity_vectors()` (centred unit q columns), where inner product = cosine;
 - `index.json`: kind, resolved parameters, item count and the sha256 of the EMB files it was built from.
 
 Kinds: `flat` (exact, every item scored), `hnsw` (a navigable small-world graph, Malkov & Yashunin 2016,
@@ -43,7 +43,7 @@ import numpy as np
 from mmrec import __version__
 from mmrec.config_io import apply_overrides, from_dict, to_dict
 from mmrec.files import FolderLock, replace_with, sha256_of, temp_sibling
-from mmrec.serve.embeddings import Embeddings, similarity_vectors
+from mmrec.serve.embeddings import Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,11 @@ class IndexConfig:
             raise ValueError(f"index parameter pq_bits must be in 1..16, got {self.pq_bits}")
 
     @classmethod
-    def from_args(cls, kind: str = "auto", params: list[str] | None = None) -> "IndexConfig":
+    def from_args(cls, kind: str = "auto", params: list[str] | None = None) -> IndexConfig:
         """`--kind` plus `key=value` parameters, checked like a run config (unknown keys name the valid ones)."""
         return from_dict(cls, apply_overrides({"kind": kind}, params or []), "index")
 
-    def resolve(self, items: int, dim: int) -> "IndexConfig":
+    def resolve(self, items: int, dim: int) -> IndexConfig:
         """The concrete kind and sizes for a catalogue of `items` rows of `dim` columns."""
         kind = self.kind if self.kind != "auto" else ("flat" if items < self.flat_below else "hnsw")
         cfg = IndexConfig(**{**to_dict(self), "kind": kind})
@@ -158,7 +158,7 @@ class ItemIndex:
     """One score's faiss index plus the exact vectors (N, d) its candidates are re-scored with.
 
     `search` returns what exact search over `vectors` would (same scores, ties to the lower index) for
-    every item the index retrieves; `top` is `serving._top`'s shape for one query.
+    every item the index retrieves; `top` is `mmrec.serve.embeddings.top_k_items`'s shape for one query.
     """
 
     def __init__(self, index, vectors, cfg: IndexConfig):
@@ -233,7 +233,7 @@ def fingerprint(emb_dir: str | Path) -> dict[str, str]:
 
 
 def _score_vectors(emb: Embeddings, score: str):
-    return emb.items if score == "recommend" else similarity_vectors(emb)
+    return emb.items if score == "recommend" else emb.similarity_vectors()
 
 
 def build_indexes(emb_dir: str | Path, cfg: IndexConfig | None = None) -> dict:

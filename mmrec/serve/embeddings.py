@@ -12,20 +12,20 @@ All three are one matrix-vector product plus a top-k: milliseconds on 100k items
 
 from __future__ import annotations
 
-import csv
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from mmrec.data import remote
-from mmrec.data.schema import INTERACTIONS_DIR, SPLITS
-from mmrec.files import sha256_of
+from mmrec.data.dataset import Dataset, SplitRows, index_of
+from mmrec.data.schema import SPLITS
+from mmrec.serve.similarity import similarity_vectors
 
 if TYPE_CHECKING:  # types only: `from mmrec.serve.embeddings import Embeddings` must not build encoders
     from encoders import Preprocessor
@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # types only: `from mmrec.serve.embeddings import Embeddings`
 
 @dataclass
 class Embeddings:
-    """The contents of an EMB folder written by `mmrec embed`."""
+    """The contents of an EMB folder written by `mmrec embed`: the ids, the vectors, their rows, and the
+    item-to-item similarity (`similarity_vectors`) that `similar`, explanations and re-ranking share."""
 
     items: torch.Tensor  # (N, E + 2)
     item_ids: list[str]
@@ -43,9 +44,12 @@ class Embeddings:
     user_ids: list[str]
     states: torch.Tensor | None  # (N, D) text-only fused states (full state for items without text)
     id_terms: torch.Tensor | None = None  # (N,) bool: the row carries learned ID terms (item seen in training)
+    # the id -> row indexes and the similarity vectors, built on first use and again when the ids or vectors
+    # they come from are replaced or grown (`Recommender.embed_items(add=True)`)
+    _indexes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
-    def load(cls, folder: str | Path) -> "Embeddings":
+    def load(cls, folder: str | Path) -> Embeddings:
         folder = Path(folder)
         if not (folder / "item_embeddings.safetensors").is_file():
             raise ValueError(f"{folder} holds no embeddings: run `mmrec embed --run RUN --data DATA --out {folder}` first")
@@ -61,25 +65,41 @@ class Embeddings:
             id_terms=items["id_terms"].bool() if "id_terms" in items else None,  # absent in older EMB folders
         )
 
+    def _cached(self, name: str, sources: tuple, build):
+        """`build()`, kept while each of `sources` is the same object at the same length."""
+        lengths = tuple(None if obj is None else len(obj) for obj in sources)
+        hit = self._indexes.get(name)
+        if hit is None or hit[1] != lengths or any(a is not b for a, b in zip(hit[0], sources)):
+            hit = self._indexes[name] = (sources, lengths, build())
+        return hit[2]
 
-def find_embeddings(run_dir: str | Path, emb: str | Path | None = None) -> Path:
-    """A run's EMB folder: `emb`, else the folder the run's last `mmrec embed` wrote (RUN/embeddings.json),
-    else RUN/emb. Refused when another model made it: its item vectors would not belong with the run's
-    model (search, new users, new items) or with its users."""
-    run_dir = Path(run_dir)
-    if emb is None:
-        pointer = run_dir / "embeddings.json"
-        emb = Path(json.loads(pointer.read_text())["path"]) if pointer.is_file() else run_dir / "emb"
-    emb = Path(emb)
-    made = emb / "embedding.json"
-    if made.is_file():
-        if json.loads(made.read_text()).get("checkpoint_sha256") != sha256_of(run_dir / "model" / "model.safetensors"):
-            raise ValueError(f"{emb} holds embeddings of another model than {run_dir / 'model'}: re-run "
-                             "`mmrec embed` with this run, or pass its own --run")
-    return emb
+    @property
+    def item_index(self) -> dict[str, int]:
+        """item id -> its row of `items` (read-only)."""
+        return self._cached("items", (self.item_ids,), lambda: index_of(self.item_ids))
+
+    @property
+    def user_index(self) -> dict[str, int]:
+        """user id -> its row of `users` (read-only)."""
+        return self._cached("users", (self.user_ids,), lambda: index_of(self.user_ids))
+
+    def row_of(self, item_id: str) -> int:
+        """The row of `item_id` in `items` (KeyError when EMB lacks it)."""
+        return self.item_index[item_id]
+
+    def user_row(self, user_id: str) -> int:
+        """The row of `user_id` in `users` (KeyError when EMB lacks it)."""
+        return self.user_index[user_id]
+
+    def similarity_vectors(self) -> torch.Tensor:
+        """(N, E) unit vectors whose dot products are `similar`'s item-to-item cosines
+        (`mmrec.serve.similarity.similarity_vectors` of these items)."""
+        return self._cached("similarity", (self.items, self.id_terms),
+                            lambda: similarity_vectors(self.items, self.id_terms))
 
 
-def _top(scores: torch.Tensor, k: int, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+def top_k_items(scores: torch.Tensor, k: int, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+    """The k best (item row, score) of `scores` (N,), best first, the rows in `exclude` never among them."""
     if exclude:
         scores = scores.clone()
         scores[list(exclude)] = float("-inf")
@@ -87,62 +107,60 @@ def _top(scores: torch.Tensor, k: int, exclude: set[int] = frozenset()) -> list[
     return [(int(i), float(v)) for i, v in zip(idx, values) if v != float("-inf")]
 
 
-def _split_rows(data_dir: str | Path) -> Iterator[dict[str, str]]:
-    for split in SPLITS:
-        with remote.open_data(remote.as_location(data_dir), f"{INTERACTIONS_DIR}/{split}.csv", "r") as f:
-            yield from csv.DictReader(f)
+def _seen_rows(data: Dataset | str | Path) -> Iterator[SplitRows]:
+    """The rows that make an item seen: every split file's (a rating in valid or test is no recommendation
+    either)."""
+    data = Dataset.of(data)
+    return (data.split(split) for split in SPLITS)
 
 
-def seen_items(data_dir: str | Path, user_id: str, item_ids: list[str]) -> set[int]:
-    """Indices of the items `user_id` interacted with in any split file of DATA."""
-    index = {item: i for i, item in enumerate(item_ids)}
-    return {index[r["item_id"]] for r in _split_rows(data_dir) if r["user_id"] == user_id}
+def seen_items(data: Dataset | str | Path, user_id: str, item_ids: list[str]) -> set[int]:
+    """Rows of `item_ids` (EMB's) of the items `user_id` interacted with in any split file of DATA."""
+    index = index_of(item_ids)
+    seen: set[int] = set()
+    for rows in _seen_rows(data):
+        if user_id in rows.user_ids:
+            mine = rows.items[rows.users == rows.user_ids.index(user_id)]
+            seen.update(index[rows.item_ids[code]] for code in mine.tolist())
+    return seen
 
 
-def seen_by_user(data_dir: str | Path, item_ids: list[str]) -> dict[str, np.ndarray]:
-    """`seen_items` of every user at once, from one read of the split files: for a process that serves
-    many queries (re-reading the files per query costs seconds on a large log)."""
-    index = {item: i for i, item in enumerate(item_ids)}
-    seen: dict[str, list[int]] = {}
-    for r in _split_rows(data_dir):
-        seen.setdefault(r["user_id"], []).append(index[r["item_id"]])
-    return {user: np.unique(np.asarray(items, dtype=np.int64)) for user, items in seen.items()}
+def seen_by_user(data: Dataset | str | Path, item_ids: list[str]) -> dict[str, np.ndarray]:
+    """`seen_items` of every user at once, each as sorted unique rows: for a process that serves many
+    queries (reading the split files per query costs seconds on a large log)."""
+    index = index_of(item_ids)
+    seen: dict[str, list[np.ndarray]] = {}
+    for rows in _seen_rows(data):
+        items = rows.items_in(index)
+        order = np.argsort(rows.users, kind="stable")  # each user's rows together
+        ends = np.cumsum(np.bincount(rows.users, minlength=len(rows.user_ids)))
+        for user, mine in zip(rows.user_ids, np.split(items[order], ends[:-1])):
+            seen.setdefault(user, []).append(mine)
+    return {user: np.unique(np.concatenate(parts)) for user, parts in seen.items()}
 
 
 def recommend(emb: Embeddings, user_id: str, k: int = 10, exclude: set[int] = frozenset(),
               index=None) -> list[tuple[int, float]]:
     """`index`: an `mmrec.serve.ann.ItemIndex` over `emb.items` (`ann.load_index(EMB, emb, "recommend")`), else exact."""
-    if user_id not in emb.user_ids:
+    if user_id not in emb.user_index:
         raise ValueError(f"unknown user {user_id!r}: the run has embeddings for {len(emb.user_ids)} users seen in "
                          "training (a new user has no vector; recommend popular or similar items instead)")
-    user = emb.users[emb.user_ids.index(user_id)]
+    user = emb.users[emb.user_row(user_id)]
     if index is not None:  # the same score on the index's candidates, the seen items over-fetched for and dropped
         return index.top(user, k, exclude)
-    return _top(emb.items @ user, k, exclude)
-
-
-def similarity_vectors(emb: Embeddings) -> torch.Tensor:
-    """(N, E) unit vectors whose dot products are `similar`'s item-to-item cosines."""
-    q = emb.items[:, :-2].clone()  # the last two columns carry biases, not taste
-    # centred: a direction shared by every item says nothing about which items are alike. Items with ID terms
-    # and cold items (content alone) are centred on their own kind's mean: cold vectors share an offset from
-    # the warm ones, and against the global mean every cold item would look alike (cosine ~1)
-    groups = [emb.id_terms, ~emb.id_terms] if emb.id_terms is not None else [torch.ones(len(q), dtype=torch.bool)]
-    for rows in groups:
-        if rows.any():
-            q[rows] -= q[rows].mean(0)
-    return F.normalize(q, dim=-1)
+    return top_k_items(emb.items @ user, k, exclude)
 
 
 def similar(emb: Embeddings, item_id: str, k: int = 10, index=None) -> list[tuple[int, float]]:
-    """`index`: an `mmrec.serve.ann.ItemIndex` over `similarity_vectors(emb)` (`ann.load_index(EMB, emb, "similar")`)."""
-    if item_id not in emb.item_ids:
+    """`index`: an `mmrec.serve.ann.ItemIndex` over `emb.similarity_vectors()`
+    (`ann.load_index(EMB, emb, "similar")`)."""
+    if item_id not in emb.item_index:
         raise ValueError(f"unknown item {item_id!r}: not in the embedded catalogue ({len(emb.item_ids)} items)")
-    i = emb.item_ids.index(item_id)
+    i = emb.row_of(item_id)
     if index is not None:
         return index.top(index.vectors[i], k, {i})
-    q = similarity_vectors(emb)
-    return _top(q @ q[i], k, {i})
+    q = emb.similarity_vectors()
+    return top_k_items(q @ q[i], k, {i})
 
 
 @torch.no_grad()
@@ -182,7 +200,7 @@ def search(model: RecModel | str | Path, emb: Embeddings, query: str, k: int = 1
     state = query_state(model, preprocessors, query)
     center = emb.states.mean(0)  # as in `similar`: compare what distinguishes items, not what they share
     scores = F.normalize(emb.states - center, dim=-1) @ F.normalize(state - center, dim=-1)
-    return _top(scores, k)
+    return top_k_items(scores, k)
 
 
 def format_rows(rows: Iterable[tuple[str, str, float]]) -> str:

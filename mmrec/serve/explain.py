@@ -14,8 +14,8 @@ never made up, and citing only items the user interacted with:
   ID tower: a user vector is a trained parameter, not a function of a history, so no removal is exact
   without retraining. The user's training items are cited by their term in the mean-centred item-kNN score of
   the recommended item (Sarwar et al. 2001, "Item-based collaborative filtering"): the cosine of the two
-  items' centred q vectors (the part of the item vector users score, centred as `mmrec similar` centres
-  them) times the user's rating of the history item minus their mean rating (1 when their ratings do not
+  items' centred q vectors (the part of the item vector users score: `mmrec similar`'s similarity,
+  `mmrec.serve.similarity`) times the user's rating of the history item minus their mean rating (1 when their ratings do not
   vary, e.g. implicit feedback).
 - attribute: attributes of the recommended item that the user's highly rated history items (rating >= the
   user's mean) also carry, measured by the history evidence those items carry together.
@@ -29,26 +29,24 @@ attributes) and a `share`: its effect over the sum of |effect| of all the eviden
 shares overlap: one history item may carry several attributes). Only evidence with a positive effect, and at
 least `MIN_SHARE` of its kind's, is cited.
 
-`explanation_faithfulness` is `mmrec eval`'s check: for sampled users and their top-K, whether removing the
-top cited history item lowers the score more than removing a random other one, with each removal recomputed
-on its own path, not read back from the explanation (history tower: the user vector rebuilt from the split
-rows without the item; ID tower: the user vector re-fitted from their training items by ridge regression).
+`mmrec eval` checks that these reasons carry the score: `mmrec.serve.faithfulness`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mmrec.data import remote
-from mmrec.data.reader import DecodedItem, decode_sample, load_manifest, shard_members
-from mmrec.data.dataset import RunSplits, SplitArrays
+from mmrec.data.dataset import Dataset
+from mmrec.data.item import DecodedItem
+from mmrec.data.reader import decode_sample
+from mmrec.data.splits import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches
 from mmrec.model.history import UserHistory
@@ -57,7 +55,6 @@ from mmrec.model.model import RecModel, history_user_vectors
 logger = logging.getLogger(__name__)
 ID_TERMS = "id terms"  # the modality reason of a warm item's learned ID embedding
 MIN_SHARE = 0.01  # evidence below 1% of its kind's is not cited: noise next to the reasons that matter
-RIDGE = 0.1  # ID-tower faithfulness: fold-in ridge strength, as a fraction of the mean eigenvalue of Q^T Q
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class History:
     user: int = -1  # the training user they belong to (their ID residual / ID vector); -1: none
 
     @classmethod
-    def from_rows(cls, rows: SplitArrays, user: int, trained: bool = True) -> "History":
+    def from_rows(cls, rows: SplitArrays, user: int, trained: bool = True) -> History:
         """`user`'s rows of a split, in the order the history tower reads them (time, then file order)."""
         mine = rows.subset(rows.users == user)
         mine = SplitArrays(np.zeros(len(mine), dtype=np.int64), mine.items, mine.ratings, mine.timestamps)
@@ -124,17 +121,6 @@ def history_effects(model: RecModel, item_vecs: torch.Tensor, history: History,
     vecs = history_user_vectors(model, item_vecs, table, users=users)  # (1 + m, E + 2)
     scores = vecs @ item_vecs[targets].T  # (1 + m, k)
     return start + window, scores[0] - scores[1:], vecs[0]
-
-
-def centred_unit_q(item_vecs: torch.Tensor, id_terms: torch.Tensor | None) -> torch.Tensor:
-    """(N, E) unit q vectors centred as `mmrec similar` centres them: items with ID terms and content-only
-    items each on their own kind's mean (cold vectors share an offset from the warm ones)."""
-    q = item_vecs[:, :-2].clone()
-    groups = [id_terms, ~id_terms] if id_terms is not None else [torch.ones(len(q), dtype=torch.bool)]
-    for rows in groups:
-        if rows.any():
-            q[rows] -= q[rows].mean(0)
-    return F.normalize(q, dim=-1)
 
 
 def rating_weights(ratings: np.ndarray) -> np.ndarray:
@@ -187,38 +173,24 @@ def _share(effects: np.ndarray) -> np.ndarray:
 
 
 class ShardCatalogue:
-    """DATA's items from one pass over the shards' tar headers: each item's attributes (its json member) and
-    where its members lie, so that the few explained items are decoded without reading whole shards (a
-    remote DATA: byte ranges of the shard; a `pipe:` one cannot seek, so its items' content is not read)."""
+    """DATA's items as its shard index has them (`mmrec.data.dataset.Dataset.items`): each item's attributes, and
+    its content decoded from the byte ranges of its members, so that the few explained items are decoded without
+    reading whole shards (a `pipe:` DATA cannot seek, so its items' content is not read)."""
 
-    def __init__(self, data_dir: str | Path):
-        self.data_dir = remote.as_location(data_dir)
-        self.attributes: dict[int, list[str]] = {}
-        self._members: dict[int, tuple[str, dict[str, tuple[int, int]]]] = {}
+    def __init__(self, data: Dataset | str | Path):
+        self.dataset = Dataset.of(data)
+        self.data_dir = self.dataset.location
         self._seekable = not str(self.data_dir).startswith("pipe:")
         if not self._seekable:
             logger.warning(f"{self.data_dir}: a pipe: command cannot read single items, so the explanations "
                            "name no modality effects (history and attribute reasons only)")
-        for shard in load_manifest(self.data_dir)["shards"]:
-            by_key: dict[str, dict[str, tuple[int, int]]] = {}
-            index_of: dict[str, int] = {}
-            for member in shard_members(self.data_dir, shard["path"]):
-                by_key.setdefault(member.key, {})[member.ext] = (member.offset, member.size)
-                if member.meta is not None:
-                    index_of[member.key] = int(member.meta["index"])
-                    self.attributes[index_of[member.key]] = list(member.meta.get("attributes", []))
-            for key, index in index_of.items():
-                self._members[index] = (shard["path"], by_key[key])
+        self.attributes: dict[int, list[str]] = {index: list(item.attributes)
+                                                 for index, item in self.dataset.items().items()}
 
     def item(self, index: int) -> DecodedItem | None:
         """The decoded item at `index` (as the shard reader gives it), or None when DATA lacks it."""
-        if index not in self._members or not self._seekable:
-            return None
-        shard, members = self._members[index]
-        sample: dict[str, Any] = {"__key__": f"{index:09d}", "__url__": remote.url_of(self.data_dir, shard)}
-        for ext, (offset, size) in members.items():
-            sample[ext] = remote.read_range(self.data_dir, shard, offset, size)
-        return decode_sample(sample)
+        sample = self.dataset.item_sample(index) if self._seekable else None
+        return None if sample is None else decode_sample(sample)
 
 
 # ------------------------------------------------------------------------------------------ explaining
@@ -242,7 +214,6 @@ class Explainer:
         self.data = None if data is None else remote.as_location(data)  # a folder or a URL
         self._train: SplitArrays | None = None
         self._catalogue: ShardCatalogue | None = None
-        self._unit_q: torch.Tensor | None = None
 
     @property
     def catalogue(self) -> ShardCatalogue | None:
@@ -265,7 +236,7 @@ class Explainer:
 
     def given_history(self, pairs: Sequence[tuple[str, float | None]]) -> History:
         """A history given as (item_id, rating or None) pairs, oldest first, as `recommend --history` reads it."""
-        index = {item: i for i, item in enumerate(self.emb.item_ids)}
+        index = self.emb.item_index
         unknown = [item for item, _ in pairs if item not in index]
         if unknown:
             raise ValueError(f"history item {unknown[0]!r} is not in the embeddings")
@@ -299,10 +270,8 @@ class Explainer:
         else:
             if user_vec is None:
                 raise ValueError("an ID-tower run explains a user of the run only: pass their exported vector")
-            if self._unit_q is None:
-                self._unit_q = centred_unit_q(items, self.emb.id_terms)
             positions = np.arange(len(history))
-            effects, cosines = neighbour_effects(self._unit_q, history, t)
+            effects, cosines = neighbour_effects(self.emb.similarity_vectors(), history, t)
         effects = effects.numpy().astype(np.float64)  # (m, k)
         catalogue = self.catalogue
         content = self._modalities(t.tolist(), user_vec) if catalogue is not None else [{} for _ in targets]
@@ -378,122 +347,3 @@ def format_explained(table: str, reasons: Sequence[Sequence[Reason]]) -> str:
         lines.append(row)
         lines += [f"{'':>17}{reason}" for reason in why] or [f"{'':>17}(no evidence found)"]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ faithfulness
-
-
-@torch.no_grad()
-def explanation_faithfulness(model: RecModel, item_vecs: torch.Tensor, histories: SplitArrays, users: np.ndarray,
-                             masked: SplitArrays, candidates: np.ndarray | None = None, *, trained: bool = True,
-                             k: int = 10, sample: int = 200, seed: int = 0) -> dict:
-    """The report's "explanation faithfulness": for `sample` of `users` (seeded) and their top-k, the share of
-    explained recommendations for which removing the top cited history item lowers the score more than
-    removing a random other item of the history the model reads.
-
-    Args:
-        histories: the users' histories (rows of `users`' indices): the train split, or a cold-users split's
-            given histories.
-        masked: (user, item) rows excluded from each user's top-k (as the evaluation masks them).
-        candidates: the items ranked (None: every item).
-        trained: `users` are the run's training users (their ID vector / ID residual); False: held-out users.
-    """
-    history_tower = model.history_tower
-    if not history_tower and not trained:
-        return {"users": 0, "explained": 0, "share": None, "k": k,
-                "method": "not computable: an ID tower has no vector for users it was not trained on"}
-    rng = np.random.default_rng(seed)
-    pool = np.unique(users)
-    chosen = np.sort(rng.choice(pool, min(sample, len(pool)), replace=False)) if len(pool) else pool
-    allowed = torch.zeros(len(item_vecs), dtype=torch.bool)
-    allowed[torch.from_numpy(candidates) if candidates is not None else slice(None)] = True
-    unit_q = None if history_tower else centred_unit_q(item_vecs, model.item_seen.cpu()[: len(item_vecs)])
-    mu, E = float(model.global_mean), model.config.embedding_dim
-    counted, explained, wins, drops = 0, 0, 0, []
-    for u in chosen.tolist():
-        history = History.from_rows(histories, u, trained)
-        if len(history) < 2:
-            continue  # nothing to compare the cited item with
-        if history_tower:
-            user_vec = history_user_vectors(model, item_vecs, UserHistory.from_rows(
-                _only(histories, u), 1, model.config.history_length), users=_users(history))[0]
-        else:
-            user_vec = model.user_export(torch.tensor([u], device=model.global_mean.device))[0].float().cpu()
-        scores = item_vecs @ user_vec
-        scores[~allowed] = float("-inf")
-        scores[torch.from_numpy(masked.items[masked.users == u])] = float("-inf")
-        top = torch.topk(scores, min(k, int(torch.isfinite(scores).sum()))).indices
-        if not len(top):
-            continue
-        counted += 1
-        if history_tower:
-            positions, effects, _ = history_effects(model, item_vecs, history, top)
-        else:
-            positions, effects = np.arange(len(history)), neighbour_effects(unit_q, history, top)[0]
-        if len(positions) < 2:
-            continue
-        pairs = []  # (target column, top cited position, random position)
-        for col in range(len(top)):
-            best = int(effects[:, col].argmax())
-            if effects[best, col] <= 0:
-                continue  # no supporting history item: this recommendation is not explained by history
-            other = int(rng.choice(np.delete(np.arange(len(positions)), best)))
-            pairs.append((col, int(positions[best]), int(positions[other])))
-        if not pairs:
-            continue
-        removed = sorted({p for _, a, b in pairs for p in (a, b)})
-        if history_tower:  # rebuilt from the split rows without the item: the path serving takes, not the table
-            rows = _only(histories, u)
-            tables = [UserHistory.from_rows(rows.subset(rows.items != history.items[p]), 1, model.config.history_length)
-                      for p in removed]
-            vecs = history_user_vectors(model, item_vecs, UserHistory(*(torch.cat(parts) for parts in zip(
-                *((t.items, t.ratings, t.mask) for t in tables)))), users=_users(history, len(removed)))
-            base = item_vecs[top] @ user_vec  # (k,)
-            without = vecs @ item_vecs[top].T  # (r, k)
-        else:
-            base, without = _fold_in_scores(item_vecs, history, top, removed, mu, E)
-        for col, a, b in pairs:
-            drop_a = float(base[col] - without[removed.index(a), col])
-            drop_b = float(base[col] - without[removed.index(b), col])
-            explained += 1
-            wins += drop_a > drop_b
-            drops.append((drop_a, drop_b))
-    method = ("history tower: exact leave-one-out; each removal recomputes the user vector from the history "
-              "without the item" if history_tower else
-              "ID tower: items cited by their mean-centred item-kNN term (max(cosine, 0) of the centred q vectors x rating "
-              "weight); "
-              f"removal = the user's vector re-fitted without the item by ridge regression on their training "
-              f"items' q (lambda = {RIDGE} x mean eigenvalue of Q^T Q): the trained vector cannot be recomputed "
-              "without retraining")
-    mean = np.asarray(drops).mean(0) if drops else (None, None)
-    return {"users": counted, "explained": explained, "share": wins / explained if explained else None, "k": k,
-            "sample": len(chosen), "seed": seed, "method": method,
-            "mean_drop_top": None if mean[0] is None else float(mean[0]),
-            "mean_drop_random": None if mean[1] is None else float(mean[1])}
-
-
-def _only(rows: SplitArrays, user: int) -> SplitArrays:
-    """`user`'s rows, as user 0."""
-    mine = rows.subset(rows.users == user)
-    return SplitArrays(np.zeros(len(mine), dtype=np.int64), mine.items, mine.ratings, mine.timestamps)
-
-
-def _users(history: History, n: int = 1) -> torch.Tensor | None:
-    return None if history.user < 0 else torch.full((n,), history.user, dtype=torch.long)
-
-
-def _fold_in_scores(item_vecs: torch.Tensor, history: History, targets: torch.Tensor, removed: list[int],
-                    mu: float, E: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ID tower: scores <p, q_t> of a user vector fitted by ridge regression to the user's ratings
-    (r_j - mu - b_j ~ <p, q_j>), from the whole history (k,) and from it without each removed position (r, k)."""
-    q = item_vecs[torch.from_numpy(history.items), :E].double()  # (n, E)
-    y = torch.from_numpy(history.ratings).double() - mu - item_vecs[torch.from_numpy(history.items), E].double()
-    lam = RIDGE * float((q * q).sum()) / E  # the mean eigenvalue of Q^T Q is trace / E
-    keep = torch.ones(1 + len(removed), len(q), dtype=torch.double)  # row 0: everything
-    for r, p in enumerate(removed):
-        keep[1 + r, p] = 0.0
-    gram = torch.einsum("rn,ne,nf->ref", keep, q, q) + lam * torch.eye(E, dtype=torch.double)  # (1 + r, E, E)
-    rhs = torch.einsum("rn,ne,n->re", keep, q, y)  # (1 + r, E)
-    p = torch.linalg.solve(gram, rhs)  # (1 + r, E)
-    scores = (p @ item_vecs[targets, :E].double().T).float()  # (1 + r, k)
-    return scores[0], scores[1:]

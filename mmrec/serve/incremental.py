@@ -26,17 +26,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from mmrec.shard.interactions import read_interactions
-from mmrec.shard.quarantine import write_quarantine
 from mmrec.data.reader import load_manifest
 from mmrec.data.schema import ITEM_IDS
-from mmrec.data.dataset import RunSplits, SplitArrays
+from mmrec.data.splits import RunSplits, SplitArrays
 from mmrec.data.vocabulary import RunVocabulary
 from mmrec.embedding import embed_batches, item_batches, item_title, verify_shards
 from mmrec.files import replace_with, temp_sibling
 from mmrec.model.history import UserHistory
 from mmrec.model.model import RecModel, history_user_vectors
-from mmrec.serve.embeddings import Embeddings, _top
+from mmrec.serve.embeddings import Embeddings, top_k_items
+from mmrec.shard.interactions import read_interactions
+from mmrec.shard.quarantine import write_quarantine
 
 QUARANTINE_FILE = "embed_users_quarantine.jsonl"
 
@@ -66,7 +66,7 @@ def _need_history_tower(model: RecModel) -> None:
 
 
 def _item_rows(emb: Embeddings, item_ids: list[str]) -> np.ndarray:
-    index = {item: i for i, item in enumerate(emb.item_ids)}
+    index = emb.item_index
     unknown = [i for i in item_ids if i not in index]
     if unknown:
         raise ValueError(f"{len(unknown)} history item(s) are not in the embeddings (e.g. {unknown[0]!r}): "
@@ -90,7 +90,7 @@ def recommend_for_history(model: RecModel, emb: Embeddings, history: list[tuple[
                           k: int = 10) -> list[tuple[int, float]]:
     """Top-k (item index, score) for a user given only a history; the history's items are excluded."""
     vec = history_vector(model, emb, history)
-    return _top(emb.items @ vec, k, set(_item_rows(emb, [i for i, _ in history]).tolist()))
+    return top_k_items(emb.items @ vec, k, set(_item_rows(emb, [i for i, _ in history]).tolist()))
 
 
 @dataclass
@@ -122,12 +122,12 @@ def embed_users(model: RecModel, emb_dir: str | Path, interactions: str | Path, 
     assert log.n_rows == len(log.rows) + len(log.quarantine), "rows must reconcile"
 
     user_ids = list(emb.user_ids)
-    index = {u: i for i, u in enumerate(user_ids)}
+    index = dict(emb.user_index)  # grows with the users the file adds
     for row in log.rows:
         if row.user_id not in index:
             index[row.user_id] = len(user_ids)
             user_ids.append(row.user_id)
-    item_index = {item: i for i, item in enumerate(emb.item_ids)}
+    item_index = emb.item_index
     users, items, ratings, times = [], [], [], []
     if data_dir is not None:  # the training interactions the run's own user vectors came from
         train = RunSplits(data_dir, vocab)["train"]
@@ -151,7 +151,7 @@ def embed_users(model: RecModel, emb_dir: str | Path, interactions: str | Path, 
     table = UserHistory.from_rows(SplitArrays(remap[rows.users], rows.items, rows.ratings, rows.timestamps),
                                   len(chosen), model.config.history_length)
     # users the run was trained on keep their ID residual (`model.history_user_id`); new users have none
-    run_index = {u: i for i, u in enumerate(vocab.user_ids)}
+    run_index = vocab.user_index()
     run_users = torch.tensor([run_index.get(user_ids[c], -1) for c in chosen.tolist()], dtype=torch.long)
     vectors = history_user_vectors(model, emb.items, table, users=run_users)  # (C, E + 2)
 

@@ -8,23 +8,28 @@
     rec.search("sunny festival")
     vectors = rec.embed_items([{"item_id": "new1", "text": "...", "image": "poster.jpg"}], add=True)
 
-The answers are those of `mmrec recommend / similar / search` (the same functions of `mmrec.serve.embeddings`
-and `mmrec.serve.incremental`), as `Recommendation(item_id, title, score)` rows. New items are embedded
+This is the one place that wires serving together (EMB, its nearest-neighbour index, the seen items, MMR
+re-ranking, explanations, the history tower): `mmrec recommend / similar / search` answer through it too, so
+the command line and Python give the same `Recommendation(item_id, title, score)` rows. New items are embedded
 by the run's item tower from their content alone, as `mmrec embed` would embed them in a catalogue
 where nobody rated them: never with another item's ID terms (docs/design.md "Python API").
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from numbers import Integral
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmrec.data.remote import as_location
+from mmrec.serve.embeddings import Embeddings, format_rows, recommend, seen_by_user, similar, top_k_items
+from mmrec.serve.embeddings import search as search_items
+from mmrec.serve.new_items import decode_row, media_options
 from mmrec.serve.rerank import (
     DEFAULT_POOL,
     attribute_table,
@@ -35,10 +40,7 @@ from mmrec.serve.rerank import (
     item_attributes,
 )
 from mmrec.serve.rerank import diversify as diversify_hits
-from mmrec.serve.embeddings import Embeddings, _top, find_embeddings, format_rows, recommend, seen_by_user, similar
-from mmrec.serve.embeddings import search as search_items
-
-ROW_KEYS = ("item_id", "text", "image", "audio", "attributes")  # a row's other keys are metadata (e.g. "title")
+from mmrec.serve.run import check_run_folder, find_embeddings, run_dataset
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,18 @@ class Recommendations(list):
         """[{"item_id", "title", "score"}, ...] (and "reasons" when explained): for JSON or `pandas.DataFrame(...)`."""
         return [{key: value for key, value in asdict(r).items() if key != "reasons" or value} for r in self]
 
-    def __repr__(self) -> str:  # a notebook shows the table, as `mmrec recommend` prints it
+    def format(self, explained: bool = False) -> str:
+        """The table `mmrec recommend / similar / search` print; `explained`: each item's reasons under its row
+        ("(no evidence found)" where it has none), as `mmrec recommend --explain` prints them."""
         table = format_rows((r.item_id, r.title, r.score) for r in self)
-        if any(r.reasons for r in self):  # as `mmrec recommend --explain` prints it
-            from mmrec.serve.explain import format_explained
+        if not explained:
+            return table
+        from mmrec.serve.explain import format_explained
 
-            return format_explained(table, [r.reasons for r in self])
-        return table
+        return format_explained(table, [r.reasons for r in self])
+
+    def __repr__(self) -> str:  # a notebook shows the table, with the reasons when there are any
+        return self.format(explained=any(r.reasons for r in self))
 
     __str__ = __repr__
 
@@ -96,19 +103,15 @@ class Recommender:
 
     @classmethod
     def from_run(cls, run: str | Path, emb: str | Path | None = None, data: str | Path | None = None,
-                 device: str = "cpu", exact: bool = False) -> "Recommender":
+                 device: str = "cpu", exact: bool = False) -> Recommender:
         """Open a run: `emb` or the folder its last `mmrec embed` wrote (else RUN/emb), refused when another
         model made it; `data` or the dataset of the run's config, checked to be the one it trained on.
         `exact`: score every item even where EMB has a nearest-neighbour index (`mmrec ... --exact`)."""
         from mmrec.data.fingerprint import check_dataset
 
-        run = Path(run)
-        missing = [name for name in ("model", "vocabulary.json") if not (run / name).exists()]
-        if missing:
-            what = "does not exist" if not run.exists() else f"has no {' or '.join(missing)}"
-            raise ValueError(f"{run} {what}: pass a run folder written by `mmrec train`")
+        run = check_run_folder(run)
         emb_dir = find_embeddings(run, emb)
-        data = as_location(data) if data is not None else _run_dataset(run)
+        data = run_dataset(run, data)  # None: no dataset found, so no seen items, attributes or histories
         if data is not None:
             check_dataset(run, data)  # another dataset's interactions would exclude the wrong items
         return cls(run, Embeddings.load(emb_dir), data, device, None if exact else emb_dir)
@@ -170,14 +173,14 @@ class Recommender:
         if (user is None) == (history is None):
             raise ValueError("pass exactly one of user=USER_ID (a user of the run) or history=[ITEM, ...] (anyone)")
         if user is not None:
-            exclude = set(self._seen_items(user).tolist()) if exclude_seen and user in self.emb.user_ids else set()
+            exclude = set(self.seen_items(user).tolist()) if exclude_seen and user in self.emb.user_index else set()
             hits = self._diversified(recommend(self.emb, user, fetch, exclude, index=self._index("recommend")), k,
                                      diversify, max_per_attribute)
             return self._explained(hits, user=user) if explain else self._results(hits)
         pairs = parse_history(history) if isinstance(history, str) else _history_pairs(history)
         vector = history_vector(self.model, self.emb, pairs)  # ValueError for an ID-tower run or an unknown item
-        exclude = {self.emb.item_ids.index(item) for item, _ in pairs} if exclude_seen else set()
-        hits = self._diversified(_top(self.emb.items @ vector, fetch, exclude), k, diversify, max_per_attribute)
+        exclude = {self.emb.row_of(item) for item, _ in pairs} if exclude_seen else set()
+        hits = self._diversified(top_k_items(self.emb.items @ vector, fetch, exclude), k, diversify, max_per_attribute)
         return self._explained(hits, pairs=pairs) if explain else self._results(hits)
 
     def _diversified(self, hits: list[tuple[int, float]], k: int, lam: float | None,
@@ -193,7 +196,7 @@ class Recommender:
             if self._attributes is None or len(self._attributes) != len(self.emb.item_ids):  # items may be added
                 self._attributes = attribute_table(item_attributes(self.data, self.emb.item_ids))[0]
             attributes = self._attributes
-        return diversify_hits(hits, diversity_vectors(self.emb.items), k, lam, attributes, cap)
+        return diversify_hits(hits, diversity_vectors(self.emb.items, self.emb.id_terms), k, lam, attributes, cap)
 
     def _explained(self, hits: list[tuple[int, float]], user: str | None = None, pairs=None) -> Recommendations:
         """`hits` with their reasons, for a user of the run or a given history (`mmrec.serve.explain`)."""
@@ -205,7 +208,7 @@ class Recommender:
             self._explainer = Explainer(model, preprocessors, self.emb, self.data, RunVocabulary.load(self.run))
         explainer = self._explainer
         if user is not None:
-            history, vector = explainer.user_history(user), self.emb.users[self.emb.user_ids.index(user)]
+            history, vector = explainer.user_history(user), self.emb.users[self.emb.user_row(user)]
         else:
             history, vector = explainer.given_history(pairs), None
         reasons = explainer.explain(history, [i for i, _ in hits], vector)
@@ -225,7 +228,9 @@ class Recommender:
         model, preprocessors = self._loaded()
         return self._results(search_items(model, self.emb, text, k, preprocessors))
 
-    def _seen_items(self, user: str) -> np.ndarray:
+    def seen_items(self, user: str) -> np.ndarray:
+        """The rows of the items `user` has in any split file of the run's dataset (sorted; none for a user the
+        dataset lacks), read once for every user."""
         if self.data is None:
             raise ValueError(f"cannot tell which items {user!r} has seen: the run's dataset was not found. Pass "
                              "Recommender.from_run(RUN, data=DATA), or recommend(..., exclude_seen=False)")
@@ -260,8 +265,8 @@ class Recommender:
         model, preprocessors = self._loaded()
         if model.fusion is None:
             raise ValueError("this run's model has no content encoders (ID only): it cannot embed new items")
-        options = _media_options(self.data)
-        items = [_new_item(row, n, options, tuple(preprocessors)) for n, row in enumerate(rows)]
+        options = media_options(self.data)
+        items = [decode_row(row, n, options, tuple(preprocessors)) for n, row in enumerate(rows)]
         ids = [item.item_id for item in items]
         if add:
             self._check_new_ids(rows, ids)
@@ -297,7 +302,6 @@ class Recommender:
         emb.item_ids = emb.item_ids + ids
         emb.titles = emb.titles + titles
         self.emb_dir, self._indexes = None, {}  # EMB's index lacks the new items: every item is scored exactly
-        self._explainer = None  # its centred item vectors lack them too
 
 
 def _check_k(k: int) -> None:
@@ -321,78 +325,6 @@ def _history_pairs(history: Iterable) -> list[tuple[str, float | None]]:
     if not pairs:
         raise ValueError("the history is empty: give at least one item id, oldest first")
     return pairs
-
-
-def _run_dataset(run: Path) -> str | Path | None:
-    """The dataset of the run's config: its URL, or its folder when that is still there."""
-    from mmrec.config import load_run_config
-
-    path = load_run_config(run / "config.yaml").data.path
-    location = as_location(path) if path else None
-    return None if isinstance(location, Path) and not location.is_dir() else location
-
-
-def _media_options(data: str | Path | None) -> dict[str, Any]:
-    """The run's dataset's `mmrec shard` media options, so a file is read into what its shards would hold."""
-    from mmrec.data.reader import load_manifest
-
-    options = load_manifest(data).get("options", {}) if data is not None else {}
-    return {"image_max_side": options.get("image_max_side"), "audio_rate": options.get("audio_rate")}
-
-
-def _new_item(row: Mapping | str, n: int, options: dict[str, Any], modalities: tuple[str, ...]):
-    """A row -> the `DecodedItem` the shard reader would give for it, with index NEW_ITEM."""
-    from PIL import Image
-
-    from mmrec.data.batch import NEW_ITEM
-    from mmrec.data.media import MediaError, audio_member, image_member
-    from mmrec.data.reader import DecodedItem, decode_image, decode_waveform
-
-    if isinstance(row, str):
-        row = {"text": row}
-    if not isinstance(row, Mapping):
-        raise ValueError(f"row {n}: expected a dict with text / image / audio (or a string: the text), got "
-                         f"{type(row).__name__}")
-    item_id = str(row["item_id"]) if row.get("item_id") is not None else f"new-{n}"
-    text, image, audio = row.get("text"), row.get("image"), row.get("audio")
-    if text is not None and (not isinstance(text, str) or not text.strip()):
-        raise ValueError(f"row {n} ({item_id}): text must be a non-empty string, got {text!r}")
-    attributes = row.get("attributes") or []
-    if isinstance(attributes, str) or not all(isinstance(a, str) for a in attributes):
-        raise ValueError(f"row {n} ({item_id}): attributes must be a list of strings, got {attributes!r}")
-    try:
-        if isinstance(image, (str, Path)):  # as `mmrec shard` stores it, then as the reader decodes it
-            ext, data = image_member(Path(image), options["image_max_side"])
-            image = decode_image({ext: data})
-        elif isinstance(image, Image.Image):
-            image = image.convert("RGB")
-        elif image is not None:
-            raise ValueError(f"row {n} ({item_id}): image must be a file path or a PIL image, got "
-                             f"{type(image).__name__}")
-        waveform = rate = None
-        if isinstance(audio, (str, Path)):
-            ext, data = audio_member(Path(audio), options["audio_rate"])
-            waveform, rate = decode_waveform({ext: data})
-        elif audio is not None:
-            waveform, rate = _waveform(audio, n, item_id)
-    except MediaError as e:
-        raise ValueError(f"row {n} ({item_id}): {e}") from None
-    item = DecodedItem(NEW_ITEM, item_id, text, image, waveform, rate, list(attributes),
-                       {k: v for k, v in row.items() if k not in ROW_KEYS})
-    if not any(item.present[m] for m in modalities):
-        raise ValueError(f"row {n} ({item_id}) has none of the model's modalities ({', '.join(modalities)})")
-    return item
-
-
-def _waveform(audio: Any, n: int, item_id: str) -> tuple[torch.Tensor, int]:
-    if not (isinstance(audio, (tuple, list)) and len(audio) == 2):
-        raise ValueError(f"row {n} ({item_id}): audio must be a file path or (waveform, sample_rate)")
-    wave, rate = torch.as_tensor(np.asarray(audio[0], dtype=np.float32)), audio[1]
-    wave = wave[None] if wave.ndim == 1 else wave
-    if wave.ndim != 2 or wave.shape[1] == 0 or not isinstance(rate, Integral) or rate <= 0:
-        raise ValueError(f"row {n} ({item_id}): audio must be (waveform (channels, frames), sample_rate > 0), "
-                         f"got shape {tuple(wave.shape)} and rate {rate!r}")
-    return wave, int(rate)
 
 
 __all__ = ["Recommendation", "Recommendations", "Recommender"]

@@ -7,9 +7,10 @@ next item is the candidate that maximises
 
 - relevance: the model's score, min-max normalised over the user's pool (the pool's best item is 1, its
   worst 0), so LAMBDA weighs the same on any catalogue and any score scale; a pool of equal scores is all 1.
-- cos: the cosine of the items' centred q vectors (`diversity_vectors`), exactly the similarity behind the
-  report's intra-list diversity (`beyond.diversity@K` = 1 - mean pairwise cosine), so a LAMBDA curve trades
-  the very quantity the report measures.
+- cos: the cosine of the items' centred q vectors (`diversity_vectors`: `mmrec similar`'s similarity,
+  `mmrec.serve.similarity`), exactly the similarity behind the report's intra-list diversity
+  (`beyond.diversity@K` = 1 - mean pairwise cosine), so a LAMBDA curve trades the very quantity the report
+  measures.
 - LAMBDA = 0 is the plain ranking (ties keep the pool's order); LAMBDA = 1 keeps the top item, then takes
   each time the item least like those chosen.
 - `max_per_attribute` K: no list holds more than K items sharing one attribute (an item's `attributes` in
@@ -25,13 +26,14 @@ product, the chosen items against their pools, that updates every candidate's re
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from mmrec.data.dataset import Dataset
 
 DEFAULT_POOL = 200  # candidates re-ranked per user: the plain top-200
 CHUNK_BYTES = 4 * 2**20  # one chunk's gathered pool vectors: read once per list position, so kept cache-sized
@@ -60,15 +62,15 @@ def check_cap(cap) -> int | None:
     return None if cap is None else int(cap)
 
 
-def diversity_vectors(item_vecs: torch.Tensor, embed_dim: int | None = None) -> torch.Tensor:
-    """(N, E) unit vectors whose dot products are the cosines behind intra-list diversity.
+def diversity_vectors(item_vecs: torch.Tensor, id_terms: torch.Tensor | None) -> torch.Tensor:
+    """(N, E) unit vectors whose dot products are the cosines MMR and intra-list diversity compare: `similar`'s.
 
     Args:
         item_vecs: export vectors (N, E + 2) `[q_i, b_i, 1]`.
-        embed_dim: E (default: all but the last two columns, which carry biases, not taste).
+        id_terms: (N,) bool, the rows with learned ID terms (EMB's `id_terms`, the model's `item_seen`).
     """
-    q = item_vecs[:, : item_vecs.shape[1] - 2 if embed_dim is None else embed_dim].float()
-    return F.normalize(q - q.mean(0), dim=-1)  # centred: what distinguishes items, not what they share
+    q = item_vecs[:, :-2].float()
+    return torch.nn.functional.normalize(q - q.mean(0), dim=-1)
 
 
 def intra_list_diversity(lists: np.ndarray | torch.Tensor, q: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -97,18 +99,11 @@ def attribute_table(attributes: Sequence[Sequence[str]]) -> tuple[torch.Tensor, 
     return table, names
 
 
-def item_attributes(data_dir: str | Path, item_ids: Sequence[str]) -> list[list[str]]:
-    """Each item's `attributes` as `mmrec shard` stored them (the shards' json members), in `item_ids` order;
-    [] for an item the dataset does not have (e.g. added later by `mmrec embed-items`). Reads only the small
-    json members, never the media (a remote shard is streamed once)."""
-    from mmrec.data.reader import load_manifest, shard_members
-
-    found: dict[str, list[str]] = {}
-    for shard in load_manifest(data_dir)["shards"]:
-        for member in shard_members(data_dir, shard["path"]):
-            if member.meta is not None:
-                found[member.meta["item_id"]] = list(member.meta.get("attributes") or [])
-    return [found.get(item, []) for item in item_ids]
+def item_attributes(data: Dataset | str | Path, item_ids: Sequence[str]) -> list[list[str]]:
+    """Each item's `attributes` as `mmrec shard` stored them (the dataset's shard index), in `item_ids` order;
+    [] for an item the dataset does not have (e.g. added later by `mmrec embed-items`)."""
+    found = {item.item_id: item.attributes for item in Dataset.of(data).items().values()}
+    return [list(found.get(item, [])) for item in item_ids]
 
 
 @torch.no_grad()
@@ -187,8 +182,8 @@ def _mmr_chunk(items: torch.Tensor, scores: torch.Tensor, vectors: torch.Tensor,
 
 def diversify(hits: list[tuple[int, float]], vectors: torch.Tensor, k: int, lam: float,
               attributes: torch.Tensor | None = None, max_per_attribute: int | None = None) -> list[tuple[int, float]]:
-    """One user's pool `[(item index, score), ...]` (as `serving.recommend` returns it) re-ranked by MMR to k
-    items, each with its model score."""
+    """One user's pool `[(item index, score), ...]` (as `mmrec.serve.embeddings.recommend` returns it)
+    re-ranked by MMR to k items, each with its model score."""
     if not hits:
         return []
     score = dict(hits)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Mapping
 
+from mmrec.data.schema import Q_INTERACTION
 from mmrec.shard.items import is_valid_unicode
 from mmrec.shard.quarantine import QuarantineEntry
-from mmrec.data.schema import Q_INTERACTION
 
 _SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "test": "test"}
 COLUMNS = ("user_id", "item_id", "rating", "timestamp", "split")

@@ -18,14 +18,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-from mmrec.shard.quarantine import QuarantineEntry
 from mmrec.data.schema import MODALITIES, Q_ITEM, Q_MODALITY
 from mmrec.files import sha256_of
+from mmrec.shard.quarantine import QuarantineEntry
 
 # Keys with a meaning of their own; everything else on a line is kept as metadata.
 _RESERVED = ("item_id", *MODALITIES, "attributes")
@@ -76,6 +77,35 @@ def _clean_metadata(value: Any) -> Any:
     if isinstance(value, Decimal):
         return float(value)
     return str(value)
+
+
+def row_attributes(value: Any) -> list[str]:
+    """A row's `attributes` as the shards store them: absent (None) -> [], one string -> [it], else a list (or
+    tuple, set) of strings, each stripped, blank ones left out. The one rule for `mmrec shard` and for the rows
+    given to `Recommender.embed_items`.
+
+    Raises:
+        ValueError: anything else; its message is the row's rejection reason.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(isinstance(a, str) for a in value):
+        raise ValueError("attributes must be a list of strings")
+    return [_clean_metadata(a).strip() for a in value if a.strip()]
+
+
+def text_problem(text: Any) -> str | None:
+    """Why a row's `text` (not None) cannot be an item's text, or None when it can: the one rule for `mmrec shard`
+    (which drops the modality) and `Recommender.embed_items` (which refuses the row)."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not is_valid_unicode(text):
+        return "text is not valid UTF-8"
+    if not text.strip():
+        return "text is empty"
+    return None
 
 
 class _TemplateFields(dict):
@@ -270,15 +300,11 @@ def parse_items(
             reject(number, f"duplicate item_id (first seen on line {first_line_of[item_id]})", item_id)
             continue
 
-        attributes = obj.get("attributes", [])
-        if attributes is None:
-            attributes = []
-        if isinstance(attributes, str):
-            attributes = [attributes]
-        if not isinstance(attributes, list) or not all(isinstance(a, str) for a in attributes):
-            reject(number, "attributes must be a list of strings", item_id)
+        try:
+            attributes = row_attributes(obj.get("attributes"))
+        except ValueError as e:
+            reject(number, str(e), item_id)
             continue
-        attributes = [_clean_metadata(a).strip() for a in attributes if a.strip()]
         first_line_of[item_id] = number
 
         # text
@@ -286,14 +312,8 @@ def parse_items(
             text = text_template.format_map(_TemplateFields(obj)).strip()
         else:
             text = obj.get("text")
-        if text is not None and not isinstance(text, str):
-            drop(number, item_id, "text", f"text must be a string, got {type(text).__name__}")
-            text = None
-        elif text is not None and not is_valid_unicode(text):
-            drop(number, item_id, "text", "text is not valid UTF-8")
-            text = None
-        elif text is not None and not text.strip():
-            drop(number, item_id, "text", "text is empty")
+        if text is not None and (problem := text_problem(text)) is not None:
+            drop(number, item_id, "text", problem)
             text = None
 
         paths: dict[str, Path | None] = {}

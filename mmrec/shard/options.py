@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from mmrec.data.schema import SPLIT_PROTOCOLS
 
 if TYPE_CHECKING:
+    from mmrec.shard.protocols import SplitConfig
     from mmrec.shard.writer import ShardOptions
-    from mmrec.shard.splits import SplitConfig
 
 
 def _ratios(text: str) -> tuple[float, float, float]:
@@ -81,8 +81,8 @@ def add_shard_options(parser: argparse.ArgumentParser, default_split: str = "ran
 
 def shard_configs(args: argparse.Namespace) -> tuple[SplitConfig, ShardOptions]:
     """The parsed options as the sharder's two configs."""
+    from mmrec.shard.protocols import SplitConfig
     from mmrec.shard.writer import ShardOptions  # here: `mmrec --help` needs no media or torch imports
-    from mmrec.shard.splits import SplitConfig
 
     split = SplitConfig(protocol=args.split, seed=args.seed, ratios=args.ratios, cold_fraction=args.cold_fraction,
                         warm_holdout=args.warm_holdout, given=args.given)
@@ -95,8 +95,8 @@ def shard_configs(args: argparse.Namespace) -> tuple[SplitConfig, ShardOptions]:
 
 def shard_command(items: Path, interactions: Path, out: Path, split: SplitConfig, options: ShardOptions) -> str:
     """The `mmrec shard ...` line that writes the same dataset folder (options left at their defaults omitted)."""
+    from mmrec.shard.protocols import SplitConfig
     from mmrec.shard.writer import ShardOptions
-    from mmrec.shard.splits import SplitConfig
 
     argv = ["mmrec", "shard", "--items", str(items), "--interactions", str(interactions), "--out", str(out),
             "--split", split.protocol, "--seed", str(split.seed)]

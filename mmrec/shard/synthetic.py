@@ -21,8 +21,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 
-from mmrec.shard.catalogue_io import write_interactions_csv, write_items_jsonl
 from mmrec.data.schema import MODALITIES
+from mmrec.shard.catalogue_io import write_interactions_csv, write_items_jsonl
 
 # (tags, adjectives, nouns) of the named styles; styles beyond these get made-up words.
 THEMES = (
@@ -83,7 +83,7 @@ class SyntheticCatalogueConfig:
     min_ratings_per_user: int = 5  # floor per user, so leave-one-out splits have history
 
     @classmethod
-    def full_size_media(cls, **overrides) -> "SyntheticCatalogueConfig":
+    def full_size_media(cls, **overrides) -> SyntheticCatalogueConfig:
         """Media the size a real catalogue has, for throughput benchmarks of full-size encoders.
 
         The defaults (64 px images, 0.5 s clips) make tests fast but cost the input pipeline far less

@@ -18,21 +18,21 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import webdataset as wds
 from tqdm import tqdm
 
 from mmrec import __version__
 from mmrec.data import schema
+from mmrec.files import replace_with, sha256_of, temp_sibling
+from mmrec.shard.encode import EncodedItem, encode_item_media
 from mmrec.shard.interactions import Interaction, InteractionLog, read_interactions
 from mmrec.shard.items import ItemRecord, catalogue_sha256, parse_items
-from mmrec.shard.encode import EncodedItem, encode_item_media
+from mmrec.shard.protocols import SplitConfig, split_interactions
 from mmrec.shard.quarantine import QuarantineEntry, summarize_reasons, write_quarantine
-from mmrec.shard.splits import SplitConfig, split_interactions
-from mmrec.files import replace_with, sha256_of, temp_sibling
 
 logger = logging.getLogger(__name__)
 

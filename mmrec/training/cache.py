@@ -149,12 +149,14 @@ def _cache_features(model: RecModel, preprocessors: dict, data_dir: str | Path, 
 def build_frozen_model(cfg, data_dir: str | Path) -> tuple[RecModel, dict]:
     """The model a training run with `cfg` builds first (`build_model`: same seed, same construction
     order), so its encoders, and hence the cache's fingerprint, are those the run will have."""
-    from mmrec.data.dataset import RunSplits
+    from mmrec.data.dataset import Dataset
+    from mmrec.data.splits import RunSplits
     from mmrec.data.vocabulary import RunVocabulary
     from mmrec.model.factory import ModelSizes, build_model
 
-    vocab = RunVocabulary.from_data(data_dir)
-    sizes = ModelSizes.for_training(vocab, RunSplits(data_dir, vocab))
+    dataset = Dataset(data_dir)
+    vocab = RunVocabulary.from_data(dataset)
+    sizes = ModelSizes.for_training(vocab, RunSplits(dataset, vocab))
     model, preprocessors = build_model(cfg.model, sizes, cfg.train.seed)
     _check_frozen(model)
     return model, preprocessors

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mmrec.shard.interactions import Interaction
 from mmrec.data.schema import HISTORY_SPLITS, SPLIT_PROTOCOLS, SPLITS
+from mmrec.shard.interactions import Interaction
 
 
 @dataclass
