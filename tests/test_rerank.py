@@ -116,3 +116,17 @@ def test_eval_diversify_writes_the_rows_and_the_plot(trained, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert "## Diversity re-ranking" in md and "![diversify](diversify.png)" in md
     assert (out / "diversify.png").stat().st_size > 5_000
+
+
+def test_mmr_and_diversity_compare_items_as_similar_does():
+    """One similarity (`mmrec.serve.similarity`): MMR and diversity@K use `similar`'s vectors, items with ID
+    terms and content-only items each centred on their own kind's mean."""
+    from mmrec.serve.embeddings import Embeddings
+
+    g = torch.Generator().manual_seed(1)
+    items, ids = torch.randn(30, 10, generator=g), [f"i{n}" for n in range(30)]
+    kinds = torch.arange(30) < 20  # 20 items with ID terms, 10 content-only
+    emb = Embeddings(items, ids, ids, torch.zeros(1, 10), ["u"], None, id_terms=kinds)
+    assert torch.equal(diversity_vectors(items, kinds), emb.similarity_vectors())
+    assert torch.equal(diversity_vectors(items, None), Embeddings(items, ids, ids, torch.zeros(1, 10), ["u"],
+                                                                  None).similarity_vectors())

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mmrec.data.dataset import Dataset
+from mmrec.serve.similarity import similarity_vectors
 
 DEFAULT_POOL = 200  # candidates re-ranked per user: the plain top-200
 CHUNK_BYTES = 4 * 2**20  # one chunk's gathered pool vectors: read once per list position, so kept cache-sized
@@ -69,8 +70,7 @@ def diversity_vectors(item_vecs: torch.Tensor, id_terms: torch.Tensor | None) ->
         item_vecs: export vectors (N, E + 2) `[q_i, b_i, 1]`.
         id_terms: (N,) bool, the rows with learned ID terms (EMB's `id_terms`, the model's `item_seen`).
     """
-    q = item_vecs[:, :-2].float()
-    return torch.nn.functional.normalize(q - q.mean(0), dim=-1)
+    return similarity_vectors(item_vecs, id_terms)
 
 
 def intra_list_diversity(lists: np.ndarray | torch.Tensor, q: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
