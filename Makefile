@@ -1,13 +1,14 @@
 # The two commands of the README: `make demo` and `make test`. Each creates the virtual
 # environment on first use (python3 -m venv + pip install -e '.[test]' with the exact versions of
 # constraints.txt, the tested set) and reuses it until pyproject.toml or constraints.txt changes.
+# `make test` runs the linter (ruff, configured in pyproject.toml) before the tests.
 PYTHON ?= python3
 VENV ?= .venv
 DEMO_OUT ?= demo_out
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.mmrec-installed
 
-.PHONY: demo test env clean
+.PHONY: demo test lint env clean
 
 env: $(STAMP)
 
@@ -20,8 +21,11 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(VENV)/bin/mmrec demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: lint
 	$(VENV)/bin/python -m pytest -q --durations=15
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -35,7 +35,7 @@ class FusionConfig:
     # the item embedding: "modalities" = the mean over the present modalities of each one's mean final
     # token state ([ITEM]'s state for an item with none); "item_token" = the [ITEM] token's final state.
     # From scratch, an [ITEM] read-out trains its encoders far more slowly: its content arrives only
-    # through attention weights initialised near zero (benchmarks/results/attribute_task_cpu.json)
+    # through attention weights initialised near zero (benchmarks/attribute_task.py measures it)
     readout: str = "modalities"
 
     def __post_init__(self) -> None:

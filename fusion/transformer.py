@@ -5,8 +5,10 @@ to the fusion width, tagged with a learned modality-type embedding (as in ViLT, 
 https://arxiv.org/abs/2102.03334) and per-modality position embeddings, and concatenated after a
 learned [ITEM] token (BERT's [CLS], ViT's class token). A stack of pre-LN transformer blocks
 (Vaswani et al. 2017, https://arxiv.org/abs/1706.03762; Xiong et al. 2020,
-https://arxiv.org/abs/2002.04745) mixes them, and the [ITEM] token's final state is the item
-embedding. Training can drop whole modalities at random (ModDrop, Neverova et al. 2015,
+https://arxiv.org/abs/2002.04745) mixes them, and the item embedding is read out of the final states
+(`FusionConfig.readout`): by default the mean over the present modalities of each one's mean token
+state (the [ITEM] token's state for an item with no modality), or the [ITEM] token's state alone
+("item_token"). Training can drop whole modalities at random (ModDrop, Neverova et al. 2015,
 https://arxiv.org/abs/1501.00102) so the model learns to embed items whatever they lack.
 
 The contract that matters most: an absent modality (or a padded encoder token) has no influence at all
@@ -322,7 +324,7 @@ class FusionTransformer(nn.Module):
             return x[:, 0]
         # each present modality counts once, however many tokens it has (a 32-token text is not 32x an image)
         per_modality, present = [], []
-        for m, slot in self.token_slices.items():
+        for slot in self.token_slices.values():
             valid = mask[:, slot].to(x.dtype)  # (B, n_m)
             count = valid.sum(1, keepdim=True)  # (B, 1)
             per_modality.append((x[:, slot] * valid[..., None]).sum(1) / count.clamp(min=1))  # (B, D)
