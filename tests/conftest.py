@@ -80,6 +80,73 @@ def trained(tmp_path_factory):
     return root, data
 
 
+# One `accelerate launch` of 2 processes for the tests that compare what two processes make with what one
+# makes (test_training.py, test_embed_eval.py, test_distributed_eval.py), as the CLI runs each command, one
+# after the other in the same two processes: `train.py` (the launch entry, `mmrec train`), then `mmrec embed`
+# and `mmrec eval` (`python -m mmrec.cli`'s main). Each start-up of two processes (torch, transformers, ...)
+# costs more than the work of these small runs.
+_CLI_SEQUENCE = """
+import json
+import sys
+
+sys.path.insert(0, sys.argv[1])  # the repository root, for train.py
+from train import main as train_py
+
+import mmrec.cli
+
+release = mmrec.cli._release_process_group
+# the commands share the one process group (its end, after each command, waits for the last): the group
+# outlives a command as in tests/test_multinode.py's script
+mmrec.cli._release_process_group = lambda: None
+try:
+    for entry, argv in json.loads(sys.argv[2]):
+        code = (train_py if entry == "train.py" else mmrec.cli.main)(argv)
+        if code:
+            sys.exit(code)
+finally:
+    release()
+"""
+
+# `mmrec eval`'s options in the launch (test_distributed_eval.py runs the same in one process)
+TWO_PROCESS_EVAL_ARGS = ["--split", "test", "--k", "5,10", "--candidates", "all", "--diversify", "0.5", "--pool", "20"]
+# train.py's in the launch (test_training.py): 2 ranks x batch 20 x 5 steps = 200 items: one epoch is exactly one
+# pass over the shards (one visit per item: pairs_per_item above every item's count)
+TWO_PROCESS_TRAIN_OVERRIDES = ["data.batch_size=20", "data.pairs_per_item=1000", "train.epochs=3",
+                               "train.audit_data=true", "train.log_every=1", "train.early_stopping_patience=0"]
+
+
+@pytest.fixture(scope="session")
+def two_process_runs(trained, tmp_path_factory):
+    """One `accelerate launch` of 2 processes (gloo on CPU) running, in order: train.py on a fresh make_dataset()
+    (200 items in 8 shards) with TWO_PROCESS_TRAIN_OVERRIDES into run/; `mmrec embed` of the `trained` run into
+    emb/; `mmrec eval` of the `trained` run with TWO_PROCESS_EVAL_ARGS and no --emb into report/.
+
+    Returns (its folder with data/, run/, emb/ and report/, stdout, stderr).
+    """
+    import json
+    import subprocess
+    import sys
+
+    root, data = trained
+    out = tmp_path_factory.mktemp("two-process")
+    train_data = make_dataset(out)
+    script = out / "cli_sequence.py"
+    script.write_text(_CLI_SEQUENCE)
+    run = ["--run", str(root / "run"), "--data", str(data)]
+    commands = [["train.py", ["--config", str(TINY), "--data", str(train_data), "--out", str(out / "run"),
+                              *TWO_PROCESS_TRAIN_OVERRIDES]],
+                ["mmrec", ["embed", *run, "--out", str(out / "emb")]],
+                ["mmrec", ["eval", *run, *TWO_PROCESS_EVAL_ARGS, "--out", str(out / "report")]]]
+    # `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is installed; the torchrun
+    # launcher (--multi_gpu) starts two, and with no GPU they form a gloo process group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+           str(script), str(ROOT), json.dumps(commands)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout, result.stderr
+
+
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The ../shared/data folder; skips the test where it is absent.

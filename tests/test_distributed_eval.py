@@ -2,13 +2,10 @@
 is the one a single process writes."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import TWO_PROCESS_EVAL_ARGS
 from safetensors.torch import load_file
 
 from mmrec.cli import main
@@ -59,21 +56,17 @@ def test_more_ranks_than_users_give_the_same_report(trained):
     assert_same_report(one, evaluate(root / "run", data, items, {}, model, ranks=_Blocks(0, 64), **kw))
 
 
-def test_two_process_eval_equals_single_process(trained, tmp_path):
+def test_two_process_eval_equals_single_process(trained, two_process_runs, tmp_path):
     root, data = trained
     # no --emb: each process embeds its shards (with the modality ablation) and the vectors are gathered;
-    # --diversify: the MMR lists are shared out too
-    args = ["eval", "--run", str(root / "run"), "--data", str(data), "--split", "test", "--k", "5,10",
-            "--candidates", "all", "--diversify", "0.5", "--pool", "20"]
+    # --diversify: the MMR lists are shared out too. The two-process `mmrec eval` (the same arguments, under
+    # `accelerate launch`) is the fixture's, run after its `mmrec embed` in the same launch.
+    args = ["eval", "--run", str(root / "run"), "--data", str(data), *TWO_PROCESS_EVAL_ARGS]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
-           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           "-m", "mmrec.cli", *args, "--out", str(tmp_path / "two")]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "users shared among 2 processes" in result.stderr
-    assert result.stdout.count("report:") == 1  # one writer, one summary
-    one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
+    launched, stdout, stderr = two_process_runs
+    assert "users shared among 2 processes" in stderr
+    assert stdout.count("report:") == 1  # one writer, one summary
+    one, two = (json.loads((folder / "report.json").read_text()) for folder in (tmp_path / "one", launched / "report"))
     assert {"explanation_faithfulness", "diversify", "slices", "ablation", "baselines"} <= set(one)
     assert "ndcg@10" in one["slices"]["cold_items"] and "ndcg@10" in one["ablation"]["without_text"]["ranking"]
     assert_same_report(one, two)

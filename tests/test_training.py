@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, free_port, make_dataset
+from conftest import TINY, TWO_PROCESS_TRAIN_OVERRIDES, make_dataset
 from safetensors.torch import load_file
 
 from mmrec.config import load_run_config
@@ -22,20 +22,13 @@ from mmrec.training.loop import train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_processes_same_steps_disjoint_items_and_loss_falls(tmp_path):
-    data = make_dataset(tmp_path)  # 200 items in 8 shards
-    run = tmp_path / "run"
-    # 2 ranks x batch 20 x 5 steps = 200 items: one epoch is exactly one pass over the shards (one visit per
-    # item: pairs_per_item above every item's count)
-    # `accelerate launch --cpu --num_processes 2` starts ONE process unless MPI is installed; the
-    # torchrun launcher (--multi_gpu) starts two, and with no GPU they form a gloo process group.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-           str(ROOT / "train.py"), "--config", str(TINY), "--data", str(data), "--out", str(run),
-           "data.batch_size=20", "data.pairs_per_item=1000", "train.epochs=3", "train.audit_data=true", "train.log_every=1",
-           "train.early_stopping_patience=0"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_processes_same_steps_disjoint_items_and_loss_falls(two_process_runs):
+    # train.py under `accelerate launch --multi_gpu --num_processes 2` (the fixture's launch, which then embeds
+    # and evaluates another run) on make_dataset()'s 200 items in 8 shards, with TWO_PROCESS_TRAIN_OVERRIDES:
+    # 2 ranks x batch 20 x 5 steps = 200 items, one epoch is exactly one pass over the shards
+    assert "data.batch_size=20" in TWO_PROCESS_TRAIN_OVERRIDES and "train.epochs=3" in TWO_PROCESS_TRAIN_OVERRIDES
+    run = two_process_runs[0] / "run"
+    assert len(json.loads((two_process_runs[0] / "data" / "item_ids.json").read_text())) == 200
     audits = [json.loads((run / "audit" / f"rank-{r}.json").read_text()) for r in range(2)]
     assert audits[0]["world_size"] == 2
     assert audits[0]["steps"] == audits[1]["steps"] == 15
